@@ -1,0 +1,110 @@
+// masked_l1_loss: CPU kernels. Element (n,c,h,w) is valid when mask[n,h,w] (if given) and
+// target != invalid_value (if given); the mean runs over valid elements.
+#include "common.h"
+
+#include <torch/library.h>
+
+namespace xtc {
+namespace {
+
+constexpr const char* kOp = "masked_l1_loss";
+
+void check_inputs(const at::Tensor& pred, const at::Tensor& target, const std::optional<at::Tensor>& mask) {
+  check_float_input(pred, kOp, "pred", 4);
+  check_same(pred, target, kOp, "pred", "target");
+  check_mask(mask, pred, kOp);
+}
+
+// Calls body(n, hw_begin, L, c, pred_row, target_row, valid[L]) for each channel row of each pixel block.
+template <typename scalar_t, typename Body>
+void for_each_row(const at::Tensor& pred, const at::Tensor& target, const std::optional<at::Tensor>& mask,
+                  std::optional<double> invalid_value, const Body& body) {
+  const int64_t N = pred.size(0), C = pred.size(1), HW = pred.size(2) * pred.size(3);
+  const scalar_t* p = pred.const_data_ptr<scalar_t>();
+  const scalar_t* t = target.const_data_ptr<scalar_t>();
+  const bool* mk = mask ? mask->const_data_ptr<bool>() : nullptr;
+  const scalar_t invalid = static_cast<scalar_t>(invalid_value.value_or(0.0));
+  for_each_pixel_block(N, HW, [&](const PixelBlock& b) {
+    bool valid[kPixelBlock];
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t off = (b.n * C + c) * HW + b.begin;
+      for (int64_t i = 0; i < b.size(); ++i) {
+        valid[i] = (!mk || mk[b.n * HW + b.begin + i]) && (!invalid_value || t[off + i] != invalid);
+      }
+      body(b, c, off, p + off, t + off, valid);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
+                                               const std::optional<at::Tensor>& mask_in,
+                                               std::optional<double> invalid_value, c10::string_view reduction) {
+  check_inputs(pred_in, target_in, mask_in);
+  const Reduction red = parse_reduction(reduction, kOp);
+  const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
+  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
+  const auto opts = pred.options().dtype(loss_dtype(pred)).memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor loss = red == Reduction::None ? at::empty(pred.sizes(), opts) : at::empty({}, opts);
+  at::Tensor denom = at::empty({}, opts);
+  const int64_t C = pred.size(1);
+  std::vector<double> part_loss(num_pixel_blocks(pred.size(0), pred.size(2) * pred.size(3)) * C);
+  std::vector<double> part_count(part_loss.size());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_l1_loss_fwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    acc_t* loss_el = red == Reduction::None ? loss.data_ptr<acc_t>() : nullptr;
+    for_each_row<scalar_t>(pred, target, mask, invalid_value,
+                           [&](const PixelBlock& b, int64_t c, int64_t off, const scalar_t* p, const scalar_t* t,
+                               const bool* valid) {
+                             acc_t sum = 0, count = 0;
+                             for (int64_t i = 0; i < b.size(); ++i) {
+                               const acc_t l = valid[i] ? std::abs(static_cast<acc_t>(p[i]) -
+                                                                   static_cast<acc_t>(t[i]))
+                                                        : acc_t(0);
+                               sum += l;
+                               count += valid[i] ? acc_t(1) : acc_t(0);
+                               if (loss_el) loss_el[off + i] = l;
+                             }
+                             part_loss[b.index * C + c] = sum;
+                             part_count[b.index * C + c] = count;
+                           });
+  });
+  finish_reduction(red, ordered_sum(part_loss), ordered_sum(part_count), loss, denom);
+  return {loss, denom};
+}
+
+at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& pred_in, const at::Tensor& target_in,
+                        const std::optional<at::Tensor>& mask_in, const at::Tensor& denom,
+                        std::optional<double> invalid_value, c10::string_view reduction) {
+  check_inputs(pred_in, target_in, mask_in);
+  const Reduction red = parse_reduction(reduction, kOp);
+  const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
+  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
+  const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, pred, red, pred.sizes(), kOp);
+  at::Tensor grad = at::empty_like(pred, at::MemoryFormat::Contiguous);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_l1_loss_bwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const GradScale<acc_t> scale(grad_loss, denom, red);
+    scalar_t* g = grad.data_ptr<scalar_t>();
+    for_each_row<scalar_t>(pred, target, mask, invalid_value,
+                           [&](const PixelBlock& b, int64_t c, int64_t off, const scalar_t* p, const scalar_t* t,
+                               const bool* valid) {
+                             for (int64_t i = 0; i < b.size(); ++i) {
+                               const acc_t d = static_cast<acc_t>(p[i]) - static_cast<acc_t>(t[i]);
+                               const acc_t sign = static_cast<acc_t>((d > 0) - (d < 0));
+                               g[off + i] = static_cast<scalar_t>(valid[i] ? scale(off + i) * sign : acc_t(0));
+                             }
+                           });
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(xtc_ext, CPU, m) {
+  m.impl("masked_l1_loss_fwd", &forward_cpu);
+  m.impl("masked_l1_loss_bwd", &backward_cpu);
+}
+
+}  // namespace xtc

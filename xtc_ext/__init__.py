@@ -1,0 +1,23 @@
+"""xtc_ext: fused losses for cross-task consistency and coherence multi-task learning.
+
+Importing the package loads the compiled extension (registering ``torch.ops.xtc_ext.*``) and
+the Python autograd and fake-tensor registrations of the ops. Public modules:
+
+- :mod:`xtc_ext.ops`: the fused ops (``masked_cross_entropy``, ``masked_l1_loss``, ``soft_cross_entropy``).
+- :mod:`xtc_ext.reference`: eager PyTorch references with the same signatures.
+- :mod:`xtc_ext.losses`, :mod:`xtc_ext.weighting`: the XTasC-Net loss and task weighting.
+- :mod:`xtc_ext.data`, :mod:`xtc_ext.metrics`, :mod:`xtc_ext.visualize`: data readers, metrics, figures.
+- ``python -m xtc_ext.train``: the training program.
+"""
+
+import torch  # noqa: F401  (libtorch must be loaded before the extension)
+
+from xtc_ext._extension import load as _load
+
+build_info = _load()
+"""How ``xtc_ext._C`` was built: ``torch_version``, ``with_cuda``, ``cuda_arch_list``, ``compiler``, ``cxx11_abi``."""
+
+from xtc_ext import ops, reference  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["ops", "reference", "build_info", "__version__"]

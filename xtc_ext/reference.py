@@ -1,0 +1,90 @@
+"""Eager PyTorch references of the fused ops, with the same signatures and semantics.
+
+They are what the fused kernels are tested against and what ``--loss-impl eager`` trains with.
+All compute in float32 (float64 for float64 inputs) and return a float32 (float64) loss; the
+mean runs over valid pixels (elements for :func:`masked_l1_loss`) of the whole batch and is 0,
+not NaN, when nothing is valid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _reduce(per: torch.Tensor, valid: torch.Tensor, reduction: str, op: str) -> torch.Tensor:
+    if reduction == "none":
+        return per
+    if reduction == "sum":
+        return per.sum()
+    if reduction == "mean":
+        return per.sum() / valid.sum().clamp(min=1).to(per.dtype)
+    raise ValueError(f"{op}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+
+def _pixel_mask(mask: torch.Tensor | None, op: str) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if mask.dim() == 4:
+        if mask.shape[1] != 1:
+            raise ValueError(f"{op}: mask must have shape [N,1,H,W] or [N,H,W], got {tuple(mask.shape)}")
+        mask = mask[:, 0]
+    return mask != 0
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1, reduction: str = "mean"
+) -> torch.Tensor:
+    """Eager reference of :func:`xtc_ext.ops.masked_cross_entropy` (log_softmax + gather).
+
+    Raises:
+        ValueError: a target class index outside ``[0, C)`` that is not ``ignore_index``.
+    """
+    if logits.dim() != 4:
+        raise ValueError(f"masked_cross_entropy: logits must be a 4-D tensor, got shape {tuple(logits.shape)}")
+    t = target.long()
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= logits.shape[1]))
+    if bool(bad.any()):
+        raise ValueError(
+            f"masked_cross_entropy: target contains class index {int(t[bad][0])}, outside [0, {logits.shape[1]}) "
+            f"and not ignore_index ({ignore_index})"
+        )
+    logp = F.log_softmax(_acc(logits), dim=1)
+    nll = -logp.gather(1, torch.where(valid, t, 0).unsqueeze(1)).squeeze(1)
+    return _reduce(nll * valid, valid, reduction, "masked_cross_entropy")
+
+
+def masked_l1_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    invalid_value: float | None = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Eager reference of :func:`xtc_ext.ops.masked_l1_loss` (abs difference, masked mean over elements)."""
+    p, t = _acc(pred), _acc(target)
+    valid = torch.ones_like(t, dtype=torch.bool)
+    if invalid_value is not None:
+        valid = valid & (target != invalid_value)
+    m = _pixel_mask(mask, "masked_l1_loss")
+    if m is not None:
+        valid = valid & m.unsqueeze(1)
+    return _reduce((p - t).abs() * valid, valid, reduction, "masked_l1_loss")
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean"
+) -> torch.Tensor:
+    """Eager reference of :func:`xtc_ext.ops.soft_cross_entropy` (XTasC-Net Eq. 13, target detached)."""
+    q = F.softmax(_acc(target_logits.detach()), dim=1)
+    per = -(q * F.log_softmax(_acc(logits), dim=1)).sum(dim=1)
+    m = _pixel_mask(mask, "soft_cross_entropy")
+    valid = torch.ones_like(per, dtype=torch.bool) if m is None else m
+    return _reduce(per * valid, valid, reduction, "soft_cross_entropy")
