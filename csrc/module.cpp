@@ -16,8 +16,9 @@ PYBIND11_MODULE(_C, m) {
         info["with_cuda"] = static_cast<bool>(XTC_WITH_CUDA);
         info["cuda_arch_list"] = XTC_CUDA_ARCH_LIST;
         info["compiler"] = __VERSION__;
+        info["source_hash"] = XTC_SOURCE_HASH;
         info["cxx11_abi"] = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
         return info;
       },
-      "Dict describing how this extension was built: torch_version, with_cuda, cuda_arch_list, compiler, cxx11_abi.");
+      "Dict describing how this extension was built: torch_version, with_cuda, cuda_arch_list, compiler, cxx11_abi, source_hash.");
 }

@@ -1,0 +1,16 @@
+"""pytest configuration shared by the test modules.
+
+Tests run the checkout's Python sources: the repository root goes first on ``sys.path``. The
+compiled ``xtc_ext._C`` is found in the installed copy (``pip install --no-build-isolation .``);
+``xtc_ext`` refuses to import if that build is stale for the checkout's ``csrc/``.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The ten real NYUv2 frames shipped beside the repository (override with XTC_NYUV2_FRAMES).
+REAL_FRAMES = Path(os.environ.get("XTC_NYUV2_FRAMES", ROOT.parent / "shared" / "data" / "nyuv2-test10"))
