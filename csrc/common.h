@@ -91,6 +91,16 @@ struct PixelBlock {
   int64_t size() const { return end - begin; }
 };
 
+// Per-pixel max over the C channels of a block of L pixels (x points at channel 0, stride HW).
+template <typename scalar_t, typename acc_t>
+void block_max(const scalar_t* x, int64_t C, int64_t HW, int64_t L, acc_t* m) {
+  for (int64_t i = 0; i < L; ++i) m[i] = static_cast<acc_t>(x[i]);
+  for (int64_t c = 1; c < C; ++c) {
+    const scalar_t* row = x + c * HW;
+    for (int64_t i = 0; i < L; ++i) m[i] = std::max(m[i], static_cast<acc_t>(row[i]));
+  }
+}
+
 inline int64_t num_pixel_blocks(int64_t N, int64_t HW) { return N * ((HW + kPixelBlock - 1) / kPixelBlock); }
 
 // Runs body(PixelBlock) over all blocks in parallel. The block partition depends only on the

@@ -1,4 +1,5 @@
-// masked_cross_entropy: CPU kernels (forward saves the per-pixel log-sum-exp; backward recomputes softmax).
+// masked_cross_entropy: CPU kernels. The forward saves log_norm - max per pixel (bounded by log C, so exact to
+// fp32 rounding even for huge logits); the backward recomputes the max and the softmax from it.
 #include "common.h"
 
 #include <atomic>
@@ -19,21 +20,17 @@ void check_target(const at::Tensor& logits, const at::Tensor& target) {
                    ": target must be int64 or uint8 class indices, got ", target.scalar_type());
 }
 
-// Max and log-sum-exp over the C classes of one block of pixels (z points at class 0, stride HW).
+// Per-pixel max m and log(sum_c exp(z_c - m)) of one block of pixels (z points at class 0, stride HW).
 template <typename scalar_t, typename acc_t>
-void block_lse(const scalar_t* z, int64_t C, int64_t HW, int64_t L, acc_t* lse) {
-  acc_t m[kPixelBlock], s[kPixelBlock];
-  for (int64_t i = 0; i < L; ++i) m[i] = static_cast<acc_t>(z[i]);
-  for (int64_t c = 1; c < C; ++c) {
-    const scalar_t* row = z + c * HW;
-    for (int64_t i = 0; i < L; ++i) m[i] = std::max(m[i], static_cast<acc_t>(row[i]));
-  }
+void block_log_norm(const scalar_t* z, int64_t C, int64_t HW, int64_t L, acc_t* m, acc_t* log_norm) {
+  acc_t s[kPixelBlock];
+  block_max(z, C, HW, L, m);
   for (int64_t i = 0; i < L; ++i) s[i] = 0;
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* row = z + c * HW;
     for (int64_t i = 0; i < L; ++i) s[i] += vexp(static_cast<acc_t>(row[i]) - m[i]);
   }
-  for (int64_t i = 0; i < L; ++i) lse[i] = m[i] + std::log(s[i]);
+  for (int64_t i = 0; i < L; ++i) log_norm[i] = std::log(s[i]);
 }
 
 // Calls f with a value of the target's index type (int64 or uint8): no conversion copy of the labels.
@@ -59,8 +56,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
   const at::Tensor target = target_in.contiguous();
   const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
   const auto opts = logits.options().dtype(loss_dtype(logits));
-  at::Tensor lse = at::empty({N, logits.size(2), logits.size(3)}, opts);
-  at::Tensor loss = red == Reduction::None ? at::empty_like(lse) : at::empty({}, opts);
+  at::Tensor log_norm = at::empty({N, logits.size(2), logits.size(3)}, opts);
+  at::Tensor loss = red == Reduction::None ? at::empty_like(log_norm) : at::empty({}, opts);
   at::Tensor denom = at::empty({}, opts);
   std::vector<double> part_loss(num_pixel_blocks(N, HW)), part_count(part_loss.size());
   std::atomic<int64_t> bad_label{std::numeric_limits<int64_t>::min()};
@@ -71,12 +68,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
       using index_t = decltype(tag);
       const scalar_t* z = logits.const_data_ptr<scalar_t>();
       const index_t* y = target.const_data_ptr<index_t>();
-      acc_t* lse_p = lse.data_ptr<acc_t>();
+      acc_t* log_norm_p = log_norm.data_ptr<acc_t>();
       acc_t* loss_px = red == Reduction::None ? loss.data_ptr<acc_t>() : nullptr;
       for_each_pixel_block(N, HW, [&](const PixelBlock& b) {
         const int64_t px = b.n * HW + b.begin;
         const scalar_t* zb = z + b.n * C * HW + b.begin;
-        block_lse(zb, C, HW, b.size(), lse_p + px);
+        acc_t m[kPixelBlock];
+        block_log_norm(zb, C, HW, b.size(), m, log_norm_p + px);
         acc_t sum = 0, count = 0;
         for (int64_t i = 0; i < b.size(); ++i) {
           const index_t t = y[px + i];
@@ -86,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
             if (k < 0 || k >= C) {
               bad_label.store(k);
             } else {
-              l = lse_p[px + i] - static_cast<acc_t>(zb[k * HW + i]);
+              l = log_norm_p[px + i] + (m[i] - static_cast<acc_t>(zb[k * HW + i]));
               count += 1;
             }
           }
@@ -102,18 +100,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
   TORCH_CHECK_VALUE(bad == std::numeric_limits<int64_t>::min(), kOp, ": target contains class index ", bad,
                     ", outside [0, ", C, ") and not ignore_index (", ignore_index, ")");
   finish_reduction(red, ordered_sum(part_loss), ordered_sum(part_count), loss, denom);
-  return {loss, lse, denom};
+  return {loss, log_norm, denom};
 }
 
 at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits_in, const at::Tensor& target_in,
-                        const at::Tensor& lse_in, const at::Tensor& denom, int64_t ignore_index,
+                        const at::Tensor& log_norm_in, const at::Tensor& denom, int64_t ignore_index,
                         c10::string_view reduction) {
   check_target(logits_in, target_in);
   const Reduction red = parse_reduction(reduction, kOp);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
-  const at::Tensor lse = lse_in.to(loss_dtype(logits)).contiguous();
-  const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, logits, red, lse.sizes(), kOp);
+  const at::Tensor log_norm = log_norm_in.to(loss_dtype(logits)).contiguous();
+  const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, logits, red, log_norm.sizes(), kOp);
   const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
   at::Tensor grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
 
@@ -123,14 +121,15 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
       using index_t = decltype(tag);
       const scalar_t* z = logits.const_data_ptr<scalar_t>();
       const index_t* y = target.const_data_ptr<index_t>();
-      const acc_t* lse_p = lse.const_data_ptr<acc_t>();
+      const acc_t* log_norm_p = log_norm.const_data_ptr<acc_t>();
       scalar_t* g = grad.data_ptr<scalar_t>();
       const GradScale<acc_t> scale(grad_loss, denom, red);
       for_each_pixel_block(N, HW, [&](const PixelBlock& b) {
         const int64_t px = b.n * HW + b.begin, L = b.size();
         const scalar_t* zb = z + b.n * C * HW + b.begin;
         scalar_t* gb = g + b.n * C * HW + b.begin;
-        acc_t s[kPixelBlock];
+        acc_t s[kPixelBlock], m[kPixelBlock];
+        block_max(zb, C, HW, L, m);
         for (int64_t i = 0; i < L; ++i) {
           const int64_t k = static_cast<int64_t>(y[px + i]);
           const bool valid = !is_ignored(y[px + i], ignore_index) && k >= 0 && k < C;
@@ -140,13 +139,13 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
           const scalar_t* zr = zb + c * HW;
           scalar_t* gr = gb + c * HW;
           for (int64_t i = 0; i < L; ++i) {
-            gr[i] = static_cast<scalar_t>(s[i] * vexp(static_cast<acc_t>(zr[i]) - lse_p[px + i]));
+            gr[i] = static_cast<scalar_t>(s[i] * vexp((static_cast<acc_t>(zr[i]) - m[i]) - log_norm_p[px + i]));
           }
         }
         for (int64_t i = 0; i < L; ++i) {
           if (s[i] == acc_t(0)) continue;
           const int64_t k = static_cast<int64_t>(y[px + i]);
-          const acc_t p = vexp(static_cast<acc_t>(zb[k * HW + i]) - lse_p[px + i]);
+          const acc_t p = vexp((static_cast<acc_t>(zb[k * HW + i]) - m[i]) - log_norm_p[px + i]);
           gb[k * HW + i] = static_cast<scalar_t>(s[i] * (p - acc_t(1)));
         }
       });

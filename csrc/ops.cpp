@@ -58,8 +58,8 @@ Tensor soft_cross_entropy(const Tensor& logits, const Tensor& target_logits, con
 TORCH_LIBRARY(xtc_ext, m) {
   m.def("masked_cross_entropy(Tensor logits, Tensor target, int ignore_index=-1, str reduction=\"mean\") -> Tensor");
   m.def("masked_cross_entropy_fwd(Tensor logits, Tensor target, int ignore_index, str reduction)"
-        " -> (Tensor loss, Tensor lse, Tensor denom)");
-  m.def("masked_cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor lse, Tensor denom,"
+        " -> (Tensor loss, Tensor lse_minus_max, Tensor denom)");
+  m.def("masked_cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor lse_minus_max, Tensor denom,"
         " int ignore_index, str reduction) -> Tensor");
 
   m.def("masked_l1_loss(Tensor pred, Tensor target, Tensor? mask=None, float? invalid_value=0.0,"
@@ -72,9 +72,9 @@ TORCH_LIBRARY(xtc_ext, m) {
   m.def("soft_cross_entropy(Tensor logits, Tensor target_logits, Tensor? mask=None, str reduction=\"mean\")"
         " -> Tensor");
   m.def("soft_cross_entropy_fwd(Tensor logits, Tensor target_logits, Tensor? mask, str reduction)"
-        " -> (Tensor loss, Tensor lse, Tensor denom)");
-  m.def("soft_cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target_logits, Tensor? mask, Tensor lse,"
-        " Tensor denom, str reduction) -> Tensor");
+        " -> (Tensor loss, Tensor lse_minus_max, Tensor denom)");
+  m.def("soft_cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target_logits, Tensor? mask,"
+        " Tensor lse_minus_max, Tensor denom, str reduction) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(xtc_ext, CompositeImplicitAutograd, m) {

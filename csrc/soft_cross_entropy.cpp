@@ -1,5 +1,6 @@
 // soft_cross_entropy: CPU kernels for -sum_c softmax(target_logits)_c * log_softmax(logits)_c per pixel
-// (XTasC-Net Eq. 13). Forward saves log-sum-exp of the logits; the backward recomputes the target softmax.
+// (XTasC-Net Eq. 13). Forward saves log_norm - max of the logits per pixel (bounded by log C, so exact to
+// fp32 rounding); the backward recomputes both maxima and the target softmax.
 #include "common.h"
 
 #include <torch/library.h>
@@ -15,15 +16,6 @@ void check_inputs(const at::Tensor& logits, const at::Tensor& target_logits, con
   check_mask(mask, logits, kOp);
 }
 
-template <typename scalar_t, typename acc_t>
-void block_max(const scalar_t* z, int64_t C, int64_t HW, int64_t L, acc_t* m) {
-  for (int64_t i = 0; i < L; ++i) m[i] = static_cast<acc_t>(z[i]);
-  for (int64_t c = 1; c < C; ++c) {
-    const scalar_t* row = z + c * HW;
-    for (int64_t i = 0; i < L; ++i) m[i] = std::max(m[i], static_cast<acc_t>(row[i]));
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
                                                            const std::optional<at::Tensor>& mask_in,
                                                            c10::string_view reduction) {
@@ -33,8 +25,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
   const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
   const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
   const auto opts = logits.options().dtype(loss_dtype(logits));
-  at::Tensor lse = at::empty({N, logits.size(2), logits.size(3)}, opts);
-  at::Tensor loss = red == Reduction::None ? at::empty_like(lse) : at::empty({}, opts);
+  at::Tensor log_norm = at::empty({N, logits.size(2), logits.size(3)}, opts);
+  at::Tensor loss = red == Reduction::None ? at::empty_like(log_norm) : at::empty({}, opts);
   at::Tensor denom = at::empty({}, opts);
   std::vector<double> part_loss(num_pixel_blocks(N, HW)), part_count(part_loss.size());
 
@@ -43,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
     const scalar_t* z = logits.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
     const bool* mk = mask ? mask->const_data_ptr<bool>() : nullptr;
-    acc_t* lse_p = lse.data_ptr<acc_t>();
+    acc_t* log_norm_p = log_norm.data_ptr<acc_t>();
     acc_t* loss_px = red == Reduction::None ? loss.data_ptr<acc_t>() : nullptr;
     for_each_pixel_block(N, HW, [&](const PixelBlock& b) {
       const int64_t px = b.n * HW + b.begin, L = b.size();
@@ -68,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
       acc_t sum = 0, count = 0;
       for (int64_t i = 0; i < L; ++i) {
         const acc_t log_sz = std::log(sz[i]);
-        lse_p[px + i] = mz[i] + log_sz;
+        log_norm_p[px + i] = log_sz;
         const bool valid = !mk || mk[px + i];
         const acc_t l = valid ? log_sz + cross[i] / st[i] : acc_t(0);
         sum += l;
@@ -80,18 +72,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
     });
   });
   finish_reduction(red, ordered_sum(part_loss), ordered_sum(part_count), loss, denom);
-  return {loss, lse, denom};
+  return {loss, log_norm, denom};
 }
 
 at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits_in, const at::Tensor& target_in,
-                        const std::optional<at::Tensor>& mask_in, const at::Tensor& lse_in, const at::Tensor& denom,
+                        const std::optional<at::Tensor>& mask_in, const at::Tensor& log_norm_in, const at::Tensor& denom,
                         c10::string_view reduction) {
   check_inputs(logits_in, target_in, mask_in);
   const Reduction red = parse_reduction(reduction, kOp);
   const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
   const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
-  const at::Tensor lse = lse_in.to(loss_dtype(logits)).contiguous();
-  const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, logits, red, lse.sizes(), kOp);
+  const at::Tensor log_norm = log_norm_in.to(loss_dtype(logits)).contiguous();
+  const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, logits, red, log_norm.sizes(), kOp);
   const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
   at::Tensor grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
 
@@ -100,13 +92,14 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
     const scalar_t* z = logits.const_data_ptr<scalar_t>();
     const scalar_t* t = target.const_data_ptr<scalar_t>();
     const bool* mk = mask ? mask->const_data_ptr<bool>() : nullptr;
-    const acc_t* lse_p = lse.const_data_ptr<acc_t>();
+    const acc_t* log_norm_p = log_norm.const_data_ptr<acc_t>();
     scalar_t* g = grad.data_ptr<scalar_t>();
     const GradScale<acc_t> scale(grad_loss, denom, red);
     for_each_pixel_block(N, HW, [&](const PixelBlock& b) {
       const int64_t px = b.n * HW + b.begin, L = b.size();
       const scalar_t* tb = t + b.n * C * HW + b.begin;
-      acc_t mt[kPixelBlock], inv_st[kPixelBlock], s[kPixelBlock];
+      acc_t mz[kPixelBlock], mt[kPixelBlock], inv_st[kPixelBlock], s[kPixelBlock];
+      block_max(z + b.n * C * HW + b.begin, C, HW, L, mz);
       block_max(tb, C, HW, L, mt);
       for (int64_t i = 0; i < L; ++i) inv_st[i] = 0;
       for (int64_t c = 0; c < C; ++c) {
@@ -120,7 +113,7 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
       for (int64_t c = 0; c < C; ++c) {
         const int64_t off = (b.n * C + c) * HW + b.begin;
         for (int64_t i = 0; i < L; ++i) {
-          const acc_t p = vexp(static_cast<acc_t>(z[off + i]) - lse_p[px + i]);
+          const acc_t p = vexp((static_cast<acc_t>(z[off + i]) - mz[i]) - log_norm_p[px + i]);
           const acc_t q = vexp(static_cast<acc_t>(t[off + i]) - mt[i]) * inv_st[i];
           g[off + i] = static_cast<scalar_t>(s[i] * (p - q));
         }

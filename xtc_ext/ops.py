@@ -15,9 +15,10 @@ Shared semantics (design brief):
 - Bad input raises ``ValueError`` (shape, value), ``TypeError`` (dtype) or ``RuntimeError``
   (device) naming the argument; labels out of range are never used as memory offsets.
 
-Internal ops: ``<name>_fwd`` returns the loss plus what the backward needs (the per-pixel
-log-sum-exp, one fp32 per pixel, and the device-side denominator); ``<name>_bwd`` computes the
-input gradient from it.
+Internal ops: ``<name>_fwd`` returns the loss plus what the backward needs: for the two
+cross-entropies ``lse_minus_max = log sum_c exp(z_c - max_c z)`` per pixel (one fp32 per pixel,
+bounded by log C, so exact to fp32 rounding however large the logits), and the device-side
+denominator; ``<name>_bwd`` recomputes the max and the softmax from it.
 """
 
 from __future__ import annotations
@@ -217,7 +218,8 @@ torch.library.register_autograd("xtc_ext::masked_l1_loss_fwd", _l1_backward, set
 # Double backward (autograd of the *_bwd ops). The input gradient is linear in grad_loss, so its
 # derivative there is the backward evaluated at grad_loss = 1 contracted with the incoming v. For
 # the two cross-entropies, the derivative with respect to the logits is the softmax Hessian-vector
-# product s * p * (v - <p, v>) (s = per-pixel upstream scale); L1 has zero curvature.
+# product s * p * (v - <p, v>) (s = per-pixel upstream scale); L1 has zero curvature. The saved
+# ``lse_minus_max`` is named ``lse`` below.
 
 
 def _acc(t: Tensor) -> Tensor:
@@ -238,8 +240,9 @@ def _pixel_scale(grad_loss: Tensor, denom: Tensor, reduction: str, valid: Tensor
     return _acc(scale) * valid
 
 
-def _softmax_hvp(logits: Tensor, lse: Tensor, v: Tensor, scale: Tensor) -> Tensor:
-    p = torch.exp(_acc(logits) - lse.unsqueeze(1))
+def _softmax_hvp(logits: Tensor, lse_minus_max: Tensor, v: Tensor, scale: Tensor) -> Tensor:
+    z = _acc(logits)
+    p = torch.exp(z - z.amax(dim=1, keepdim=True) - lse_minus_max.unsqueeze(1))
     vv = _acc(v)
     return (scale.unsqueeze(1) * p * (vv - (p * vv).sum(dim=1, keepdim=True))).to(logits.dtype)
 

@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loss-impl", choices=sorted(LOSS_IMPLS), default="fused", help="fused ops or eager references")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=100)
-    g.add_argument("--batch-size", type=int, default=6)
+    g.add_argument("--epochs", type=int, default=100, help="training epochs (paper NYUv2: 100)")
+    g.add_argument("--batch-size", type=int, default=6, help="training batch size (paper NYUv2: 6)")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.99), help="Adam betas")
     g.add_argument("--lr-step", type=int, default=60, help="halve the learning rate every this many epochs")
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of Python, NumPy, torch and the data order")
     g.add_argument("--output-dir", default="runs/xtasc_nyuv2", help="where checkpoint, logs, metrics and PNG go")
     g.add_argument("--save-every", type=int, default=25, help="also checkpoint every this many epochs (0: end only)")
     g.add_argument("--no-progress", action="store_true", help="disable progress bars")
