@@ -83,22 +83,78 @@ inline float vexp(float x) {
 }
 inline double vexp(double x) { return std::exp(x); }
 
-// Pixels of image n in [begin, end) of its H*W plane form one block; blocks never cross images.
-constexpr int64_t kPixelBlock = 256;
 
 struct PixelBlock {
   int64_t index, n, begin, end;
   int64_t size() const { return end - begin; }
 };
 
+// Pixels of image n in [begin, end) of its H*W plane form one block; blocks never cross images.
+constexpr int64_t kPixelBlock = 256;
+
+// Row helpers over L consecutive pixels of one channel plane. Plain loops over __restrict pointers
+// with no calls or branches in the body, so the compiler vectorises them (with -fno-trapping-math).
+
+template <typename scalar_t, typename acc_t>
+inline void row_load(const scalar_t* __restrict x, acc_t* __restrict out, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) out[i] = static_cast<acc_t>(x[i]);
+}
+
+template <typename scalar_t, typename acc_t>
+inline void row_max(const scalar_t* __restrict x, acc_t* __restrict m, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) {
+    const acc_t v = static_cast<acc_t>(x[i]);
+    m[i] = v > m[i] ? v : m[i];
+  }
+}
+
+// s[i] += exp(x[i] - m[i])
+template <typename scalar_t, typename acc_t>
+inline void row_exp_sum(const scalar_t* __restrict x, const acc_t* __restrict m, acc_t* __restrict s, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) s[i] += vexp(static_cast<acc_t>(x[i]) - m[i]);
+}
+
+// out[i] = exp((x[i] - m[i]) - log_norm[i]): the softmax probability from the saved normaliser.
+template <typename scalar_t, typename acc_t>
+inline void row_softmax(const scalar_t* __restrict x, const acc_t* __restrict m, const acc_t* __restrict log_norm,
+                        acc_t* __restrict out, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) out[i] = vexp((static_cast<acc_t>(x[i]) - m[i]) - log_norm[i]);
+}
+
+template <typename scalar_t, typename acc_t>
+inline void row_store(const acc_t* __restrict v, scalar_t* __restrict out, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(v[i]);
+}
+
+// out[i] = s[i] * a[i]
+template <typename scalar_t, typename acc_t>
+inline void row_scaled_store(const acc_t* __restrict a, const acc_t* __restrict s, scalar_t* __restrict out,
+                             int64_t L) {
+  for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(s[i] * a[i]);
+}
+
+// out[i] = s[i] * (a[i] - b[i])
+template <typename scalar_t, typename acc_t>
+inline void row_scaled_diff(const acc_t* __restrict a, const acc_t* __restrict b, const acc_t* __restrict s,
+                            scalar_t* __restrict out, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(s[i] * (a[i] - b[i]));
+}
+
 // Per-pixel max over the C channels of a block of L pixels (x points at channel 0, stride HW).
 template <typename scalar_t, typename acc_t>
 void block_max(const scalar_t* x, int64_t C, int64_t HW, int64_t L, acc_t* m) {
-  for (int64_t i = 0; i < L; ++i) m[i] = static_cast<acc_t>(x[i]);
-  for (int64_t c = 1; c < C; ++c) {
-    const scalar_t* row = x + c * HW;
-    for (int64_t i = 0; i < L; ++i) m[i] = std::max(m[i], static_cast<acc_t>(row[i]));
-  }
+  row_load(x, m, L);
+  for (int64_t c = 1; c < C; ++c) row_max(x + c * HW, m, L);
+}
+
+// Per-pixel max m and log(sum_c exp(x_c - m)) over the C channels of a block of L pixels.
+template <typename scalar_t, typename acc_t>
+void block_log_norm(const scalar_t* x, int64_t C, int64_t HW, int64_t L, acc_t* m, acc_t* log_norm) {
+  acc_t s[kPixelBlock];
+  block_max(x, C, HW, L, m);
+  for (int64_t i = 0; i < L; ++i) s[i] = 0;
+  for (int64_t c = 0; c < C; ++c) row_exp_sum(x + c * HW, m, s, L);
+  for (int64_t i = 0; i < L; ++i) log_norm[i] = std::log(s[i]);
 }
 
 inline int64_t num_pixel_blocks(int64_t N, int64_t HW) { return N * ((HW + kPixelBlock - 1) / kPixelBlock); }
@@ -135,18 +191,25 @@ inline void finish_reduction(Reduction red, double sum, double count, at::Tensor
 // Per-pixel upstream-gradient scale of the backward: g / denom for mean, g for sum, g[p] for none.
 template <typename acc_t>
 struct GradScale {
-  const acc_t* per_pixel = nullptr;  // reduction "none": [N,H,W] contiguous
+  const acc_t* per_pixel = nullptr;  // reduction "none": contiguous, indexed like the loss output
   acc_t scalar = 0;
 
   GradScale(const at::Tensor& grad_loss, const at::Tensor& denom, Reduction red) {
     if (red == Reduction::None) {
-      per_pixel = grad_loss.data_ptr<acc_t>();
+      per_pixel = grad_loss.const_data_ptr<acc_t>();
     } else {
       scalar = grad_loss.item<acc_t>();
       if (red == Reduction::Mean) scalar /= denom.item<acc_t>();
     }
   }
-  acc_t operator()(int64_t flat_pixel) const { return per_pixel ? per_pixel[flat_pixel] : scalar; }
+  // s[i] = scale of loss element flat_begin + i, for i < L.
+  void fill(int64_t flat_begin, acc_t* s, int64_t L) const {
+    if (per_pixel) {
+      row_load(per_pixel + flat_begin, s, L);
+    } else {
+      for (int64_t i = 0; i < L; ++i) s[i] = scalar;
+    }
+  }
 };
 
 // grad_loss in the loss dtype, contiguous, shaped like the forward's loss output.

@@ -20,19 +20,6 @@ void check_target(const at::Tensor& logits, const at::Tensor& target) {
                    ": target must be int64 or uint8 class indices, got ", target.scalar_type());
 }
 
-// Per-pixel max m and log(sum_c exp(z_c - m)) of one block of pixels (z points at class 0, stride HW).
-template <typename scalar_t, typename acc_t>
-void block_log_norm(const scalar_t* z, int64_t C, int64_t HW, int64_t L, acc_t* m, acc_t* log_norm) {
-  acc_t s[kPixelBlock];
-  block_max(z, C, HW, L, m);
-  for (int64_t i = 0; i < L; ++i) s[i] = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    const scalar_t* row = z + c * HW;
-    for (int64_t i = 0; i < L; ++i) s[i] += vexp(static_cast<acc_t>(row[i]) - m[i]);
-  }
-  for (int64_t i = 0; i < L; ++i) log_norm[i] = std::log(s[i]);
-}
-
 // Calls f with a value of the target's index type (int64 or uint8): no conversion copy of the labels.
 template <typename F>
 void dispatch_target(const at::Tensor& target, const F& f) {
@@ -128,25 +115,22 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
         const int64_t px = b.n * HW + b.begin, L = b.size();
         const scalar_t* zb = z + b.n * C * HW + b.begin;
         scalar_t* gb = g + b.n * C * HW + b.begin;
-        acc_t s[kPixelBlock], m[kPixelBlock];
+        acc_t m[kPixelBlock], s[kPixelBlock], p[kPixelBlock];
         block_max(zb, C, HW, L, m);
+        scale.fill(px, s, L);
         for (int64_t i = 0; i < L; ++i) {
           const int64_t k = static_cast<int64_t>(y[px + i]);
-          const bool valid = !is_ignored(y[px + i], ignore_index) && k >= 0 && k < C;
-          s[i] = valid ? scale(px + i) : acc_t(0);
+          if (is_ignored(y[px + i], ignore_index) || k < 0 || k >= C) s[i] = 0;
         }
         for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* zr = zb + c * HW;
-          scalar_t* gr = gb + c * HW;
-          for (int64_t i = 0; i < L; ++i) {
-            gr[i] = static_cast<scalar_t>(s[i] * vexp((static_cast<acc_t>(zr[i]) - m[i]) - log_norm_p[px + i]));
-          }
+          row_softmax(zb + c * HW, m, log_norm_p + px, p, L);
+          row_scaled_store(p, s, gb + c * HW, L);
         }
         for (int64_t i = 0; i < L; ++i) {
           if (s[i] == acc_t(0)) continue;
           const int64_t k = static_cast<int64_t>(y[px + i]);
-          const acc_t p = vexp((static_cast<acc_t>(zb[k * HW + i]) - m[i]) - log_norm_p[px + i]);
-          gb[k * HW + i] = static_cast<scalar_t>(s[i] * (p - acc_t(1)));
+          const acc_t pk = vexp((static_cast<acc_t>(zb[k * HW + i]) - m[i]) - log_norm_p[px + i]);
+          gb[k * HW + i] = static_cast<scalar_t>(s[i] * (pk - acc_t(1)));
         }
       });
     });

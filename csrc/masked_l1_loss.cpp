@@ -15,8 +15,9 @@ void check_inputs(const at::Tensor& pred, const at::Tensor& target, const std::o
   check_mask(mask, pred, kOp);
 }
 
-// Calls body(n, hw_begin, L, c, pred_row, target_row, valid[L]) for each channel row of each pixel block.
-template <typename scalar_t, typename Body>
+// Calls body(block, c, flat offset of the row, pred row, target row, valid[L] as 0/1) for every
+// channel row of every pixel block.
+template <typename scalar_t, typename acc_t, typename Body>
 void for_each_row(const at::Tensor& pred, const at::Tensor& target, const std::optional<at::Tensor>& mask,
                   std::optional<double> invalid_value, const Body& body) {
   const int64_t N = pred.size(0), C = pred.size(1), HW = pred.size(2) * pred.size(3);
@@ -25,15 +26,37 @@ void for_each_row(const at::Tensor& pred, const at::Tensor& target, const std::o
   const bool* mk = mask ? mask->const_data_ptr<bool>() : nullptr;
   const scalar_t invalid = static_cast<scalar_t>(invalid_value.value_or(0.0));
   for_each_pixel_block(N, HW, [&](const PixelBlock& b) {
-    bool valid[kPixelBlock];
+    acc_t valid[kPixelBlock];
     for (int64_t c = 0; c < C; ++c) {
       const int64_t off = (b.n * C + c) * HW + b.begin;
       for (int64_t i = 0; i < b.size(); ++i) {
-        valid[i] = (!mk || mk[b.n * HW + b.begin + i]) && (!invalid_value || t[off + i] != invalid);
+        const bool ok = (!mk || mk[b.n * HW + b.begin + i]) && (!invalid_value || t[off + i] != invalid);
+        valid[i] = ok ? acc_t(1) : acc_t(0);
       }
       body(b, c, off, p + off, t + off, valid);
     }
   });
+}
+
+// loss[i] = |p[i] - t[i]| where valid, else 0 (a select: NaN/inf in invalid elements never leaks)
+template <typename scalar_t, typename acc_t>
+inline void row_l1(const scalar_t* __restrict p, const scalar_t* __restrict t, const acc_t* __restrict valid,
+                   acc_t* __restrict loss, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) {
+    const acc_t d = std::abs(static_cast<acc_t>(p[i]) - static_cast<acc_t>(t[i]));
+    loss[i] = valid[i] != acc_t(0) ? d : acc_t(0);
+  }
+}
+
+// g[i] = s[i] * sign(p[i] - t[i]) where valid (sign(0) = 0), else 0
+template <typename scalar_t, typename acc_t>
+inline void row_l1_grad(const scalar_t* __restrict p, const scalar_t* __restrict t, const acc_t* __restrict valid,
+                        const acc_t* __restrict s, scalar_t* __restrict g, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) {
+    const acc_t d = static_cast<acc_t>(p[i]) - static_cast<acc_t>(t[i]);
+    const acc_t sign = d > 0 ? acc_t(1) : (d < 0 ? acc_t(-1) : acc_t(0));
+    g[i] = static_cast<scalar_t>(valid[i] != acc_t(0) ? s[i] * sign : acc_t(0));
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
@@ -53,21 +76,20 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& pred_in, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_l1_loss_fwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* loss_el = red == Reduction::None ? loss.data_ptr<acc_t>() : nullptr;
-    for_each_row<scalar_t>(pred, target, mask, invalid_value,
-                           [&](const PixelBlock& b, int64_t c, int64_t off, const scalar_t* p, const scalar_t* t,
-                               const bool* valid) {
-                             acc_t sum = 0, count = 0;
-                             for (int64_t i = 0; i < b.size(); ++i) {
-                               const acc_t l = valid[i] ? std::abs(static_cast<acc_t>(p[i]) -
-                                                                   static_cast<acc_t>(t[i]))
-                                                        : acc_t(0);
-                               sum += l;
-                               count += valid[i] ? acc_t(1) : acc_t(0);
-                               if (loss_el) loss_el[off + i] = l;
-                             }
-                             part_loss[b.index * C + c] = sum;
-                             part_count[b.index * C + c] = count;
-                           });
+    for_each_row<scalar_t, acc_t>(
+        pred, target, mask, invalid_value,
+        [&](const PixelBlock& b, int64_t c, int64_t off, const scalar_t* p, const scalar_t* t, const acc_t* valid) {
+          acc_t l[kPixelBlock];
+          row_l1(p, t, valid, l, b.size());
+          acc_t sum = 0, count = 0;
+          for (int64_t i = 0; i < b.size(); ++i) {
+            sum += l[i];
+            count += valid[i];
+          }
+          if (loss_el) row_store(l, loss_el + off, b.size());
+          part_loss[b.index * C + c] = sum;
+          part_count[b.index * C + c] = count;
+        });
   });
   finish_reduction(red, ordered_sum(part_loss), ordered_sum(part_count), loss, denom);
   return {loss, denom};
@@ -87,15 +109,13 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& pred_i
     using acc_t = at::opmath_type<scalar_t>;
     const GradScale<acc_t> scale(grad_loss, denom, red);
     scalar_t* g = grad.data_ptr<scalar_t>();
-    for_each_row<scalar_t>(pred, target, mask, invalid_value,
-                           [&](const PixelBlock& b, int64_t c, int64_t off, const scalar_t* p, const scalar_t* t,
-                               const bool* valid) {
-                             for (int64_t i = 0; i < b.size(); ++i) {
-                               const acc_t d = static_cast<acc_t>(p[i]) - static_cast<acc_t>(t[i]);
-                               const acc_t sign = static_cast<acc_t>((d > 0) - (d < 0));
-                               g[off + i] = static_cast<scalar_t>(valid[i] ? scale(off + i) * sign : acc_t(0));
-                             }
-                           });
+    for_each_row<scalar_t, acc_t>(
+        pred, target, mask, invalid_value,
+        [&](const PixelBlock& b, int64_t c, int64_t off, const scalar_t* p, const scalar_t* t, const acc_t* valid) {
+          acc_t s[kPixelBlock];
+          scale.fill(off, s, b.size());
+          row_l1_grad(p, t, valid, s, g + off, b.size());
+        });
   });
   return grad;
 }

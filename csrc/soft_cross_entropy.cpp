@@ -16,6 +16,20 @@ void check_inputs(const at::Tensor& logits, const at::Tensor& target_logits, con
   check_mask(mask, logits, kOp);
 }
 
+// One class row of the forward: sz += exp(z - mz), st += exp(t - mt), cross += exp(t - mt) * (mz - z).
+template <typename scalar_t, typename acc_t>
+inline void row_soft_ce(const scalar_t* __restrict z, const scalar_t* __restrict t, const acc_t* __restrict mz,
+                        const acc_t* __restrict mt, acc_t* __restrict sz, acc_t* __restrict st,
+                        acc_t* __restrict cross, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) {
+    const acc_t zc = static_cast<acc_t>(z[i]);
+    const acc_t et = vexp(static_cast<acc_t>(t[i]) - mt[i]);
+    sz[i] += vexp(zc - mz[i]);
+    st[i] += et;
+    cross[i] += et * (mz[i] - zc);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
                                                            const std::optional<at::Tensor>& mask_in,
                                                            c10::string_view reduction) {
@@ -46,17 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
       block_max(tb, C, HW, L, mt);
       for (int64_t i = 0; i < L; ++i) sz[i] = st[i] = cross[i] = 0;
       // loss = log(sz) + sum_c q_c (mz - z_c): every term >= 0, so no cancellation for large logits.
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* zr = zb + c * HW;
-        const scalar_t* tr = tb + c * HW;
-        for (int64_t i = 0; i < L; ++i) {
-          const acc_t zc = static_cast<acc_t>(zr[i]);
-          const acc_t et = vexp(static_cast<acc_t>(tr[i]) - mt[i]);
-          sz[i] += vexp(zc - mz[i]);
-          st[i] += et;
-          cross[i] += et * (mz[i] - zc);
-        }
-      }
+      for (int64_t c = 0; c < C; ++c) row_soft_ce(zb + c * HW, tb + c * HW, mz, mt, sz, st, cross, L);
       acc_t sum = 0, count = 0;
       for (int64_t i = 0; i < L; ++i) {
         const acc_t log_sz = std::log(sz[i]);
@@ -97,26 +101,19 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
     const GradScale<acc_t> scale(grad_loss, denom, red);
     for_each_pixel_block(N, HW, [&](const PixelBlock& b) {
       const int64_t px = b.n * HW + b.begin, L = b.size();
+      const scalar_t* zb = z + b.n * C * HW + b.begin;
       const scalar_t* tb = t + b.n * C * HW + b.begin;
-      acc_t mz[kPixelBlock], mt[kPixelBlock], inv_st[kPixelBlock], s[kPixelBlock];
-      block_max(z + b.n * C * HW + b.begin, C, HW, L, mz);
-      block_max(tb, C, HW, L, mt);
-      for (int64_t i = 0; i < L; ++i) inv_st[i] = 0;
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* tr = tb + c * HW;
-        for (int64_t i = 0; i < L; ++i) inv_st[i] += vexp(static_cast<acc_t>(tr[i]) - mt[i]);
-      }
-      for (int64_t i = 0; i < L; ++i) {
-        inv_st[i] = acc_t(1) / inv_st[i];
-        s[i] = (!mk || mk[px + i]) ? scale(px + i) : acc_t(0);
+      acc_t mz[kPixelBlock], mt[kPixelBlock], log_st[kPixelBlock], s[kPixelBlock], p[kPixelBlock], q[kPixelBlock];
+      block_max(zb, C, HW, L, mz);
+      block_log_norm(tb, C, HW, L, mt, log_st);
+      scale.fill(px, s, L);
+      if (mk) {
+        for (int64_t i = 0; i < L; ++i) s[i] = mk[px + i] ? s[i] : acc_t(0);
       }
       for (int64_t c = 0; c < C; ++c) {
-        const int64_t off = (b.n * C + c) * HW + b.begin;
-        for (int64_t i = 0; i < L; ++i) {
-          const acc_t p = vexp((static_cast<acc_t>(z[off + i]) - mz[i]) - log_norm_p[px + i]);
-          const acc_t q = vexp(static_cast<acc_t>(t[off + i]) - mt[i]) * inv_st[i];
-          g[off + i] = static_cast<scalar_t>(s[i] * (p - q));
-        }
+        row_softmax(zb + c * HW, mz, log_norm_p + px, p, L);
+        row_softmax(tb + c * HW, mt, log_st, q, L);
+        row_scaled_diff(p, q, s, g + (b.n * C + c) * HW + b.begin, L);
       }
     });
   });

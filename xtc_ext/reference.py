@@ -76,7 +76,8 @@ def masked_l1_loss(
     m = _pixel_mask(mask, "masked_l1_loss")
     if m is not None:
         valid = valid & m.unsqueeze(1)
-    return _reduce((p - t).abs() * valid, valid, reduction, "masked_l1_loss")
+    per = torch.where(valid, (p - t).abs(), torch.zeros((), dtype=p.dtype))
+    return _reduce(per, valid, reduction, "masked_l1_loss")
 
 
 def soft_cross_entropy(

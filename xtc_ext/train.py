@@ -267,8 +267,7 @@ def train(args: argparse.Namespace) -> dict:
     epochs = tqdm(range(1, args.epochs + 1), desc="epochs", disable=args.no_progress, dynamic_ncols=True)
     for epoch in epochs:
         model.train()
-        sums = torch.zeros(5, dtype=torch.float64)
-        batches = 0
+        epoch_values = []  # per-step loss terms, kept on the device: one host sync per epoch
         for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=args.no_progress):
             image, seg, depth = _to_device(batch, device)
             terms = criterion(model(image), seg, depth)
@@ -276,16 +275,16 @@ def train(args: argparse.Namespace) -> dict:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            values = torch.stack([total.detach(), terms.seg, terms.depth, terms.seg_consistency, terms.depth_consistency])
-            values = values.detach().double().cpu()
-            sums += values
-            batches += 1
+            epoch_values.append(
+                torch.stack([total, terms.seg, terms.depth, terms.seg_consistency, terms.depth_consistency]).detach()
+            )
             step += 1
-            step_losses.append(values[0].item())
             if args.max_steps and step >= args.max_steps:
                 break
+        values = torch.stack(epoch_values).double().cpu()
+        step_losses.extend(values[:, 0].tolist())
         scheduler.step()
-        mean = (sums / max(batches, 1)).tolist()
+        mean = values.mean(dim=0).tolist()
         record = {
             "epoch": epoch,
             "step": step,
