@@ -126,13 +126,6 @@ inline void row_store(const acc_t* __restrict v, scalar_t* __restrict out, int64
   for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(v[i]);
 }
 
-// out[i] = s[i] * a[i]
-template <typename scalar_t, typename acc_t>
-inline void row_scaled_store(const acc_t* __restrict a, const acc_t* __restrict s, scalar_t* __restrict out,
-                             int64_t L) {
-  for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(s[i] * a[i]);
-}
-
 // out[i] = s[i] * (a[i] - b[i])
 template <typename scalar_t, typename acc_t>
 inline void row_scaled_diff(const acc_t* __restrict a, const acc_t* __restrict b, const acc_t* __restrict s,
@@ -159,12 +152,52 @@ void block_log_norm(const scalar_t* x, int64_t C, int64_t HW, int64_t L, acc_t* 
 
 inline int64_t num_pixel_blocks(int64_t N, int64_t HW) { return N * ((HW + kPixelBlock - 1) / kPixelBlock); }
 
+// CPU instruction-set dispatch. The same kernel source is compiled twice: `call_isa_default` (the
+// build's baseline, SSE2 on x86-64) and `call_isa_avx2` (AVX2 + FMA). `flatten` inlines the op's
+// lambda and the row helpers into each, so their loops vectorise for that instruction set; the
+// AVX2 copy runs when the processor has it. Results are deterministic on a given machine (FMA
+// rounding differs slightly from the baseline build, well inside fp32 tolerance).
+inline bool cpu_has_avx2_fma() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+template <typename Body>
+__attribute__((flatten)) void call_isa_default(const Body& body, int64_t begin, int64_t end) {
+  body(begin, end);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+template <typename Body>
+__attribute__((target("avx2,fma"), flatten)) void call_isa_avx2(const Body& body, int64_t begin, int64_t end) {
+  body(begin, end);
+}
+#endif
+
+// at::parallel_for whose chunks run the best compiled variant of body(begin, end).
+template <typename Body>
+void parallel_for_isa(int64_t begin, int64_t end, int64_t grain, const Body& body) {
+  at::parallel_for(begin, end, grain, [&](int64_t b0, int64_t b1) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (cpu_has_avx2_fma()) {
+      call_isa_avx2(body, b0, b1);
+      return;
+    }
+#endif
+    call_isa_default(body, b0, b1);
+  });
+}
+
 // Runs body(PixelBlock) over all blocks in parallel. The block partition depends only on the
 // shape, so per-block partial sums added in block order are deterministic for any thread count.
 template <typename Body>
 void for_each_pixel_block(int64_t N, int64_t HW, const Body& body) {
   const int64_t per_image = (HW + kPixelBlock - 1) / kPixelBlock;
-  at::parallel_for(0, N * per_image, 1, [&](int64_t b0, int64_t b1) {
+  parallel_for_isa(0, N * per_image, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n = b / per_image;
       const int64_t begin = (b % per_image) * kPixelBlock;

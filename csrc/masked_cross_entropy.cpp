@@ -35,22 +35,75 @@ bool is_ignored(index_t t, int64_t ignore_index) {
   return static_cast<int64_t>(t) == ignore_index;
 }
 
+// Class weights (in the loss dtype) and label smoothing of one call.
+template <typename acc_t>
+struct ClassTerms {
+  const acc_t* weight;  // [C] or nullptr (all ones)
+  acc_t total_weight;   // W
+  acc_t eps;            // label smoothing
+  int64_t C;
+
+  acc_t w(int64_t c) const { return weight ? weight[c] : acc_t(1); }
+};
+
+at::Tensor prepare_weight(const std::optional<at::Tensor>& weight, const at::Tensor& logits) {
+  if (!weight) return at::Tensor();
+  TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == logits.size(1), kOp, ": weight must have shape [C] = [",
+                    logits.size(1), "], got ", weight->sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(weight->scalar_type()), kOp, ": weight must be floating point, got ",
+                   weight->scalar_type());
+  TORCH_CHECK(weight->device() == logits.device(), kOp, ": weight is on ", weight->device(), " but logits is on ",
+              logits.device());
+  return weight->to(loss_dtype(logits)).contiguous();
+}
+
+template <typename acc_t>
+ClassTerms<acc_t> class_terms(const at::Tensor& weight, int64_t C, double label_smoothing) {
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, kOp,
+                    ": label_smoothing must be in [0, 1], got ", label_smoothing);
+  const acc_t* w = weight.defined() ? weight.const_data_ptr<acc_t>() : nullptr;
+  acc_t total = 0;
+  for (int64_t c = 0; c < C; ++c) total += w ? w[c] : acc_t(1);
+  return {w, total, static_cast<acc_t>(label_smoothing), C};
+}
+
+// gap[i] += w * (m[i] - z[i]): the label-smoothing sum, every term >= 0 (no cancellation).
+template <typename scalar_t, typename acc_t>
+inline void row_weighted_gap(const scalar_t* __restrict z, const acc_t* __restrict m, acc_t w, acc_t* __restrict gap,
+                             int64_t L) {
+  for (int64_t i = 0; i < L; ++i) gap[i] += w * (m[i] - static_cast<acc_t>(z[i]));
+}
+
+// g[i] = a[i] * exp((z[i] - m[i]) - log_norm[i]) - b[i]: one class row of the gradient.
+template <typename scalar_t, typename acc_t>
+inline void row_grad(const scalar_t* __restrict z, const acc_t* __restrict m, const acc_t* __restrict log_norm,
+                     const acc_t* __restrict a, const acc_t* __restrict b, scalar_t* __restrict g, int64_t L) {
+  for (int64_t i = 0; i < L; ++i) {
+    g[i] = static_cast<scalar_t>(a[i] * vexp((static_cast<acc_t>(z[i]) - m[i]) - log_norm[i]) - b[i]);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
-                                                           int64_t ignore_index, c10::string_view reduction) {
+                                                           const std::optional<at::Tensor>& weight_in,
+                                                           int64_t ignore_index, double label_smoothing,
+                                                           c10::string_view reduction) {
   check_target(logits_in, target_in);
   const Reduction red = parse_reduction(reduction, kOp);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
+  const at::Tensor weight = prepare_weight(weight_in, logits);
   const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
   const auto opts = logits.options().dtype(loss_dtype(logits));
   at::Tensor log_norm = at::empty({N, logits.size(2), logits.size(3)}, opts);
   at::Tensor loss = red == Reduction::None ? at::empty_like(log_norm) : at::empty({}, opts);
   at::Tensor denom = at::empty({}, opts);
-  std::vector<double> part_loss(num_pixel_blocks(N, HW)), part_count(part_loss.size());
+  std::vector<double> part_loss(num_pixel_blocks(N, HW)), part_denom(part_loss.size());
   std::atomic<int64_t> bad_label{std::numeric_limits<int64_t>::min()};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "masked_cross_entropy_fwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const ClassTerms<acc_t> ct = class_terms<acc_t>(weight, C, label_smoothing);
+    const acc_t eps_c = ct.eps / static_cast<acc_t>(C);
     dispatch_target(target, [&](auto tag) {
       using index_t = decltype(tag);
       const scalar_t* z = logits.const_data_ptr<scalar_t>();
@@ -58,12 +111,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
       acc_t* log_norm_p = log_norm.data_ptr<acc_t>();
       acc_t* loss_px = red == Reduction::None ? loss.data_ptr<acc_t>() : nullptr;
       for_each_pixel_block(N, HW, [&](const PixelBlock& b) {
-        const int64_t px = b.n * HW + b.begin;
+        const int64_t px = b.n * HW + b.begin, L = b.size();
         const scalar_t* zb = z + b.n * C * HW + b.begin;
-        acc_t m[kPixelBlock];
-        block_log_norm(zb, C, HW, b.size(), m, log_norm_p + px);
-        acc_t sum = 0, count = 0;
-        for (int64_t i = 0; i < b.size(); ++i) {
+        const acc_t* ln = log_norm_p + px;
+        acc_t m[kPixelBlock], gap[kPixelBlock];
+        block_log_norm(zb, C, HW, L, m, log_norm_p + px);
+        if (ct.eps > 0) {
+          for (int64_t i = 0; i < L; ++i) gap[i] = 0;
+          for (int64_t c = 0; c < C; ++c) row_weighted_gap(zb + c * HW, m, ct.w(c), gap, L);
+        }
+        acc_t sum = 0, den = 0;
+        for (int64_t i = 0; i < L; ++i) {
           const index_t t = y[px + i];
           acc_t l = 0;
           if (!is_ignored(t, ignore_index)) {
@@ -71,32 +129,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
             if (k < 0 || k >= C) {
               bad_label.store(k);
             } else {
-              l = log_norm_p[px + i] + (m[i] - static_cast<acc_t>(zb[k * HW + i]));
-              count += 1;
+              const acc_t wy = ct.w(k);
+              l = (1 - ct.eps) * wy * (ln[i] + (m[i] - static_cast<acc_t>(zb[k * HW + i])));
+              if (ct.eps > 0) l += eps_c * (ct.total_weight * ln[i] + gap[i]);
+              den += wy;
             }
           }
           sum += l;
           if (loss_px) loss_px[px + i] = l;
         }
         part_loss[b.index] = sum;
-        part_count[b.index] = count;
+        part_denom[b.index] = den;
       });
     });
   });
   const int64_t bad = bad_label.load();
   TORCH_CHECK_VALUE(bad == std::numeric_limits<int64_t>::min(), kOp, ": target contains class index ", bad,
                     ", outside [0, ", C, ") and not ignore_index (", ignore_index, ")");
-  finish_reduction(red, ordered_sum(part_loss), ordered_sum(part_count), loss, denom);
+  finish_reduction(red, ordered_sum(part_loss), ordered_sum(part_denom), loss, denom);
   return {loss, log_norm, denom};
 }
 
 at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits_in, const at::Tensor& target_in,
-                        const at::Tensor& log_norm_in, const at::Tensor& denom, int64_t ignore_index,
+                        const std::optional<at::Tensor>& weight_in, const at::Tensor& log_norm_in,
+                        const at::Tensor& denom, int64_t ignore_index, double label_smoothing,
                         c10::string_view reduction) {
   check_target(logits_in, target_in);
   const Reduction red = parse_reduction(reduction, kOp);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
+  const at::Tensor weight = prepare_weight(weight_in, logits);
   const at::Tensor log_norm = log_norm_in.to(loss_dtype(logits)).contiguous();
   const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, logits, red, log_norm.sizes(), kOp);
   const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
@@ -104,6 +166,8 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "masked_cross_entropy_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const ClassTerms<acc_t> ct = class_terms<acc_t>(weight, C, label_smoothing);
+    const acc_t eps_c = ct.eps / static_cast<acc_t>(C);
     dispatch_target(target, [&](auto tag) {
       using index_t = decltype(tag);
       const scalar_t* z = logits.const_data_ptr<scalar_t>();
@@ -114,23 +178,27 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
       for_each_pixel_block(N, HW, [&](const PixelBlock& b) {
         const int64_t px = b.n * HW + b.begin, L = b.size();
         const scalar_t* zb = z + b.n * C * HW + b.begin;
+        const acc_t* ln = log_norm_p + px;
         scalar_t* gb = g + b.n * C * HW + b.begin;
-        acc_t m[kPixelBlock], s[kPixelBlock], p[kPixelBlock];
+        acc_t m[kPixelBlock], s[kPixelBlock], a[kPixelBlock], bias[kPixelBlock], sb[kPixelBlock];
         block_max(zb, C, HW, L, m);
         scale.fill(px, s, L);
         for (int64_t i = 0; i < L; ++i) {
           const int64_t k = static_cast<int64_t>(y[px + i]);
           if (is_ignored(y[px + i], ignore_index) || k < 0 || k >= C) s[i] = 0;
+          a[i] = s[i] == 0 ? acc_t(0) : s[i] * ((1 - ct.eps) * ct.w(k) + eps_c * ct.total_weight);
+          sb[i] = s[i] * eps_c;
         }
         for (int64_t c = 0; c < C; ++c) {
-          row_softmax(zb + c * HW, m, log_norm_p + px, p, L);
-          row_scaled_store(p, s, gb + c * HW, L);
+          const acc_t wc = ct.w(c);
+          for (int64_t i = 0; i < L; ++i) bias[i] = sb[i] * wc;
+          row_grad(zb + c * HW, m, ln, a, bias, gb + c * HW, L);
         }
         for (int64_t i = 0; i < L; ++i) {
           if (s[i] == acc_t(0)) continue;
           const int64_t k = static_cast<int64_t>(y[px + i]);
-          const acc_t pk = vexp((static_cast<acc_t>(zb[k * HW + i]) - m[i]) - log_norm_p[px + i]);
-          gb[k * HW + i] = static_cast<scalar_t>(s[i] * (pk - acc_t(1)));
+          const acc_t pk = vexp((static_cast<acc_t>(zb[k * HW + i]) - m[i]) - ln[i]);
+          gb[k * HW + i] = static_cast<scalar_t>(a[i] * pk - sb[i] * ct.w(k) - s[i] * (1 - ct.eps) * ct.w(k));
         }
       });
     });

@@ -32,11 +32,11 @@ OptTensor pixel_mask(const OptTensor& mask, const char* op) {
   return m;
 }
 
-Tensor masked_cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index,
-                            c10::string_view reduction) {
-  static auto fwd = find_op<Tensor3(const Tensor&, const Tensor&, int64_t, c10::string_view)>(
+Tensor masked_cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index, const OptTensor& weight,
+                            double label_smoothing, c10::string_view reduction) {
+  static auto fwd = find_op<Tensor3(const Tensor&, const Tensor&, const OptTensor&, int64_t, double, c10::string_view)>(
       "xtc_ext::masked_cross_entropy_fwd");
-  return std::get<0>(fwd.call(logits, target, ignore_index, reduction));
+  return std::get<0>(fwd.call(logits, target, weight, ignore_index, label_smoothing, reduction));
 }
 
 Tensor masked_l1_loss(const Tensor& pred, const Tensor& target, const OptTensor& mask,
@@ -53,14 +53,22 @@ Tensor soft_cross_entropy(const Tensor& logits, const Tensor& target_logits, con
   return std::get<0>(fwd.call(logits, target_logits, pixel_mask(mask, "soft_cross_entropy"), reduction));
 }
 
+Tensor cosine_similarity_loss(const Tensor& a, const Tensor& b, const OptTensor& mask, double eps,
+                              c10::string_view reduction) {
+  static auto fwd = find_op<Tensor2(const Tensor&, const Tensor&, const OptTensor&, double, c10::string_view)>(
+      "xtc_ext::cosine_similarity_loss_fwd");
+  return std::get<0>(fwd.call(a, b, pixel_mask(mask, "cosine_similarity_loss"), eps, reduction));
+}
+
 }  // namespace
 
 TORCH_LIBRARY(xtc_ext, m) {
-  m.def("masked_cross_entropy(Tensor logits, Tensor target, int ignore_index=-1, str reduction=\"mean\") -> Tensor");
-  m.def("masked_cross_entropy_fwd(Tensor logits, Tensor target, int ignore_index, str reduction)"
-        " -> (Tensor loss, Tensor lse_minus_max, Tensor denom)");
-  m.def("masked_cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor lse_minus_max, Tensor denom,"
-        " int ignore_index, str reduction) -> Tensor");
+  m.def("masked_cross_entropy(Tensor logits, Tensor target, int ignore_index=-1, Tensor? weight=None,"
+        " float label_smoothing=0.0, str reduction=\"mean\") -> Tensor");
+  m.def("masked_cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index,"
+        " float label_smoothing, str reduction) -> (Tensor loss, Tensor lse_minus_max, Tensor denom)");
+  m.def("masked_cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight,"
+        " Tensor lse_minus_max, Tensor denom, int ignore_index, float label_smoothing, str reduction) -> Tensor");
 
   m.def("masked_l1_loss(Tensor pred, Tensor target, Tensor? mask=None, float? invalid_value=0.0,"
         " str reduction=\"mean\") -> Tensor");
@@ -75,12 +83,23 @@ TORCH_LIBRARY(xtc_ext, m) {
         " -> (Tensor loss, Tensor lse_minus_max, Tensor denom)");
   m.def("soft_cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target_logits, Tensor? mask,"
         " Tensor lse_minus_max, Tensor denom, str reduction) -> Tensor");
+
+  m.def("cosine_similarity_loss(Tensor a, Tensor b, Tensor? mask=None, float eps=1e-8, str reduction=\"mean\")"
+        " -> Tensor");
+  m.def("cosine_similarity_loss_fwd(Tensor a, Tensor b, Tensor? mask, float eps, str reduction)"
+        " -> (Tensor loss, Tensor denom)");
+  m.def("cosine_similarity_loss_bwd(Tensor grad_loss, Tensor a, Tensor b, Tensor? mask, Tensor denom, float eps,"
+        " str reduction) -> (Tensor grad_a, Tensor grad_b)");
+
+  m.def("sigmoid_gate(Tensor x, Tensor gate_logits) -> Tensor");
+  m.def("sigmoid_gate_bwd(Tensor grad_out, Tensor x, Tensor gate_logits) -> (Tensor grad_x, Tensor grad_gate)");
 }
 
 TORCH_LIBRARY_IMPL(xtc_ext, CompositeImplicitAutograd, m) {
   m.impl("masked_cross_entropy", &masked_cross_entropy);
   m.impl("masked_l1_loss", &masked_l1_loss);
   m.impl("soft_cross_entropy", &soft_cross_entropy);
+  m.impl("cosine_similarity_loss", &cosine_similarity_loss);
 }
 
 }  // namespace xtc

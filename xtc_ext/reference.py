@@ -39,9 +39,14 @@ def _pixel_mask(mask: torch.Tensor | None, op: str) -> torch.Tensor | None:
 
 
 def masked_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1, reduction: str = "mean"
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = -1,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Eager reference of :func:`xtc_ext.ops.masked_cross_entropy` (log_softmax + gather).
+    """Eager reference of :func:`xtc_ext.ops.masked_cross_entropy` (``F.cross_entropy`` per pixel).
 
     Raises:
         ValueError: a target class index outside ``[0, C)`` that is not ``ignore_index``.
@@ -56,9 +61,17 @@ def masked_cross_entropy(
             f"masked_cross_entropy: target contains class index {int(t[bad][0])}, outside [0, {logits.shape[1]}) "
             f"and not ignore_index ({ignore_index})"
         )
-    logp = F.log_softmax(_acc(logits), dim=1)
-    nll = -logp.gather(1, torch.where(valid, t, 0).unsqueeze(1)).squeeze(1)
-    return _reduce(nll * valid, valid, reduction, "masked_cross_entropy")
+    z = _acc(logits)
+    w = None if weight is None else weight.to(z.dtype)
+    per = F.cross_entropy(
+        z, t, weight=w, ignore_index=ignore_index, reduction="none", label_smoothing=label_smoothing
+    )
+    per = torch.where(valid, per, torch.zeros((), dtype=z.dtype))
+    if reduction != "mean":
+        return _reduce(per, valid, reduction, "masked_cross_entropy")
+    weights = valid.to(z.dtype) if w is None else w[torch.where(valid, t, 0)] * valid
+    denom = weights.sum()
+    return per.sum() / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
 def masked_l1_loss(
@@ -89,3 +102,19 @@ def soft_cross_entropy(
     m = _pixel_mask(mask, "soft_cross_entropy")
     valid = torch.ones_like(per, dtype=torch.bool) if m is None else m
     return _reduce(per * valid, valid, reduction, "soft_cross_entropy")
+
+
+def cosine_similarity_loss(
+    a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8, reduction: str = "mean"
+) -> torch.Tensor:
+    """Eager reference of :func:`xtc_ext.ops.cosine_similarity_loss` (``1 - F.cosine_similarity`` over dim 1)."""
+    per = 1 - F.cosine_similarity(_acc(a), _acc(b), dim=1, eps=eps)
+    m = _pixel_mask(mask, "cosine_similarity_loss")
+    valid = torch.ones_like(per, dtype=torch.bool) if m is None else m
+    per = torch.where(valid, per, torch.zeros((), dtype=per.dtype))
+    return _reduce(per, valid, reduction, "cosine_similarity_loss")
+
+
+def sigmoid_gate(x: torch.Tensor, gate_logits: torch.Tensor) -> torch.Tensor:
+    """Eager reference of :func:`xtc_ext.ops.sigmoid_gate` (``x * sigmoid(gate_logits)``, in x's dtype)."""
+    return (_acc(x) * torch.sigmoid(_acc(gate_logits))).to(x.dtype)
