@@ -49,9 +49,18 @@ def _pkg_path():
 
 
 def test_stale_sources_raise_with_rebuild_command(monkeypatch):
+    monkeypatch.delenv("XTC_ALLOW_STALE_BUILD", raising=False)
     monkeypatch.setattr(_extension, "source_hash", lambda csrc: "0" * 64)
     with pytest.raises(ImportError, match="(?s)stale build.*pip install --no-build-isolation"):
         _extension.load(_pkg_path())
+
+
+def test_stale_sources_only_warn_when_allowed(monkeypatch):
+    monkeypatch.setattr(_extension, "source_hash", lambda csrc: "0" * 64)
+    monkeypatch.setenv("XTC_ALLOW_STALE_BUILD", "1")
+    with pytest.warns(UserWarning, match="stale build"):
+        info = _extension.load(_pkg_path())
+    assert info["source_hash"] == xtc_ext.build_info["source_hash"]
 
 
 def test_other_torch_version_raises(monkeypatch):

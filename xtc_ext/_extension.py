@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,7 +48,9 @@ def load(package_path: list[str]) -> dict:
         ImportError: the extension is missing (the package was not built), fails to load
             (built against another torch: undefined symbols), was built against a torch version
             other than the running one, or was built from C++/CUDA sources that have changed since
-            (checked when running from a source checkout). The message says how to rebuild.
+            (checked when running from a source checkout; ``XTC_ALLOW_STALE_BUILD=1`` turns this one
+            into a warning, for Python-only work while C++ sources are being edited). The message
+            says how to rebuild.
     """
     package_dir = Path(package_path[0]).resolve()
     if not any(package_dir.glob("_C.*")):
@@ -66,8 +70,11 @@ def load(package_path: list[str]) -> dict:
         )
     csrc = package_dir.parent / "csrc"
     if csrc.is_dir() and source_hash(csrc) != info["source_hash"]:
-        raise ImportError(
+        message = (
             f"xtc_ext: the compiled extension ({_C.__file__}) was built from other C++/CUDA sources than "
             f"those in {csrc} (stale build). {_REBUILD}"
         )
+        if os.environ.get("XTC_ALLOW_STALE_BUILD") != "1":
+            raise ImportError(message)
+        warnings.warn(message, stacklevel=2)
     return info
