@@ -212,10 +212,11 @@ inline double ordered_sum(const std::vector<double>& parts) {
   return s;
 }
 
-// Writes the reduced loss (sum, or sum / max(count, 1) for mean: 0 when nothing is valid)
-// and the denominator max(count, 1) saved for the backward.
+// Writes the reduced loss (sum, or sum / denom for mean) and the denominator saved for the backward:
+// denom = count (number of valid pixels, or their summed class weight) when positive, else 1, so
+// a mean over nothing is 0.
 inline void finish_reduction(Reduction red, double sum, double count, at::Tensor& loss, at::Tensor& denom) {
-  const double d = std::max(count, 1.0);
+  const double d = count > 0 ? count : 1.0;
   denom.fill_(d);
   if (red == Reduction::Mean) loss.fill_(sum / d);
   if (red == Reduction::Sum) loss.fill_(sum);

@@ -23,7 +23,8 @@ namespace xtc::cuda {
 enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2, Float64 = 3 };
 enum class Reduction : int { None = 0, Mean = 1, Sum = 2 };
 
-// Number of per-block partials the reductions over `num_items` items use (workspace holds twice that).
+// Upper bound of the number of per-block partials of a reduction over `num_items` pixels (the vector
+// paths use fewer); the workspace holds twice that. Depends only on num_items, never on the device.
 int64_t reduction_blocks(int64_t num_items);
 
 // masked_cross_entropy forward. target: int64 or uint8 [N,HW]; weight: acc [C] or nullptr.

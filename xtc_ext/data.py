@@ -1,39 +1,61 @@
-"""NYUv2 datasets and the shared MTAN-style training augmentation.
+"""NYUv2 and Cityscapes datasets, the shared MTAN-style training augmentation, and a
+train/validation split that never touches the test split.
 
-Two on-disk layouts are supported, and both return the same sample format.
+Four on-disk layouts are supported, and all return the same sample format.
 
-* :class:`NYUv2Frames` reads frames stored as PNG files: ``rgb/``, ``depth/``
+* :class:`NYUv2Frames` reads NYUv2 frames stored as PNG files: ``rgb/``, ``depth/``
   (uint16 millimetres), and ``label13/`` or ``label40/`` (uint8, 0 = unlabelled).
   This is the layout of the ten real NYUv2 test frames in
   ``shared/data/nyuv2-test10``.
-* :class:`MTANNYUv2` reads MTAN's preprocessed ``.npy`` layout
+* :class:`MTANNYUv2` reads MTAN's preprocessed NYUv2 ``.npy`` layout
   ``root/{split}/{image,label,depth}/{i}.npy``, the data that the XTasC-Net code
   trains on (reference-implementations §1.4 "NYUv2: MTAN preprocessed .npy",
   PART 4 item 1).
+* :class:`CityscapesFiles` reads the official Cityscapes files ``leftImg8bit``,
+  ``gtFine *_labelIds.png`` and ``disparity`` (uint16), as the XTasC-Net Cityscapes
+  loader does (reference-implementations §1.4 "Cityscapes: raw data", PART 4 item 2).
+* :class:`MTANCityscapes` reads MTAN's preprocessed Cityscapes ``.npy`` layout
+  ``root/{split}/{image,label_7,label_19,depth}/{i}.npy`` (PART 4 item 2).
 
 Sample format, a ``dict`` returned by every ``__getitem__``:
 
-=========  ===============  ==================================================
-key        tensor           content
-=========  ===============  ==================================================
-"image"    float32 [3,H,W]  RGB; ImageNet-normalised if ``normalize=True``,
-                            otherwise in [0, 1]
-"seg"      int64 [H,W]      class index 0..K-1, ``IGNORE_INDEX`` (-1) = ignore
-"depth"    float32 [1,H,W]  depth in metres, 0 = invalid
-"name"     str              frame identifier
-=========  ===============  ==================================================
+=============  ===============  ================================================
+key            tensor           content
+=============  ===============  ================================================
+"image"        float32 [3,H,W]  RGB; ImageNet-normalised if ``normalize=True``,
+                                otherwise in [0, 1]
+"seg"          int64 [H,W]      class index 0..K-1, ``IGNORE_INDEX`` (-1) = ignore
+"depth"        float32 [1,H,W]  NYUv2: depth in metres. Cityscapes: disparity/256
+                                (``(p-1)/256**2`` of the PNG value p, clipped at
+                                ``CITYSCAPES_DEPTH_MAX``), an inverse-depth-like
+                                quantity, **not** metres. 0 where invalid.
+"depth_valid"  bool [1,H,W]     per-pixel depth validity mask. NYUv2: depth > 0.
+                                Cityscapes: disparity PNG value p > 0 (so p == 1
+                                is valid with target 0, as in the paper's mask).
+"name"         str              frame identifier
+=============  ===============  ================================================
 
-Training augmentation (:func:`augment_sample`) follows the XTasC-Net / MTAN NYUv2
-loader (XTasC-Net paper §V-A, reference-implementations §1.4): random scale crop
-with the scale drawn from {1.0, 1.2, 1.5}, depth divided by the scale, then a
-horizontal flip with p = 0.5. Normalisation is applied after augmentation.
+Training augmentation (:func:`augment_sample`) follows the XTasC-Net / MTAN loaders
+(XTasC-Net paper §V-A, reference-implementations §1.4): random scale crop with the
+scale s drawn from {1.0, 1.2, 1.5}, the depth target rescaled according to
+``depth_scaling`` (NYUv2 metres: divided by s), then a horizontal flip with p = 0.5.
+**Every** per-pixel entry, ``depth_valid`` included, is cropped, resized and flipped
+with the data (the authors crop image/seg/depth but not the masks, a bug that is not
+reproduced here: reference-implementations §3.1 item 1). Normalisation is applied
+after augmentation.
 
-Note: the XTasC-Net code does **not** ImageNet-normalise NYUv2 inputs
-(reference-implementations §1.4); pass ``normalize=False`` to match it.
+Notes: the XTasC-Net code does **not** ImageNet-normalise NYUv2 inputs
+(reference-implementations §1.4); pass ``normalize=False`` to match it. Its
+Cityscapes inputs are normalised (the default here). To select a checkpoint
+without peeking at the test split, split the *train* split with
+:func:`split_train_val` / :func:`split_indices` (reference-implementations §3.1
+item 13).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +71,11 @@ __all__ = [
     "IMAGENET_STD",
     "IGNORE_INDEX",
     "AUGMENT_SCALES",
+    "DEPTH_SCALINGS",
     "NYU13_CLASS_NAMES",
+    "CITYSCAPES7_CLASS_NAMES",
+    "CITYSCAPES19_CLASS_NAMES",
+    "CITYSCAPES_DEPTH_MAX",
     "AugmentParams",
     "normalize_image",
     "sample_augment_params",
@@ -57,6 +83,13 @@ __all__ = [
     "augment_sample",
     "NYUv2Frames",
     "MTANNYUv2",
+    "cityscapes_label_table",
+    "cityscapes_labels_to_train_ids",
+    "cityscapes_disparity_to_depth",
+    "CityscapesFiles",
+    "MTANCityscapes",
+    "split_indices",
+    "split_train_val",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -70,13 +103,44 @@ IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 IGNORE_INDEX: int = -1
 #: Scales of the random scale crop (MTAN / XTasC-Net ``RandomScaleCrop``).
 AUGMENT_SCALES: Tuple[float, float, float] = (1.0, 1.2, 1.5)
+#: How the random scale crop rescales the depth target (see :class:`AugmentParams`).
+DEPTH_SCALINGS: Tuple[str, str, str] = ("divide", "multiply", "none")
 #: NYU-13 class names in label order 0..12 (MTAN convention, reference-implementations §1.4).
 NYU13_CLASS_NAMES: Tuple[str, ...] = (
     "bed", "books", "ceiling", "chair", "floor", "furniture", "objects",
     "picture", "sofa", "table", "tv", "wall", "window",
 )
+#: Cityscapes 7-category names in label order 0..6 (reference-implementations §1.4).
+CITYSCAPES7_CLASS_NAMES: Tuple[str, ...] = (
+    "flat", "construction", "object", "nature", "sky", "human", "vehicle",
+)
+#: Cityscapes 19-class (trainId) names in label order 0..18 (Cordts et al., CVPR 2016).
+CITYSCAPES19_CLASS_NAMES: Tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
+    "bus", "train", "motorcycle", "bicycle",
+)
+#: Upper clip of the Cityscapes depth target (disparity/256 units; 126 px of disparity).
+#: MTAN's preprocessed Cityscapes depth has the same range [0, 0.4922]
+#: (reference-implementations §1.4, PART 4 item 2).
+CITYSCAPES_DEPTH_MAX: float = 0.4922
 
 _DEPTH16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+# Cityscapes label ids (cityscapesScripts ``labels.py``) -> class, built from the
+# category lists of reference-implementations §1.4.
+_CS7_GROUPS: Tuple[Tuple[int, ...], ...] = (
+    (7, 8, 9, 10),            # flat
+    (11, 12, 13, 14, 15, 16),  # construction
+    (17, 18, 19, 20),          # object
+    (21, 22),                  # nature
+    (23,),                     # sky
+    (24, 25),                  # human
+    (26, 27, 28, 29, 30, 31, 32, 33),  # vehicle
+)
+_CS19_VALID_IDS: Tuple[int, ...] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
+                                    31, 32, 33)
+_CS_MAX_ID = 33
 
 
 # --------------------------------------------------------------------------- #
@@ -109,6 +173,12 @@ def normalize_image(image: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- #
 # augmentation
 # --------------------------------------------------------------------------- #
+def _check_depth_scaling(depth_scaling: str) -> str:
+    if depth_scaling not in DEPTH_SCALINGS:
+        raise ValueError(f"depth_scaling must be one of {DEPTH_SCALINGS}, got {depth_scaling!r}")
+    return depth_scaling
+
+
 @dataclass(frozen=True)
 class AugmentParams:
     """Parameters of one draw of :func:`augment_sample`.
@@ -118,16 +188,35 @@ class AugmentParams:
         top: row of the crop's top-left corner (0 <= top <= H - int(H/s)).
         left: column of the crop's top-left corner (0 <= left <= W - int(W/s)).
         flip: whether the (cropped, resized) sample is flipped horizontally.
+        depth_scaling: how the scale crop changes the "depth" values, one of
+            ``DEPTH_SCALINGS``:
+
+            * ``"divide"`` (default): depth / s. Right for **metric depth**: zooming in
+              by s makes the scene look s times closer (MTAN / XTasC-Net NYUv2 loader).
+            * ``"multiply"``: depth * s. Right for **disparity / inverse depth**
+              (geometrically consistent zoom; reference-implementations §3.1 item 14).
+              Values may then exceed a dataset's clip (e.g. ``CITYSCAPES_DEPTH_MAX``).
+            * ``"none"``: values unchanged (the XTasC-Net Cityscapes code).
+
+            0 (invalid) stays 0 in every mode; "depth_valid" is never rescaled.
+
+    Raises:
+        ValueError: (at construction) unknown ``depth_scaling``.
     """
 
     scale: float
     top: int
     left: int
     flip: bool
+    depth_scaling: str = "divide"
+
+    def __post_init__(self) -> None:
+        _check_depth_scaling(self.depth_scaling)
 
 
 def sample_augment_params(height: int, width: int,
-                          generator: Optional[torch.Generator] = None) -> AugmentParams:
+                          generator: Optional[torch.Generator] = None,
+                          depth_scaling: str = "divide") -> AugmentParams:
     """Draw random scale-crop and flip parameters with the torch RNG.
 
     Draw order: scale index (``torch.randint(0, 3)``), top (``torch.randint(0, H-h+1)``),
@@ -138,13 +227,18 @@ def sample_augment_params(height: int, width: int,
     Args:
         height, width: sample size H, W in pixels (positive ints).
         generator: optional ``torch.Generator`` (CPU).
+        depth_scaling: copied into the result (not random); see :class:`AugmentParams`.
 
     Returns:
         :class:`AugmentParams`.
 
+    Raises:
+        ValueError: non-positive size or unknown ``depth_scaling``.
+
     Source: MTAN / XTasC-Net ``RandomScaleCrop`` and NYUv2 flip
     (reference-implementations §1.4).
     """
+    _check_depth_scaling(depth_scaling)
     if height <= 0 or width <= 0:
         raise ValueError(f"invalid sample size {height}x{width}")
     k = int(torch.randint(0, len(AUGMENT_SCALES), (1,), generator=generator).item())
@@ -153,7 +247,11 @@ def sample_augment_params(height: int, width: int,
     top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
     left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
     flip = bool((torch.rand(1, generator=generator) < 0.5).item())
-    return AugmentParams(scale=s, top=top, left=left, flip=flip)
+    return AugmentParams(scale=s, top=top, left=left, flip=flip, depth_scaling=depth_scaling)
+
+
+def _shape_of(x) -> object:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)
 
 
 def _check_sample_tensors(sample: Sample) -> Tuple[int, int]:
@@ -161,49 +259,86 @@ def _check_sample_tensors(sample: Sample) -> Tuple[int, int]:
         raise ValueError("sample has no 'image' entry")
     image = sample["image"]
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"sample['image'] must be a [3,H,W] tensor, got "
-                         f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image)}")
+        raise ValueError(f"sample['image'] must be a [3,H,W] tensor, got {_shape_of(image)}")
     H, W = int(image.shape[1]), int(image.shape[2])
     if "seg" in sample:
         seg = sample["seg"]
         if not isinstance(seg, torch.Tensor) or tuple(seg.shape) != (H, W):
-            raise ValueError(f"sample['seg'] must be [{H},{W}], got "
-                             f"{tuple(seg.shape) if isinstance(seg, torch.Tensor) else type(seg)}")
+            raise ValueError(f"sample['seg'] must be [{H},{W}], got {_shape_of(seg)}")
     if "depth" in sample:
         depth = sample["depth"]
         if not isinstance(depth, torch.Tensor) or tuple(depth.shape) != (1, H, W):
-            raise ValueError(f"sample['depth'] must be [1,{H},{W}], got "
-                             f"{tuple(depth.shape) if isinstance(depth, torch.Tensor) else type(depth)}")
+            raise ValueError(f"sample['depth'] must be [1,{H},{W}], got {_shape_of(depth)}")
+    if "depth_valid" in sample:
+        valid = sample["depth_valid"]
+        if (not isinstance(valid, torch.Tensor) or tuple(valid.shape) != (1, H, W)
+                or valid.dtype != torch.bool):
+            raise ValueError(f"sample['depth_valid'] must be a bool [1,{H},{W}] tensor, got "
+                             f"{_shape_of(valid)}"
+                             + (f" {valid.dtype}" if isinstance(valid, torch.Tensor) else ""))
     return H, W
+
+
+def _pixel_map_keys(sample: Sample, H: int, W: int) -> List[str]:
+    """Keys (other than "image") of the per-pixel maps: tensors [H,W] or [C,H,W]."""
+    return [k for k, v in sample.items()
+            if k != "image" and isinstance(v, torch.Tensor) and v.dim() in (2, 3)
+            and tuple(v.shape[-2:]) == (H, W)]
+
+
+def _resize_nearest(t: torch.Tensor, size: Tuple[int, int], mode: str) -> torch.Tensor:
+    """Nearest-neighbour resize of a [H,W] or [C,H,W] tensor of any dtype, values exact.
+
+    The source pixel of every output pixel depends only on the sizes and ``mode``, so
+    all maps of a sample resized with the same arguments stay aligned."""
+    x = t[None, None] if t.dim() == 2 else t[None]
+    dtype = t.dtype
+    if dtype == torch.bool:
+        y = F.interpolate(x.to(torch.uint8), size=size, mode=mode).to(torch.bool)
+    elif dtype == torch.uint8 or dtype in (torch.float32, torch.float64):
+        y = F.interpolate(x, size=size, mode=mode)
+    elif dtype.is_floating_point:
+        y = F.interpolate(x.to(torch.float32), size=size, mode=mode).to(dtype)
+    else:  # other integer types: float64 is exact up to 2**53
+        y = F.interpolate(x.to(torch.float64), size=size, mode=mode).round().to(dtype)
+    return (y[0, 0] if t.dim() == 2 else y[0]).contiguous()
 
 
 def apply_augmentation(sample: Sample, params: AugmentParams) -> Sample:
     """Apply given scale-crop / flip parameters to a sample (deterministic).
 
-    Crops ``int(H/s) x int(W/s)`` at (top, left) and resizes back to ``H x W``:
-    the image bilinearly with ``align_corners=True``, ``seg`` and ``depth`` with
-    ``mode="nearest"``. Depth is divided by s (invalid 0 stays 0; a crop
-    zooms in, so the scene appears s times closer). Then flips horizontally if
-    ``params.flip``.
+    Crops ``int(H/s) x int(W/s)`` at (top, left) and resizes back to ``H x W``: the
+    image bilinearly with ``align_corners=True``; every per-pixel map — "seg",
+    "depth", "depth_valid" and any other tensor entry of shape ``[H,W]`` or
+    ``[C,H,W]`` — with ``mode="nearest"`` (the same source pixel for all maps, so
+    masks stay aligned with their data). "depth" values are then rescaled by
+    ``params.depth_scaling`` ("divide": / s, "multiply": * s, "none": unchanged;
+    invalid 0 stays 0). Other per-pixel maps keep their values (they are treated as
+    labels or masks; maps whose values depend on orientation, e.g. surface normals,
+    are not supported). Then everything is flipped horizontally if ``params.flip``.
 
     Args:
         sample: dict with "image" float32 [3,H,W] (in [0, 1], i.e. before
             normalisation), optional "seg" int64 [H,W], optional "depth" float32
-            [1,H,W] metres. Other entries are passed through.
+            [1,H,W], optional "depth_valid" bool [1,H,W], optional other per-pixel
+            maps. Non-tensor entries and tensors of other shapes are passed through.
         params: :class:`AugmentParams`.
 
     Returns:
         A new dict; the input is not modified. Shapes and dtypes are preserved.
 
     Raises:
-        ValueError: on malformed sample tensors or a crop outside the sample.
+        ValueError: on malformed "image"/"seg"/"depth"/"depth_valid" tensors or a
+            crop outside the sample.
 
-    Source: MTAN / XTasC-Net NYUv2 loader (reference-implementations §1.4).
+    Source: MTAN / XTasC-Net loaders (reference-implementations §1.4); the masks
+    are cropped with the data, unlike the authors' Cityscapes code (§3.1 item 1).
     """
     H, W = _check_sample_tensors(sample)
     s = float(params.scale)
     if s < 1.0:
         raise ValueError(f"augmentation scale must be >= 1, got {s}")
+    _check_depth_scaling(params.depth_scaling)
     h, w = int(H / s), int(W / s)
     i, j = int(params.top), int(params.left)
     if h < 1 or w < 1 or i < 0 or j < 0 or i + h > H or j + w > W:
@@ -217,50 +352,58 @@ def apply_augmentation(sample: Sample, params: AugmentParams) -> Sample:
         img = torch.flip(img, dims=[-1])
     out["image"] = img.contiguous()
 
-    if "seg" in sample:
-        seg = sample["seg"]
-        sg = F.interpolate(seg[None, None, i:i + h, j:j + w].to(torch.float32), size=(H, W),
-                           mode="nearest")[0, 0].round().to(seg.dtype)
+    for key in _pixel_map_keys(sample, H, W):
+        t = sample[key]
+        m = _resize_nearest(t[..., i:i + h, j:j + w], (H, W), "nearest")
+        if key == "depth":
+            if params.depth_scaling == "divide":
+                m = (m.float() / s).to(t.dtype)
+            elif params.depth_scaling == "multiply":
+                m = (m.float() * s).to(t.dtype)
         if params.flip:
-            sg = torch.flip(sg, dims=[-1])
-        out["seg"] = sg.contiguous()
-
-    if "depth" in sample:
-        depth = sample["depth"]
-        dp = F.interpolate(depth[None, :, i:i + h, j:j + w].float(), size=(H, W),
-                           mode="nearest")[0] / s
-        if params.flip:
-            dp = torch.flip(dp, dims=[-1])
-        out["depth"] = dp.to(depth.dtype).contiguous()
+            m = torch.flip(m, dims=[-1])
+        out[key] = m.contiguous()
     return out
 
 
-def augment_sample(sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
-    """MTAN-style training augmentation shared by both NYUv2 datasets.
+def augment_sample(sample: Sample, generator: Optional[torch.Generator] = None,
+                   depth_scaling: str = "divide") -> Sample:
+    """MTAN-style training augmentation shared by all datasets.
 
     Random scale crop, s drawn uniformly from ``AUGMENT_SCALES`` = (1.0, 1.2, 1.5):
     crop ``int(H/s) x int(W/s)`` at a uniformly random position, resize back to
-    ``H x W`` (image bilinear ``align_corners=True``, seg and depth nearest),
-    depth divided by s (0 = invalid stays 0); then horizontal flip with p = 0.5.
-    Randomness comes from ``torch.randint`` / ``torch.rand`` with ``generator``
-    (the global torch RNG when None), so DataLoader worker seeding makes it
-    reproducible. See :func:`sample_augment_params` and :func:`apply_augmentation`.
+    ``H x W`` (image bilinear ``align_corners=True``; seg, depth, depth_valid and
+    any other per-pixel map nearest), depth rescaled by ``depth_scaling`` (default
+    "divide": metric depth / s; 0 = invalid stays 0); then horizontal flip with
+    p = 0.5. Randomness comes from ``torch.randint`` / ``torch.rand`` with
+    ``generator`` (the global torch RNG when None), so DataLoader worker seeding
+    makes it reproducible. See :func:`sample_augment_params` and
+    :func:`apply_augmentation`.
+
+    The authors apply flip before the crop for Cityscapes and after it for NYUv2;
+    with a uniformly random crop position the two orders give the same
+    distribution, so one order (crop, then flip) is used for both.
 
     Args:
         sample: dict with "image" float32 [3,H,W] in [0, 1] (un-normalised),
-            "seg" int64 [H,W] (ignore -1, preserved), "depth" float32 [1,H,W] metres.
+            "seg" int64 [H,W] (ignore -1, preserved), "depth" float32 [1,H,W],
+            "depth_valid" bool [1,H,W] (all optional except "image").
         generator: optional ``torch.Generator``.
+        depth_scaling: "divide" (metric depth, NYUv2), "multiply" (disparity,
+            geometrically consistent) or "none" (XTasC-Net Cityscapes code); see
+            :class:`AugmentParams`.
 
     Returns:
         A new sample dict with the same shapes and dtypes.
 
     Raises:
-        ValueError: on malformed sample tensors.
+        ValueError: on malformed sample tensors or unknown ``depth_scaling``.
 
-    Source: XTasC-Net paper §V-A; reference-implementations §1.4 and PART 4 item 1.
+    Source: XTasC-Net paper §V-A; reference-implementations §1.4, §3.1 items 1 and
+    14, PART 4 items 1-2.
     """
     H, W = _check_sample_tensors(sample)
-    return apply_augmentation(sample, sample_augment_params(H, W, generator))
+    return apply_augmentation(sample, sample_augment_params(H, W, generator, depth_scaling))
 
 
 # --------------------------------------------------------------------------- #
@@ -279,27 +422,26 @@ def _check_size(size) -> Optional[Tuple[int, int]]:
 
 
 def _resize_sample(sample: Sample, size: Optional[Tuple[int, int]]) -> Sample:
-    """Resize to ``size``: image bilinear (antialias, align_corners=False),
-    seg and depth nearest (pixel-centre aligned, ``nearest-exact``)."""
+    """Resize to ``size``: image bilinear (antialias, align_corners=False), every
+    per-pixel map (seg, depth, depth_valid, ...) nearest (pixel-centre aligned,
+    ``nearest-exact``; values are not rescaled)."""
     if size is None:
         return sample
     image = sample["image"]
-    if tuple(image.shape[1:]) == tuple(size):
+    H, W = int(image.shape[1]), int(image.shape[2])
+    if (H, W) == tuple(size):
         return sample
     out = dict(sample)
     out["image"] = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
                                  antialias=True)[0].clamp_(0.0, 1.0).contiguous()
-    seg = sample["seg"]
-    out["seg"] = F.interpolate(seg[None, None].to(torch.float32), size=size,
-                               mode="nearest-exact")[0, 0].round().to(torch.int64).contiguous()
-    out["depth"] = F.interpolate(sample["depth"][None], size=size,
-                                 mode="nearest-exact")[0].contiguous()
+    for key in _pixel_map_keys(sample, H, W):
+        out[key] = _resize_nearest(sample[key], size, "nearest-exact")
     return out
 
 
-def _finish(sample: Sample, augment: bool, normalize: bool) -> Sample:
+def _finish(sample: Sample, augment: bool, normalize: bool, depth_scaling: str = "divide") -> Sample:
     if augment:
-        sample = augment_sample(sample)
+        sample = augment_sample(sample, depth_scaling=depth_scaling)
     if normalize:
         sample = dict(sample)
         sample["image"] = normalize_image(sample["image"]).contiguous()
@@ -319,8 +461,66 @@ def _open_png(path: Path) -> Image.Image:
     return im
 
 
+def _read_rgb_png(path: Path) -> np.ndarray:
+    """uint8 (H,W,3) from an RGB PNG; ValueError naming the file otherwise."""
+    with _open_png(path) as im:
+        if im.mode != "RGB":
+            raise ValueError(f"RGB image {path} has mode {im.mode!r}, expected 'RGB'")
+        a = np.array(im, dtype=np.uint8)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"RGB image {path} has array shape {a.shape}, expected (H,W,3)")
+    return a
+
+
+def _read_uint16_png(path: Path, what: str) -> np.ndarray:
+    """Raw values (H,W) of a 16-bit single-channel PNG (mode "I;16*", or mode "I"
+    with values in 0..65535); ValueError naming the file otherwise."""
+    with _open_png(path) as im:
+        mode = im.mode
+        if mode not in _DEPTH16_MODES and mode != "I":
+            raise ValueError(f"{what} image {path} has mode {mode!r}, expected 16-bit "
+                             f"single channel ({', '.join(_DEPTH16_MODES)})")
+        a = np.array(im)
+    if a.ndim != 2:
+        raise ValueError(f"{what} image {path} has array shape {a.shape}, expected (H,W)")
+    if mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
+        raise ValueError(f"{what} image {path} (mode 'I') has values outside 0..65535: "
+                         f"[{a.min()}, {a.max()}], expected uint16")
+    return a
+
+
+def _read_label_png(path: Path, max_value: int, expected: str) -> np.ndarray:
+    """uint8 (H,W) from an 8-bit single-channel PNG ('L', or raw 'P' indices) whose
+    values are <= max_value; ValueError naming the file (and the bad value) otherwise."""
+    with _open_png(path) as im:
+        if im.mode not in ("L", "P"):
+            raise ValueError(f"label image {path} has mode {im.mode!r}, expected 8-bit "
+                             f"single channel ('L' or 'P')")
+        a = np.array(im, dtype=np.uint8)  # 'P': raw palette indices
+    if a.ndim != 2:
+        raise ValueError(f"label image {path} has array shape {a.shape}, expected (H,W)")
+    if a.size and int(a.max()) > max_value:
+        bad = int(a.max())
+        raise ValueError(f"label image {path} contains value {bad} > {max_value} "
+                         f"(expected {expected})")
+    return a
+
+
+def _check_same_size(reference: Tuple[Path, np.ndarray], *others: Tuple[Path, np.ndarray]) -> None:
+    p_ref, ref = reference
+    hw = ref.shape[:2]
+    for p, a in others:
+        if a.shape[:2] != hw:
+            raise ValueError(f"{p} has size {a.shape[1]}x{a.shape[0]} (WxH), but the RGB image "
+                             f"{p_ref} has {hw[1]}x{hw[0]}")
+
+
+def _rgb_tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb).permute(2, 0, 1).to(torch.float32).div_(255.0).contiguous()
+
+
 # --------------------------------------------------------------------------- #
-# real-frame PNG layout
+# NYUv2: real-frame PNG layout
 # --------------------------------------------------------------------------- #
 class NYUv2Frames(torch.utils.data.Dataset):
     """NYUv2 frames stored as PNG files (layout of ``shared/data/nyuv2-test10``).
@@ -334,12 +534,12 @@ class NYUv2Frames(torch.utils.data.Dataset):
         label40/NNNN.png   0 = unlabelled, classes 1..K
 
     Conversion: label 0 -> -1 (ignore), labels 1..K -> 0..K-1; depth uint16 mm ->
-    float32 metres (/1000), 0 stays 0 (invalid). Resize to ``size`` = (H, W): image
-    bilinear (antialias, align_corners=False), labels and depth nearest
-    (``nearest-exact``, pixel-centre aligned; depth values are not rescaled).
-    ``size=None`` keeps the native resolution. Then, if ``augment``,
-    :func:`augment_sample` (global torch RNG); then, if ``normalize``,
-    ImageNet normalisation.
+    float32 metres (/1000), 0 stays 0 (invalid); "depth_valid" = depth > 0. Resize to
+    ``size`` = (H, W): image bilinear (antialias, align_corners=False), labels,
+    depth and depth_valid nearest (``nearest-exact``, pixel-centre aligned; depth
+    values are not rescaled). ``size=None`` keeps the native resolution. Then, if
+    ``augment``, :func:`augment_sample` (global torch RNG, ``depth_scaling``); then,
+    if ``normalize``, ImageNet normalisation.
 
     Args:
         root: dataset folder.
@@ -349,17 +549,21 @@ class NYUv2Frames(torch.utils.data.Dataset):
         normalize: ImageNet-normalise the image (else it stays in [0, 1]).
         frames: optional explicit list of frame ids (``"0001"`` or ``"0001.png"``);
             default: the sorted stems of ``rgb/*.png``.
+        depth_scaling: depth rescaling of the scale crop, default "divide" (metric
+            depth, MTAN / XTasC-Net NYUv2); see :class:`AugmentParams`.
 
     Each item: dict "image" float32 [3,H,W], "seg" int64 [H,W] in {-1, 0..K-1},
-    "depth" float32 [1,H,W] metres (0 invalid), "name" str (the frame id).
+    "depth" float32 [1,H,W] metres (0 invalid), "depth_valid" bool [1,H,W]
+    (depth > 0, cropped/flipped with the depth), "name" str (the frame id).
 
     Raises:
         FileNotFoundError: (at construction) missing root, sub-folder or any frame
             file, or no ``rgb/*.png``; the message names the path.
-        ValueError: ``classes`` not in {13, 40}, bad ``size``; (at ``__getitem__``)
-            unreadable file, image not RGB, depth not 16-bit, label not 8-bit single
-            channel, sizes that differ between rgb/depth/label, or a label value > K
-            (the message names the file, and the bad value for labels).
+        ValueError: ``classes`` not in {13, 40}, bad ``size`` or ``depth_scaling``;
+            (at ``__getitem__``) unreadable file, image not RGB, depth not 16-bit,
+            label not 8-bit single channel, sizes that differ between
+            rgb/depth/label, or a label value > K (the message names the file, and
+            the bad value for labels).
 
     Source: NYU Depth v2 (Silberman et al., ECCV 2012) labelled test frames; label
     and depth conventions of MTAN / XTasC-Net (XTasC-Net paper §V-A,
@@ -370,7 +574,7 @@ class NYUv2Frames(torch.utils.data.Dataset):
 
     def __init__(self, root: PathLike, size: Optional[Tuple[int, int]] = (240, 320),
                  classes: int = 13, augment: bool = False, normalize: bool = True,
-                 frames: Optional[Sequence[str]] = None) -> None:
+                 frames: Optional[Sequence[str]] = None, depth_scaling: str = "divide") -> None:
         if classes not in (13, 40):
             raise ValueError(f"classes must be 13 or 40, got {classes!r}")
         self.root = Path(root)
@@ -378,6 +582,7 @@ class NYUv2Frames(torch.utils.data.Dataset):
         self.num_classes = int(classes)
         self.augment = bool(augment)
         self.normalize = bool(normalize)
+        self.depth_scaling = _check_depth_scaling(depth_scaling)
         self.rgb_dir = self.root / "rgb"
         self.depth_dir = self.root / "depth"
         self.label_dir = self.root / f"label{self.num_classes}"
@@ -408,65 +613,27 @@ class NYUv2Frames(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def _read_rgb(self, path: Path) -> np.ndarray:
-        with _open_png(path) as im:
-            if im.mode != "RGB":
-                raise ValueError(f"RGB image {path} has mode {im.mode!r}, expected 'RGB'")
-            a = np.array(im, dtype=np.uint8)
-        if a.ndim != 3 or a.shape[2] != 3:
-            raise ValueError(f"RGB image {path} has array shape {a.shape}, expected (H,W,3)")
-        return a
-
-    def _read_depth(self, path: Path) -> np.ndarray:
-        with _open_png(path) as im:
-            mode = im.mode
-            if mode not in _DEPTH16_MODES and mode != "I":
-                raise ValueError(f"depth image {path} has mode {mode!r}, expected 16-bit "
-                                 f"single channel ({', '.join(_DEPTH16_MODES)})")
-            a = np.array(im)
-        if a.ndim != 2:
-            raise ValueError(f"depth image {path} has array shape {a.shape}, expected (H,W)")
-        if mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
-            raise ValueError(f"depth image {path} (mode 'I') has values outside 0..65535: "
-                             f"[{a.min()}, {a.max()}], expected uint16 millimetres")
-        return a.astype(np.float32) / 1000.0
-
-    def _read_label(self, path: Path) -> np.ndarray:
-        with _open_png(path) as im:
-            if im.mode not in ("L", "P"):
-                raise ValueError(f"label image {path} has mode {im.mode!r}, expected 8-bit "
-                                 f"single channel ('L' or 'P')")
-            a = np.array(im, dtype=np.uint8)  # 'P': raw palette indices
-        if a.ndim != 2:
-            raise ValueError(f"label image {path} has array shape {a.shape}, expected (H,W)")
-        if a.size and int(a.max()) > self.num_classes:
-            bad = int(a.max())
-            raise ValueError(f"label image {path} contains value {bad} > {self.num_classes} "
-                             f"(expected 0 = unlabelled or 1..{self.num_classes})")
-        return a
-
     def __getitem__(self, index: int) -> Sample:
         """Load frame ``index``; see the class docstring for the returned dict."""
         fid = self.frames[index]
         p_rgb = self.rgb_dir / f"{fid}.png"
         p_depth = self.depth_dir / f"{fid}.png"
         p_label = self.label_dir / f"{fid}.png"
-        rgb = self._read_rgb(p_rgb)
-        depth = self._read_depth(p_depth)
-        label = self._read_label(p_label)
-        hw = rgb.shape[:2]
-        for p, a in ((p_depth, depth), (p_label, label)):
-            if a.shape[:2] != hw:
-                raise ValueError(f"{p} has size {a.shape[1]}x{a.shape[0]} (WxH), but the RGB image "
-                                 f"{p_rgb} has {hw[1]}x{hw[0]}")
+        rgb = _read_rgb_png(p_rgb)
+        depth = _read_uint16_png(p_depth, "depth").astype(np.float32) / 1000.0
+        label = _read_label_png(p_label, self.num_classes,
+                                f"0 = unlabelled or 1..{self.num_classes}")
+        _check_same_size((p_rgb, rgb), (p_depth, depth), (p_label, label))
+        depth_t = torch.from_numpy(depth)[None].contiguous()
         sample: Sample = {
-            "image": torch.from_numpy(rgb).permute(2, 0, 1).to(torch.float32).div_(255.0).contiguous(),
+            "image": _rgb_tensor(rgb),
             "seg": torch.from_numpy(label.astype(np.int64) - 1),  # 0 -> -1, k -> k-1
-            "depth": torch.from_numpy(depth)[None].contiguous(),
+            "depth": depth_t,
+            "depth_valid": depth_t > 0,
             "name": fid,
         }
         sample = _resize_sample(sample, self.size)
-        return _finish(sample, self.augment, self.normalize)
+        return _finish(sample, self.augment, self.normalize, self.depth_scaling)
 
     def __repr__(self) -> str:
         return (f"NYUv2Frames(root={str(self.root)!r}, n={len(self)}, size={self.size}, "
@@ -474,70 +641,287 @@ class NYUv2Frames(torch.utils.data.Dataset):
 
 
 # --------------------------------------------------------------------------- #
-# MTAN preprocessed .npy layout
+# Cityscapes: label maps and the disparity target
 # --------------------------------------------------------------------------- #
-class MTANNYUv2(torch.utils.data.Dataset):
-    """NYUv2 in MTAN's preprocessed ``.npy`` layout (the data XTasC-Net trains on).
-
-    Layout: ``root/{split}/{image,label,depth}/{i}.npy`` for i = 0..N-1 contiguous,
-    N = number of ``image/*.npy`` files (``normal/`` is not read). Standard MTAN
-    counts: 795 train, 654 val (val is the official test split).
-
-    File contents (MTAN convention, reference-implementations §1.4):
-
-    ==============  ==========  ==========================================
-    file            shape       content
-    ==============  ==========  ==========================================
-    image/i.npy     (H, W, 3)   float RGB in [0, 1]
-    label/i.npy     (H, W)      integer-valued (float or int), -1 void,
-                                0..12 classes (NYU-13 order, see
-                                ``NYU13_CLASS_NAMES``)
-    depth/i.npy     (H, W, 1)   metres, 0 = invalid
-    ==============  ==========  ==========================================
-
-    Size is taken from the data (288x384 for MTAN's files). If ``augment``,
-    :func:`augment_sample` is applied (global torch RNG); then, if ``normalize``,
-    ImageNet normalisation. The XTasC-Net code uses no normalisation for NYUv2:
-    pass ``normalize=False`` to match it.
+def cityscapes_label_table(classes: int = 7) -> np.ndarray:
+    """Lookup table from Cityscapes label id to class index.
 
     Args:
-        root: folder containing the split folders.
-        split: split folder name, e.g. "train" or "val".
-        augment: apply :func:`augment_sample`.
-        normalize: ImageNet-normalise the image (else it stays in [0, 1]).
+        classes: 7 (categories) or 19 (the standard trainIds).
 
-    Each item: dict "image" float32 [3,H,W], "seg" int64 [H,W] in {-1, 0..12},
-    "depth" float32 [1,H,W] metres (0 invalid), "name" str (``"{split}/{i}"``).
+    Returns:
+        int64 array of shape (34,): entry ``id`` (0..33) is the class index
+        (0..classes-1) or ``IGNORE_INDEX`` (-1) for void.
+
+        * 7 classes: ids 0..6 void; flat {7,8,9,10} -> 0, construction {11..16} -> 1,
+          object {17..20} -> 2, nature {21,22} -> 3, sky {23} -> 4, human {24,25} -> 5,
+          vehicle {26..33} -> 6 (ids 9, 10, 14-16, 18, 29, 30 are kept, unlike the
+          19-class protocol).
+        * 19 classes: void {0-6, 9, 10, 14, 15, 16, 18, 29, 30}; valid
+          {7, 8, 11, 12, 13, 17, 19, 20, 21, ..., 28, 31, 32, 33} -> 0..18 in that
+          order (``CITYSCAPES19_CLASS_NAMES``).
+
+        Id -1 (license plate) is void in both; it is handled by
+        :func:`cityscapes_labels_to_train_ids`, not by this table.
 
     Raises:
-        FileNotFoundError: (at construction) missing root/split/sub-folder, no
-            ``image/*.npy``, or a missing ``{image,label,depth}/{i}.npy`` for some
-            i < N (a gap); the message names the path.
-        ValueError: (at ``__getitem__``) file np.load cannot read, wrong shape,
-            non-finite values, image outside [0, 1], label not integer-valued or
-            outside {-1, 0..12}, negative depth, or sizes that differ between the
-            three files; the message names the file.
+        ValueError: ``classes`` not in {7, 19}.
 
-    Source: MTAN (Liu et al., CVPR 2019) preprocessed NYUv2; XTasC-Net
-    ``dataloader.py::NYUv2`` (XTasC-Net paper §V-A, reference-implementations §1.4,
-    PART 4 item 1).
+    Source: XTasC-Net ``dataloader.py::encode_segmt`` (reference-implementations
+    §1.4), cityscapesScripts ``labels.py`` (Cordts et al., CVPR 2016). The
+    authors' ignore value 250 is this project's ``IGNORE_INDEX`` (-1).
+    """
+    if classes not in (7, 19):
+        raise ValueError(f"classes must be 7 or 19, got {classes!r}")
+    table = np.full(_CS_MAX_ID + 1, IGNORE_INDEX, dtype=np.int64)
+    if classes == 7:
+        for c, ids in enumerate(_CS7_GROUPS):
+            table[list(ids)] = c
+    else:
+        table[list(_CS19_VALID_IDS)] = np.arange(len(_CS19_VALID_IDS))
+    return table
+
+
+def cityscapes_labels_to_train_ids(ids: np.ndarray, classes: int = 7) -> np.ndarray:
+    """Map Cityscapes label ids to class indices (void -> ``IGNORE_INDEX`` = -1).
+
+    Args:
+        ids: integer array of any shape with values in {-1, 0..33} (-1 = license
+            plate, which never occurs in uint8 ``*_labelIds.png`` files).
+        classes: 7 or 19; see :func:`cityscapes_label_table`.
+
+    Returns:
+        int64 array of the same shape, values in {-1, 0..classes-1}.
+
+    Raises:
+        ValueError: ``classes`` not in {7, 19}, non-integer dtype, or a value
+            outside {-1, 0..33} (the message gives the value).
+
+    Source: reference-implementations §1.4 (label maps 7/19).
+    """
+    table = cityscapes_label_table(classes)
+    a = np.asarray(ids)
+    if not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+        raise ValueError(f"label ids must be integers, got dtype {a.dtype}")
+    a = a.astype(np.int64)
+    bad = (a < -1) | (a > _CS_MAX_ID)
+    if bad.any():
+        raise ValueError(f"label id {int(a[bad].flat[0])} outside {{-1, 0..{_CS_MAX_ID}}}")
+    return np.where(a < 0, IGNORE_INDEX, table[np.clip(a, 0, _CS_MAX_ID)])
+
+
+def cityscapes_disparity_to_depth(disparity: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Cityscapes depth target and validity mask from raw disparity PNG values.
+
+    For PNG value p (uint16): valid = p > 0; target = (p - 1) / 256**2 for valid
+    pixels, clipped at ``CITYSCAPES_DEPTH_MAX`` = 0.4922 (126 px of disparity);
+    invalid pixels get 0. Since the stored disparity is ``(p - 1) / 256`` pixels,
+    the target is disparity/256 — inverse depth up to a constant
+    (t ≈ 1.77 / Z[m] with Cityscapes' 0.2 m baseline and 2262 px focal length),
+    **not metres**. It matches MTAN's preprocessed Cityscapes depth range. A value
+    p == 1 gives target 0 but valid = True, as in the paper's mask (such pixels
+    are dropped by metrics that use target > 0).
+
+    Args:
+        disparity: integer array of any shape with values in 0..65535.
+
+    Returns:
+        ``(target, valid)``: float32 array (disparity/256 units, in
+        [0, 0.4922]) and bool array, both of the input's shape.
+
+    Raises:
+        ValueError: non-integer dtype or values outside 0..65535.
+
+    Source: XTasC-Net ``dataloader.py::CityscapesDataset`` (reference-implementations
+    §1.4 "Depth target", PART 4 item 2).
+    """
+    p = np.asarray(disparity)
+    if not np.issubdtype(p.dtype, np.integer):
+        raise ValueError(f"disparity must be an integer array, got dtype {p.dtype}")
+    if p.size and (p.min() < 0 or p.max() > 65535):
+        raise ValueError(f"disparity values outside 0..65535: [{p.min()}, {p.max()}]")
+    valid = p > 0
+    target = np.where(valid, (p.astype(np.float64) - 1.0) / 65536.0, 0.0)
+    target = np.minimum(target, CITYSCAPES_DEPTH_MAX).astype(np.float32)
+    return target, valid
+
+
+# --------------------------------------------------------------------------- #
+# Cityscapes: official files
+# --------------------------------------------------------------------------- #
+class CityscapesFiles(torch.utils.data.Dataset):
+    """Cityscapes read from the official files, as the XTasC-Net Cityscapes loader does.
+
+    Layout under ``root``::
+
+        leftImg8bit/{split}/<city>/<name>_leftImg8bit.png     RGB uint8
+        gtFine/{split}/<city>/<name>_gtFine_labelIds.png      uint8 label ids 0..33
+        disparity/{split}/<city>/<name>_disparity.png         uint16 disparity
+
+    Frames are the ``<city>/<name>_leftImg8bit.png`` files under
+    ``leftImg8bit/{split}``, sorted by ``<name>`` (which starts with the city).
+    Standard counts: 2975 train, 500 val (the authors report on val; use
+    :func:`split_train_val` on train for model selection).
+
+    Conversion (reference-implementations §1.4):
+
+    * labels: :func:`cityscapes_labels_to_train_ids` (7 categories or 19 trainIds),
+      void -> -1 (the authors' 250).
+    * depth: :func:`cityscapes_disparity_to_depth`: target ``(p-1)/256**2`` clipped
+      at 0.4922 — **disparity/256 (inverse-depth-like) units, not metres** — 0 where
+      p == 0; "depth_valid" = p > 0 (p == 1: valid, target 0).
+    * resize to ``size``: image bilinear with antialias (the authors resize the
+      RGB with nearest neighbour, a bug not reproduced: §3.1 item 4); labels, depth
+      and depth_valid nearest (``nearest-exact``); disparity values are not rescaled
+      with the image size (as in the authors' code).
+    * if ``augment``: :func:`augment_sample` (scale crop + flip) with
+      ``depth_scaling``; the mask is cropped with the data (the authors' bug §3.1
+      item 1 is not reproduced).
+    * if ``normalize``: ImageNet normalisation (the authors normalise Cityscapes).
+
+    ``depth_scaling`` defaults to ``"none"``: the authors' Cityscapes code does not
+    rescale the disparity target under the scale crop (§3.1 item 14), and results
+    comparable with theirs need the same. Dividing by the scale (the NYUv2 rule for
+    metric depth) would be wrong for an inverse-depth target; ``"multiply"`` is the
+    geometrically consistent choice (a crop zoomed by s multiplies disparity by s;
+    the target may then exceed 0.4922).
+
+    Args:
+        root: dataset folder containing ``leftImg8bit``, ``gtFine``, ``disparity``.
+        split: "train", "val" or "test" folder name.
+        classes: 7 or 19.
+        size: output (H, W) or None (native 1024x2048). Default (128, 256), the
+            XTasC-Net / MTAN Cityscapes resolution.
+        augment: apply :func:`augment_sample`.
+        normalize: ImageNet-normalise the image (else it stays in [0, 1]).
+        depth_scaling: "none" (default), "multiply" or "divide"; see above and
+            :class:`AugmentParams`.
+
+    Each item: dict "image" float32 [3,H,W], "seg" int64 [H,W] in {-1, 0..C-1},
+    "depth" float32 [1,H,W] disparity/256 in [0, 0.4922] (0 invalid or p == 1),
+    "depth_valid" bool [1,H,W], "name" str (``<name>``, e.g.
+    ``"aachen_000000_000019"``).
+
+    Raises:
+        FileNotFoundError: (at construction) missing root or split folder, no
+            frames, or a frame without its label or disparity file; the message
+            names the missing path.
+        ValueError: ``classes`` not in {7, 19}, bad ``size`` or ``depth_scaling``;
+            (at ``__getitem__``) unreadable file, image not mode RGB, label not
+            8-bit single channel or with an id > 33, disparity not 16-bit single
+            channel, or sizes that differ between the three files (the message
+            names the file).
+
+    Source: Cordts et al., CVPR 2016 (data); XTasC-Net paper §V-A and
+    ``dataloader.py::CityscapesDataset`` (reference-implementations §1.4, §3.1
+    items 1, 4, 14, PART 4 item 2).
     """
 
-    num_classes: int = 13
     ignore_index: int = IGNORE_INDEX
+    depth_max: float = CITYSCAPES_DEPTH_MAX
 
-    def __init__(self, root: PathLike, split: str = "train", augment: bool = False,
-                 normalize: bool = True) -> None:
+    _IMAGE_SUFFIX = "_leftImg8bit.png"
+    _LABEL_SUFFIX = "_gtFine_labelIds.png"
+    _DISPARITY_SUFFIX = "_disparity.png"
+
+    def __init__(self, root: PathLike, split: str = "train", classes: int = 7,
+                 size: Optional[Tuple[int, int]] = (128, 256), augment: bool = False,
+                 normalize: bool = True, depth_scaling: str = "none") -> None:
+        self._lut = cityscapes_label_table(classes)  # validates classes
+        self.num_classes = int(classes)
         self.root = Path(root)
         self.split = str(split)
+        self.size = _check_size(size)
         self.augment = bool(augment)
         self.normalize = bool(normalize)
+        self.depth_scaling = _check_depth_scaling(depth_scaling)
+        self.image_dir = self.root / "leftImg8bit" / self.split
+        self.label_dir = self.root / "gtFine" / self.split
+        self.disparity_dir = self.root / "disparity" / self.split
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root not found: {self.root}")
+        for d in (self.image_dir, self.label_dir, self.disparity_dir):
+            if not d.is_dir():
+                raise FileNotFoundError(f"dataset folder not found: {d}")
+        found = []
+        for p in self.image_dir.glob(f"*/*{self._IMAGE_SUFFIX}"):
+            if p.is_file():
+                found.append((p.name[:-len(self._IMAGE_SUFFIX)], p.parent.name))
+        if not found:
+            raise FileNotFoundError(f"no frames (<city>/*{self._IMAGE_SUFFIX}) in {self.image_dir}")
+        #: (city, name) of every frame, sorted by name.
+        self.frames: List[Tuple[str, str]] = [(city, name) for name, city in sorted(found)]
+        for i in range(len(self.frames)):
+            for p in self.frame_paths(i)[1:]:
+                if not p.is_file():
+                    raise FileNotFoundError(f"missing file for frame {self.frames[i][1]!r}: {p}")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def frame_paths(self, index: int) -> Tuple[Path, Path, Path]:
+        """(image, label, disparity) paths of frame ``index``."""
+        city, name = self.frames[index]
+        return (self.image_dir / city / f"{name}{self._IMAGE_SUFFIX}",
+                self.label_dir / city / f"{name}{self._LABEL_SUFFIX}",
+                self.disparity_dir / city / f"{name}{self._DISPARITY_SUFFIX}")
+
+    def __getitem__(self, index: int) -> Sample:
+        """Load frame ``index``; see the class docstring for the returned dict."""
+        p_rgb, p_label, p_disp = self.frame_paths(index)
+        rgb = _read_rgb_png(p_rgb)
+        ids = _read_label_png(p_label, _CS_MAX_ID, f"Cityscapes label ids 0..{_CS_MAX_ID}")
+        disp = _read_uint16_png(p_disp, "disparity")
+        _check_same_size((p_rgb, rgb), (p_label, ids), (p_disp, disp))
+        target, valid = cityscapes_disparity_to_depth(disp)
+        sample: Sample = {
+            "image": _rgb_tensor(rgb),
+            "seg": torch.from_numpy(self._lut[ids]).contiguous(),
+            "depth": torch.from_numpy(target)[None].contiguous(),
+            "depth_valid": torch.from_numpy(valid)[None].contiguous(),
+            "name": self.frames[index][1],
+        }
+        sample = _resize_sample(sample, self.size)
+        return _finish(sample, self.augment, self.normalize, self.depth_scaling)
+
+    def __repr__(self) -> str:
+        return (f"CityscapesFiles(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
+                f"classes={self.num_classes}, size={self.size}, augment={self.augment}, "
+                f"normalize={self.normalize}, depth_scaling={self.depth_scaling!r})")
+
+
+# --------------------------------------------------------------------------- #
+# MTAN preprocessed .npy layouts (NYUv2 and Cityscapes share one reader)
+# --------------------------------------------------------------------------- #
+class _MTANNpyDataset(torch.utils.data.Dataset):
+    """Reader of MTAN's preprocessed layout ``root/{split}/{image,<label>,depth}/{i}.npy``.
+
+    Subclasses fix the label folder, the number of classes, the depth units
+    (``_depth_unit``), an optional upper bound of the depth values
+    (``depth_max``) and the default ``depth_scaling``. See :class:`MTANNYUv2` and
+    :class:`MTANCityscapes` for the file contents and the returned samples.
+    """
+
+    ignore_index: int = IGNORE_INDEX
+    #: Largest accepted depth value (None: unbounded); checked with a 1e-4 tolerance.
+    depth_max: Optional[float] = None
+    _depth_unit: str = "metres"
+
+    def __init__(self, root: PathLike, split: str, label_folder: str, num_classes: int,
+                 augment: bool, normalize: bool, depth_scaling: str) -> None:
+        self.root = Path(root)
+        self.split = str(split)
+        self.num_classes = int(num_classes)
+        self.augment = bool(augment)
+        self.normalize = bool(normalize)
+        self.depth_scaling = _check_depth_scaling(depth_scaling)
         self.split_dir = self.root / self.split
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset root not found: {self.root}")
         if not self.split_dir.is_dir():
             raise FileNotFoundError(f"split folder not found: {self.split_dir}")
-        self.dirs = {k: self.split_dir / k for k in ("image", "label", "depth")}
+        self.dirs = {"image": self.split_dir / "image", "label": self.split_dir / label_folder,
+                     "depth": self.split_dir / "depth"}
         for d in self.dirs.values():
             if not d.is_dir():
                 raise FileNotFoundError(f"dataset folder not found: {d}")
@@ -574,7 +958,7 @@ class MTANNYUv2(torch.utils.data.Dataset):
         return a
 
     def __getitem__(self, index: int) -> Sample:
-        """Load sample ``index``; see the class docstring for the returned dict."""
+        """Load sample ``index``; see the subclass docstring for the returned dict."""
         if index < 0:
             index += self._n
         if not 0 <= index < self._n:
@@ -584,19 +968,27 @@ class MTANNYUv2(torch.utils.data.Dataset):
         p_dep = self.dirs["depth"] / f"{index}.npy"
 
         img = self._load(p_img)
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"{p_img} has shape {img.shape}, expected (H, W, 3)")
+        if img.ndim != 3 or (img.shape[2] != 3 and img.shape[0] != 3):
+            raise ValueError(f"{p_img} has shape {img.shape}, expected (H, W, 3) or (3, H, W)")
         img = img.astype(np.float32)
         if not np.isfinite(img).all():
             raise ValueError(f"{p_img} contains non-finite values")
         if img.size and (img.min() < -1e-6 or img.max() > 1.0 + 1e-6):
             raise ValueError(f"{p_img} has values in [{img.min():.4g}, {img.max():.4g}], "
                              f"expected RGB in [0, 1]")
-        H, W = img.shape[:2]
 
         lab = self._load(p_lab)
-        if lab.shape != (H, W):
-            raise ValueError(f"{p_lab} has shape {lab.shape}, expected ({H}, {W}) matching {p_img}")
+        if lab.ndim != 2:
+            raise ValueError(f"{p_lab} has shape {lab.shape}, expected (H, W)")
+        H, W = lab.shape
+        # The label fixes (H, W), which tells (H, W, 3) from (3, H, W) even when H or W is 3.
+        if img.shape == (H, W, 3):
+            img_chw = np.transpose(img, (2, 0, 1))
+        elif img.shape == (3, H, W):
+            img_chw = img
+        else:
+            raise ValueError(f"{p_lab} has shape {lab.shape}, which does not match the image "
+                             f"{p_img} of shape {img.shape} (expected (H, W, 3) or (3, H, W))")
         if np.issubdtype(lab.dtype, np.floating):
             if not np.isfinite(lab).all():
                 raise ValueError(f"{p_lab} contains non-finite label values")
@@ -618,16 +1010,247 @@ class MTANNYUv2(torch.utils.data.Dataset):
             raise ValueError(f"{p_dep} contains non-finite depth values")
         if dep.size and dep.min() < 0:
             raise ValueError(f"{p_dep} contains negative depth {dep.min():.4g} "
-                             f"(expected metres >= 0, 0 = invalid)")
+                             f"(expected {self._depth_unit} >= 0, 0 = invalid)")
+        if self.depth_max is not None and dep.size and dep.max() > self.depth_max + 1e-4:
+            raise ValueError(f"{p_dep} contains depth {dep.max():.4g} > {self.depth_max} "
+                             f"(expected {self._depth_unit} in [0, {self.depth_max}])")
 
+        depth_t = torch.from_numpy(dep).permute(2, 0, 1).contiguous()
         sample: Sample = {
-            "image": torch.from_numpy(np.clip(img, 0.0, 1.0)).permute(2, 0, 1).contiguous(),
+            "image": torch.from_numpy(np.clip(img_chw, 0.0, 1.0)).contiguous(),
             "seg": torch.from_numpy(lab).contiguous(),
-            "depth": torch.from_numpy(dep).permute(2, 0, 1).contiguous(),
+            "depth": depth_t,
+            "depth_valid": depth_t > 0,
             "name": f"{self.split}/{index}",
         }
-        return _finish(sample, self.augment, self.normalize)
+        return _finish(sample, self.augment, self.normalize, self.depth_scaling)
 
     def __repr__(self) -> str:
-        return (f"MTANNYUv2(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
-                f"augment={self.augment}, normalize={self.normalize})")
+        return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
+                f"classes={self.num_classes}, augment={self.augment}, normalize={self.normalize}, "
+                f"depth_scaling={self.depth_scaling!r})")
+
+
+class MTANNYUv2(_MTANNpyDataset):
+    """NYUv2 in MTAN's preprocessed ``.npy`` layout (the data XTasC-Net trains on).
+
+    Layout: ``root/{split}/{image,label,depth}/{i}.npy`` for i = 0..N-1 contiguous,
+    N = number of ``image/*.npy`` files (``normal/`` is not read). Standard MTAN
+    counts: 795 train, 654 val (val is the official test split; select models on
+    a :func:`split_train_val` part of train).
+
+    File contents (MTAN convention, reference-implementations §1.4):
+
+    ==============  ==========  ==========================================
+    file            shape       content
+    ==============  ==========  ==========================================
+    image/i.npy     (H, W, 3)   float RGB in [0, 1] ((3, H, W) is accepted)
+    label/i.npy     (H, W)      integer-valued (float or int), -1 void,
+                                0..12 classes (NYU-13 order, see
+                                ``NYU13_CLASS_NAMES``)
+    depth/i.npy     (H, W, 1)   metres, 0 = invalid
+    ==============  ==========  ==========================================
+
+    Size is taken from the data (288x384 for MTAN's files). If ``augment``,
+    :func:`augment_sample` is applied (global torch RNG, ``depth_scaling``, default
+    "divide" as in MTAN / XTasC-Net); then, if ``normalize``, ImageNet
+    normalisation. The XTasC-Net code uses no normalisation for NYUv2: pass
+    ``normalize=False`` to match it.
+
+    Args:
+        root: folder containing the split folders.
+        split: split folder name, e.g. "train" or "val".
+        augment: apply :func:`augment_sample`.
+        normalize: ImageNet-normalise the image (else it stays in [0, 1]).
+        depth_scaling: see :class:`AugmentParams`; default "divide" (metric depth).
+
+    Each item: dict "image" float32 [3,H,W], "seg" int64 [H,W] in {-1, 0..12},
+    "depth" float32 [1,H,W] metres (0 invalid), "depth_valid" bool [1,H,W]
+    (depth > 0), "name" str (``"{split}/{i}"``).
+
+    Raises:
+        FileNotFoundError: (at construction) missing root/split/sub-folder, no
+            ``image/*.npy``, or a missing ``{image,label,depth}/{i}.npy`` for some
+            i < N (a gap); the message names the path.
+        ValueError: bad ``depth_scaling``; (at ``__getitem__``) file np.load cannot
+            read, wrong shape, non-finite values, image outside [0, 1], label not
+            integer-valued or outside {-1, 0..12}, negative depth, or sizes that
+            differ between the three files; the message names the file.
+
+    Source: MTAN (Liu et al., CVPR 2019) preprocessed NYUv2; XTasC-Net
+    ``dataloader.py::NYUv2`` (XTasC-Net paper §V-A, reference-implementations §1.4,
+    PART 4 item 1).
+    """
+
+    num_classes: int = 13
+
+    def __init__(self, root: PathLike, split: str = "train", augment: bool = False,
+                 normalize: bool = True, depth_scaling: str = "divide") -> None:
+        super().__init__(root, split, "label", 13, augment, normalize, depth_scaling)
+
+
+class MTANCityscapes(_MTANNpyDataset):
+    """Cityscapes in MTAN's preprocessed ``.npy`` layout.
+
+    Layout: ``root/{split}/{image,label_7,label_19,depth}/{i}.npy`` for i = 0..N-1
+    contiguous, N = number of ``image/*.npy`` files; only the label folder of the
+    chosen ``classes`` is read.
+
+    File contents (MTAN convention, reference-implementations PART 4 item 2):
+
+    ===============  ==========  ==========================================
+    file             shape       content
+    ===============  ==========  ==========================================
+    image/i.npy      (H, W, 3)   float RGB in [0, 1]; (3, H, W) is accepted
+                                 (told apart using the label's shape)
+    label_7/i.npy    (H, W)      integer-valued, -1 void, 0..6
+                                 (``CITYSCAPES7_CLASS_NAMES``)
+    label_19/i.npy   (H, W)      integer-valued, -1 void, 0..18
+                                 (``CITYSCAPES19_CLASS_NAMES``)
+    depth/i.npy      (H, W, 1)   disparity/256 units in [0, 0.4922]
+                                 (``CITYSCAPES_DEPTH_MAX``), 0 = invalid;
+                                 inverse-depth-like, **not metres**
+    ===============  ==========  ==========================================
+
+    "depth_valid" = depth > 0 (the preprocessed files have lost the p == 1 pixels
+    that :class:`CityscapesFiles` marks valid with target 0). Size is taken from
+    the data (128x256 for MTAN's files). Augmentation and normalisation as in
+    :class:`CityscapesFiles` (``depth_scaling`` default "none", the authors'
+    Cityscapes rule; see there why "divide" is wrong for disparity).
+
+    Args:
+        root: folder containing the split folders.
+        split: split folder name, e.g. "train" or "val".
+        classes: 7 (reads ``label_7/``) or 19 (reads ``label_19/``).
+        augment: apply :func:`augment_sample`.
+        normalize: ImageNet-normalise the image (else it stays in [0, 1]).
+        depth_scaling: see :class:`AugmentParams`; default "none".
+
+    Each item: dict "image" float32 [3,H,W], "seg" int64 [H,W] in {-1, 0..C-1},
+    "depth" float32 [1,H,W] disparity/256 (0 invalid), "depth_valid" bool [1,H,W],
+    "name" str (``"{split}/{i}"``).
+
+    Raises:
+        FileNotFoundError: as :class:`MTANNYUv2` (the label folder is
+            ``label_7``/``label_19``).
+        ValueError: ``classes`` not in {7, 19}, bad ``depth_scaling``; (at
+            ``__getitem__``) as :class:`MTANNYUv2`, with labels outside
+            {-1, 0..C-1} and depth above 0.4922 (+1e-4) also rejected; the message
+            names the file.
+
+    Source: MTAN (Liu et al., CVPR 2019) ``create_dataset.py::CityScapes``;
+    reference-implementations §1.4 and PART 4 item 2.
+    """
+
+    depth_max: Optional[float] = CITYSCAPES_DEPTH_MAX
+    _depth_unit = "disparity/256 units"
+
+    def __init__(self, root: PathLike, split: str = "train", classes: int = 7,
+                 augment: bool = False, normalize: bool = True,
+                 depth_scaling: str = "none") -> None:
+        if classes not in (7, 19):
+            raise ValueError(f"classes must be 7 or 19, got {classes!r}")
+        super().__init__(root, split, f"label_{int(classes)}", int(classes), augment, normalize,
+                         depth_scaling)
+
+
+# --------------------------------------------------------------------------- #
+# train / validation split (never the test split)
+# --------------------------------------------------------------------------- #
+def split_indices(n: int, val_fraction: float = 0.1, seed: int = 0) -> Tuple[List[int], List[int]]:
+    """Deterministic random split of ``range(n)`` into train and validation indices.
+
+    ``n_val = round_half_up(n * val_fraction)``, at least 1 when val_fraction > 0 and
+    at most n - 1 (train is never empty); the val indices are the first n_val
+    entries of ``torch.randperm(n)`` drawn from ``torch.Generator().manual_seed(seed)``
+    (independent of the global RNG), the rest are train. Both lists are sorted.
+
+    Use the same ``(n, val_fraction, seed)`` for two dataset instances over the same
+    files (one with ``augment=True`` for training, one with ``augment=False`` for
+    validation) to get a validation set that is evaluated without augmentation;
+    :func:`split_train_val` does this for you.
+
+    Args:
+        n: number of items (int >= 0), e.g. ``len(train_split_dataset)``.
+        val_fraction: fraction in [0, 1) held out for validation.
+        seed: seed of the permutation.
+
+    Returns:
+        ``(train_idx, val_idx)``: disjoint sorted lists of ints whose union is
+        ``range(n)``.
+
+    Raises:
+        ValueError: ``n`` not a non-negative int, ``val_fraction`` outside [0, 1)
+            (or NaN), or val_fraction > 0 with n < 2 (no non-empty split exists).
+
+    Source: this project's fix of the model selection on the test split
+    (reference-implementations §1.5, §3.1 item 13).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    n = int(n)
+    try:
+        f = float(val_fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}") from None
+    if not 0.0 <= f < 1.0:  # also rejects NaN
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if f == 0.0:
+        return list(range(n)), []
+    if n < 2:
+        raise ValueError(f"cannot split {n} item(s) into non-empty train and validation parts")
+    n_val = min(max(1, int(math.floor(n * f + 0.5))), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def _without_augmentation(dataset):
+    if getattr(dataset, "augment", False):
+        view = copy.copy(dataset)  # shallow: shares file lists, reads the same files
+        view.augment = False
+        return view
+    return dataset
+
+
+def split_train_val(dataset, val_fraction: float = 0.1, seed: int = 0, val_dataset=None
+                    ) -> Tuple[torch.utils.data.Subset, torch.utils.data.Subset]:
+    """Split a training set into train and validation subsets (the test split is untouched).
+
+    The indices come from :func:`split_indices` ``(len(dataset), val_fraction, seed)``.
+    The validation subset never augments: it is taken from ``val_dataset`` if given
+    (it must have the same length, the same ``frames`` if both have them, and
+    ``augment`` false), else from ``dataset`` itself when that does not augment,
+    else from a shallow copy of ``dataset`` with ``augment = False`` (works for every
+    dataset of this module; ``dataset`` itself is not modified).
+
+    Args:
+        dataset: the training split (e.g. ``MTANNYUv2(root, "train", augment=True)``),
+            any map-style dataset with ``__len__``.
+        val_fraction: fraction in [0, 1) for validation.
+        seed: permutation seed.
+        val_dataset: optional non-augmenting dataset over the same items.
+
+    Returns:
+        ``(train_subset, val_subset)``: ``torch.utils.data.Subset`` objects with
+        disjoint ``indices`` covering ``range(len(dataset))``.
+
+    Raises:
+        ValueError: as :func:`split_indices`; ``val_dataset`` of another length,
+            with other ``frames``, or augmenting.
+
+    Source: reference-implementations §1.5 and §3.1 item 13 (the authors select the
+    checkpoint on the test split).
+    """
+    n = len(dataset)
+    if val_dataset is None:
+        val_dataset = _without_augmentation(dataset)
+    else:
+        if len(val_dataset) != n:
+            raise ValueError(f"val_dataset has {len(val_dataset)} items, dataset has {n}")
+        if hasattr(dataset, "frames") and hasattr(val_dataset, "frames") and \
+                list(dataset.frames) != list(val_dataset.frames):
+            raise ValueError("val_dataset lists other frames than dataset")
+        if getattr(val_dataset, "augment", False):
+            raise ValueError("val_dataset augments; the validation subset must not be augmented")
+    train_idx, val_idx = split_indices(n, val_fraction, seed)
+    return torch.utils.data.Subset(dataset, train_idx), torch.utils.data.Subset(val_dataset, val_idx)
