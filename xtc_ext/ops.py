@@ -228,7 +228,10 @@ def _(a, b, mask, eps, reduction):
 
 @torch.library.register_fake("xtc_ext::cosine_similarity_loss_bwd")
 def _(grad_loss, a, b, mask, denom, eps, reduction):
-    return torch.empty_like(a, memory_format=torch.contiguous_format), torch.empty_like(b)
+    return (
+        torch.empty_like(a, memory_format=torch.contiguous_format),
+        torch.empty_like(b, memory_format=torch.contiguous_format),
+    )
 
 
 @torch.library.register_fake("xtc_ext::sigmoid_gate")
@@ -239,7 +242,10 @@ def _(x, gate_logits):
 
 @torch.library.register_fake("xtc_ext::sigmoid_gate_bwd")
 def _(grad_out, x, gate_logits):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(x)
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+    )
 
 
 def _fake_grad(grad_loss, x, *rest):
