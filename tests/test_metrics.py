@@ -265,3 +265,243 @@ def test_save_prediction_figure_real_frame(tmp_path):
                                  s["depth"] * 1.1, num_classes=13, title=s["name"])
     with Image.open(out) as im:
         assert im.mode == "RGB"
+
+
+# --------------------------------------------------------------------------- #
+# MT-CP metrics: NormalsMeter, SaliencyMeter, human parts via SegmentationMeter
+# --------------------------------------------------------------------------- #
+from xtc_ext.metrics import NormalsMeter, SaliencyMeter  # noqa: E402
+
+
+def _normals_map(vectors):
+    """[P, 3] list of vectors -> [1, 3, 1, P] float64 map."""
+    v = torch.tensor(vectors, dtype=torch.float64)
+    return v.t().reshape(1, 3, 1, -1).contiguous()
+
+
+def _at_angle(deg, length=1.0):
+    r = math.radians(deg)
+    return [length * math.sin(r), 0.0, length * math.cos(r)]
+
+
+def test_normals_known_angles():
+    # pixel angles to +z: 0, 90, 45 (unnormalised prediction), invalid target, 180 (opposite)
+    pred = _normals_map([[0, 0, 3], [2, 0, 0], [1, 0, 1], [1, 1, 1], [0, 0, -1]])
+    target = _normals_map([[0, 0, 1], [0, 0, 1], [0, 0, 2], [0, 0, 0], [0, 0, 1]])
+    m = NormalsMeter()
+    m.update(pred[..., :4], target[..., :4])
+    r = m.compute()
+    assert m.count == 3
+    assert r["mean"] == pytest.approx(45.0, abs=1e-9)
+    assert r["median"] == pytest.approx(45.0, abs=0.006)  # 0.01-degree bins: within half a bin
+    assert r["rmse"] == pytest.approx(math.sqrt((0 + 90 ** 2 + 45 ** 2) / 3), rel=1e-12)
+    for k in ("11.25", "22.5", "30"):
+        assert r[k] == pytest.approx(100 / 3)
+    m.update(pred[..., 4:], target[..., 4:])  # add 180 degrees: angles 0, 45, 90, 180
+    r = m.compute()
+    assert r["mean"] == pytest.approx(315 / 4)
+    assert r["median"] == pytest.approx(67.5, abs=0.006)  # mean of the two middle angles
+    # a zero prediction is 90 degrees off (arccos(0) of the reference), not 0
+    z = NormalsMeter()
+    z.update(_normals_map([[0, 0, 0]]), _normals_map([[0, 0, 1]]))
+    assert z.compute()["mean"] == pytest.approx(90.0)
+
+
+def test_normals_thresholds_and_float32():
+    angles = [11.0, 12.0, 22.0, 29.0, 31.0]
+    for dtype in (torch.float64, torch.float32):
+        pred = _normals_map([_at_angle(a, 2.5) for a in angles]).to(dtype)
+        target = _normals_map([[0, 0, 1]] * 5).to(dtype)
+        m = NormalsMeter()
+        m.update(pred, target)
+        r = m.compute()
+        assert r["mean"] == pytest.approx(21.0, abs=1e-4)
+        assert r["median"] == pytest.approx(22.0, abs=0.006)
+        assert r["rmse"] == pytest.approx(math.sqrt(sum(a * a for a in angles) / 5), abs=1e-4)
+        assert (r["11.25"], r["22.5"], r["30"]) == pytest.approx((20.0, 60.0, 80.0))
+    # small angles stay accurate in float32 (atan2, not arccos)
+    s = NormalsMeter()
+    s.update(_normals_map([_at_angle(0.05)]).float(), _normals_map([[0, 0, 1]]).float())
+    assert s.compute()["mean"] == pytest.approx(0.05, rel=1e-4)
+
+
+def test_normals_pooled_median_against_numpy():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(3, 3, 10, 12, generator=g)
+    target = torch.nn.functional.normalize(torch.randn(3, 3, 10, 12, generator=g), dim=1)
+    target[:, :, :3] = 0  # invalid rows
+    p = torch.nn.functional.normalize(pred.double(), dim=1)
+    ang = torch.rad2deg(torch.acos((p * target.double()).sum(1).clamp(-1, 1)))[:, 3:].flatten().numpy()
+    one, two = NormalsMeter(), NormalsMeter()
+    one.update(pred, target)
+    two.update(pred[:1], target[:1])
+    two.update(pred[1:], target[1:])
+    for m in (one, two):
+        r = m.compute()
+        assert m.count == ang.size
+        assert r["mean"] == pytest.approx(ang.mean(), rel=1e-5)
+        assert r["median"] == pytest.approx(np.median(ang), abs=0.006)
+        assert r["rmse"] == pytest.approx(np.sqrt((ang ** 2).mean()), rel=1e-5)
+        assert r["30"] == pytest.approx(100 * (ang < 30).mean())
+    assert int(one.histogram.sum()) == ang.size
+    coarse = NormalsMeter(num_bins=180)  # 1-degree bins: median within 0.5 degrees
+    coarse.update(pred, target)
+    assert coarse.compute()["median"] == pytest.approx(np.median(ang), abs=0.5)
+
+
+def test_normals_errors_reset_empty():
+    m = NormalsMeter()
+    assert all(math.isnan(v) for v in m.compute().values())
+    with pytest.raises(ValueError):
+        m.update(torch.ones(1, 2, 2, 2), torch.ones(1, 2, 2, 2))
+    with pytest.raises(ValueError):
+        m.update(torch.ones(1, 3, 2, 2), torch.ones(1, 3, 2, 3))
+    with pytest.raises(ValueError):
+        m.update(torch.ones(1, 3, 2, 2, dtype=torch.int64), torch.ones(1, 3, 2, 2))
+    with pytest.raises(ValueError):
+        NormalsMeter(num_bins=0)
+    m.update(_normals_map([[1, 0, 0]]), _normals_map([[0, 0, 0]]))  # only invalid pixels
+    assert m.count == 0 and math.isnan(m.compute()["mean"])
+    m.update(_normals_map([[1, 0, 0]]), _normals_map([[0, 1, 0]]))
+    assert m.compute()["mean"] == pytest.approx(90.0)
+    m.reset()
+    assert m.count == 0
+
+
+# Saliency maxF by hand, thresholds 0.3 and 0.6, probabilities (from_logits=False):
+#   image A: prob [0.9, 0.5, 0.4, 0.1], gt [1, 1, 0, 0]
+#     0.3: pred [1,1,1,0] tp 2 fp 1 fn 0 -> P 2/3, R 1,   IoU 2/3
+#     0.6: pred [1,0,0,0] tp 1 fp 0 fn 1 -> P 1,   R 1/2, IoU 1/2
+#   image B: prob [0.7, 0.2, 0.35, 0.8], gt [0, 0, 0, 1]
+#     0.3: pred [1,0,1,1] tp 1 fp 2 fn 0 -> P 1/3, R 1, IoU 1/3
+#     0.6: pred [1,0,0,1] tp 1 fp 1 fn 0 -> P 1/2, R 1, IoU 1/2
+#   averages: 0.3: P 1/2, R 1 -> F 2/3, IoU 1/2;  0.6: P 3/4, R 3/4 -> F 3/4, IoU 1/2
+#   maxF = 3/4, mIoU = 1/2
+SAL_PROB = torch.tensor([[0.9, 0.5, 0.4, 0.1], [0.7, 0.2, 0.35, 0.8]]).reshape(2, 1, 2, 2)
+SAL_GT = torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 1]]).reshape(2, 1, 2, 2)
+
+
+def test_saliency_maxf_hand_example():
+    m = SaliencyMeter(thresholds=[0.3, 0.6], from_logits=False)
+    m.update(SAL_PROB, SAL_GT)
+    r = m.compute()
+    assert m.count == 2
+    assert r["precision"] == pytest.approx([0.5, 0.75])
+    assert r["recall"] == pytest.approx([1.0, 0.75])
+    assert r["F"] == pytest.approx([2 / 3, 0.75])
+    assert r["IoU"] == pytest.approx([0.5, 0.5])
+    assert r["maxF"] == pytest.approx(0.75) and r["mIoU"] == pytest.approx(0.5)
+    assert r["thresholds"] == pytest.approx([0.3, 0.6])
+    # logits give the same result; per-image averaging: two updates equal one
+    lg = SaliencyMeter(thresholds=[0.3, 0.6])
+    lg.update(torch.logit(SAL_PROB[:1].double()), SAL_GT[:1])
+    lg.update(torch.logit(SAL_PROB[1:].double()), SAL_GT[1:])
+    assert lg.compute()["F"] == pytest.approx([2 / 3, 0.75])
+
+
+def test_saliency_ignore_and_empty_rules():
+    # image C: gt and prediction both empty at 0.3 -> IoU 1, P 0, R 0; one ignored pixel (-1)
+    prob = torch.cat([SAL_PROB, torch.tensor([0.1, 0.2, 0.99, 0.25]).reshape(1, 1, 2, 2)])
+    gt = torch.cat([SAL_GT, torch.tensor([0.0, 0.0, -1.0, 0.0]).reshape(1, 1, 2, 2)])
+    m = SaliencyMeter(thresholds=[0.3, 0.6], from_logits=False)
+    m.update(prob, gt)
+    r = m.compute()
+    assert r["precision"] == pytest.approx([1 / 3, 0.5])
+    assert r["recall"] == pytest.approx([2 / 3, 0.5])
+    assert r["IoU"] == pytest.approx([(0.5 * 2 + 1) / 3, (0.5 * 2 + 1) / 3])
+    # an image whose pixels are all ignored is skipped
+    m.update(torch.full((1, 1, 2, 2), 0.9), torch.full((1, 1, 2, 2), -1.0))
+    assert m.count == 3 and m.compute()["F"] == pytest.approx(r["F"])
+
+
+def _vandenhende_sal(probs, gts, thresholds):
+    """Literal port of ASTMT/Vandenhende eval_sal + jaccard.precision_recall (numpy)."""
+    n, k = len(probs), len(thresholds)
+    jac, prec, rec = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
+    for i, (mask, gt) in enumerate(zip(probs, gts)):
+        gt = gt.astype(bool)
+        for j, th in enumerate(thresholds):
+            pred = (mask > th)
+            if np.isclose(np.sum(gt), 0) and np.isclose(np.sum(pred), 0):
+                jac[i, j] = 1
+            else:
+                jac[i, j] = np.sum(gt & pred) / np.sum(gt | pred, dtype=np.float32)
+            tp, fn, fp = (pred & gt).sum(), (~pred & gt).sum(), (pred & ~gt).sum()
+            prec[i, j], rec[i, j] = tp / (tp + fp + 1e-12), tp / (tp + fn + 1e-12)
+    mp, mr = prec.mean(0), rec.mean(0)
+    f = 2 * mp * mr / (mp + mr + 1e-12)
+    return f.max(), jac.mean(0).max(), f
+
+
+def test_saliency_matches_reference_evaluation():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 1, 9, 11, generator=g) * 3
+    gt = (torch.rand(5, 1, 9, 11, generator=g) > 0.6).float()
+    gt[3] = 0  # an image without salient pixels
+    m = SaliencyMeter()
+    m.update(logits[:2], gt[:2])
+    m.update(logits[2:], gt[2:])
+    r = m.compute()
+    probs = torch.sigmoid(logits).squeeze(1).numpy()
+    th = np.linspace(0.2, 0.9, 15)
+    maxf, miou, f = _vandenhende_sal(probs, gt.squeeze(1).numpy(), th)
+    assert r["maxF"] == pytest.approx(maxf, rel=1e-6)
+    assert r["mIoU"] == pytest.approx(miou, rel=1e-6)
+    assert r["F"] == pytest.approx(f.tolist(), rel=1e-6)
+    assert r["thresholds"] == pytest.approx(th.tolist())
+
+
+def test_saliency_errors_reset_empty():
+    m = SaliencyMeter()
+    r = m.compute()
+    assert math.isnan(r["maxF"]) and len(r["F"]) == 15
+    with pytest.raises(ValueError):
+        m.update(torch.ones(1, 2, 2, 2), torch.ones(1, 2, 2, 2))
+    with pytest.raises(ValueError):
+        m.update(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 3))
+    for bad in ([], [[0.5]], [float("nan")]):
+        with pytest.raises(ValueError, match="thresholds"):
+            SaliencyMeter(thresholds=bad)
+    m.update(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+    m.reset()
+    assert m.count == 0
+
+
+def test_human_parts_miou_counts_only_annotated_images():
+    # human parts = SegmentationMeter; an image without part annotations (all -1) contributes nothing
+    m = SegmentationMeter(3)
+    m.update(PRED, GT)
+    ref = m.compute()
+    no_person_pred = torch.tensor([[[1, 1, 1], [2, 2, 0]]])
+    m.update(no_person_pred, torch.full_like(GT, -1))
+    assert m.compute() == ref
+    assert ref["mIoU"] == pytest.approx(5 / 9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_mtcp_meters_on_cuda_without_sync():
+    dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(4)
+    pn = torch.randn(2, 3, 20, 24, generator=g)
+    tn = torch.nn.functional.normalize(torch.randn(2, 3, 20, 24, generator=g), dim=1)
+    tn[:, :, :4] = 0
+    ps = torch.randn(2, 1, 20, 24, generator=g)
+    ts = (torch.rand(2, 1, 20, 24, generator=g) > 0.5).float()
+    nc, nh, sc, sh = NormalsMeter(), NormalsMeter(), SaliencyMeter(), SaliencyMeter()
+    pnc, tnc, psc, tsc = pn.to(dev), tn.to(dev), ps.to(dev), ts.to(dev)
+    nc.update(pnc, tnc)
+    sc.update(psc, tsc)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        nc.update(pnc, tnc)
+        sc.update(psc, tsc)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for _ in range(2):
+        nh.update(pn, tn)
+        sh.update(ps, ts)
+    rc, rh = nc.compute(), nh.compute()
+    for k in rc:
+        assert rc[k] == pytest.approx(rh[k], rel=1e-5, abs=0.011 if k == "median" else 1e-6)
+    assert sc.compute()["F"] == pytest.approx(sh.compute()["F"], rel=1e-6)

@@ -18,6 +18,8 @@ from xtc_ext.weighting import (
     WEIGHTINGS,
     EqualWeighting,
     GradNorm,
+    LPS,
+    LPS_ABLATIONS,
     UncertaintyWeighting,
     Weighting,
     build_weighting,
@@ -70,7 +72,7 @@ def test_epoch_end_is_a_no_op_by_default(name):
 
 
 def test_registry_and_builder():
-    assert set(WEIGHTINGS) == {"equal", "uncertainty", "dwa", "gradnorm"}
+    assert set(WEIGHTINGS) == {"equal", "uncertainty", "dwa", "gradnorm", "lps", "lps-log", "lps-prio"}
     p = nn.Parameter(torch.ones(3))
     assert isinstance(build_weighting("equal", 2, shared_parameter=p), EqualWeighting)  # ignored there
     dwa = build_weighting("dwa", 3, temperature=1.0)
@@ -371,3 +373,221 @@ def test_gradnorm_through_fused_ops_double_backward():
     for a, b in zip(results["fused"], results["eager"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert float(results["fused"][1].abs().min()) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# LPS (MT-CP §3.5, reconstructed: reference-implementations.md §2.8)
+
+EPS = 1e-6
+
+
+def _raw_for_projected(values):
+    """Raw losses L with log(1 + L + eps) == v exactly (up to rounding)."""
+    return [math.exp(v) - 1 - EPS for v in values]
+
+
+def _step(lps, means, losses=(0.7, 1.1, 2.0)):
+    """One epoch: forward/backward with the current weights, then epoch_end(means)."""
+    L = torch.tensor(losses, dtype=torch.float64, requires_grad=True)
+    w = lps.weights().double()
+    total = lps(L)
+    proj = [math.log1p(x + EPS) for x in losses] if lps.log_transform else list(losses)
+    assert total.item() == pytest.approx(sum(wi * p for wi, p in zip(w.tolist(), proj)), rel=1e-6)
+    (g,) = torch.autograd.grad(total, L)  # sg(w): d total / d L_t = w_t * dLhat_t/dL_t
+    dproj = [1 / (1 + x + EPS) for x in losses] if lps.log_transform else [1.0] * len(losses)
+    assert g.tolist() == pytest.approx([wi * d for wi, d in zip(w.tolist(), dproj)], rel=1e-6)
+    lps.epoch_end(torch.tensor(means, dtype=torch.float64))
+
+
+def test_lps_log_projection_ratios_and_spread_by_hand():
+    # projected epoch means chosen so that the arithmetic is exact fractions
+    lps = LPS(3)  # beta 2.5, K = 1, log on
+    assert lps.weights().tolist() == [1.0, 1.0, 1.0]
+    _step(lps, _raw_for_projected([2.0, 1.0, 1.0]))  # pi(0) = [1/2, 1/4, 1/4]
+    assert lps.weights().tolist() == [1.0, 1.0, 1.0]  # no history yet: equal weights for epoch 1
+    assert lps.share_history[-1].tolist() == pytest.approx([0.5, 0.25, 0.25], rel=1e-9)
+    _step(lps, _raw_for_projected([1.5, 1.0, 1.0]))  # pi(1) = [3/7, 2/7, 2/7]
+    # w = pi(1)/pi(0) = [6/7, 8/7, 8/7]; wbar = 22/21; delta = [-4/21, 2/21, 2/21]
+    # spread: 22/21 + 2.5 delta = [12/21, 27/21, 27/21] (mean 22/21) -> renormalised [6/11, 27/22, 27/22]
+    expected = [6 / 11, 27 / 22, 27 / 22]
+    assert lps.weights().tolist() == pytest.approx(expected, rel=1e-6)
+    assert float(lps.weights().mean()) == pytest.approx(1.0, rel=1e-6)
+    _step(lps, _raw_for_projected([3.0, 2.0, 2.0]))  # pi(2) = [3/7, 2/7, 2/7] = pi(1): w = 1 everywhere
+    assert lps.weights().tolist() == pytest.approx([1.0, 1.0, 1.0], rel=1e-6)
+    _step(lps, _raw_for_projected([1.0, 1.0, 1.5]))  # pi(3) = [2/7, 2/7, 3/7]
+    # w = pi(3)/pi(2) = [2/3, 1, 3/2]; wbar = 19/18; delta = [-7/18, -1/18, 8/18]
+    # spread: [19/18 - 35/36, 19/18 - 5/36, 19/18 + 40/36] = [3/36, 33/36, 78/36]; / (19/18)
+    expected = [3 / 38, 33 / 38, 78 / 38]
+    assert lps.weights().tolist() == pytest.approx(expected, rel=1e-6)
+    assert int(lps.num_epochs) == 4
+    assert list(lps.parameters()) == []
+
+
+def test_lps_positivity_floor_and_renormalisation_by_hand():
+    # prioritization only (raw losses), K = 1, beta = 2.5
+    lps = LPS(3, log_transform=False)
+    _step(lps, [2.0, 1.0, 1.0])  # pi(0) = [1/2, 1/4, 1/4]
+    _step(lps, [2.0, 2.0, 4.0])  # pi(1) = [1/4, 1/4, 1/2]
+    # w = [1/2, 1, 2]; wbar = 7/6; spread: 7/6 + 2.5 * ([1/2, 1, 2] - 7/6) = [-1/2, 3/4, 13/4]
+    # task 0 would get a negative weight (the authors' code keeps it); floor = 1e-3 * 7/6
+    floor = 1e-3 * 7 / 6
+    raw = [floor, 0.75, 3.25]
+    expected = [x * 3 / sum(raw) for x in raw]
+    assert lps.weights().tolist() == pytest.approx(expected, rel=1e-6)
+    assert bool((lps.weights() > 0).all())
+    # the total with the floored weights: sum_t w_t L_t (no log)
+    _step(lps, [1.0, 1.0, 2.0])  # pi(2) = pi(1): weights back to 1
+    assert lps.weights().tolist() == pytest.approx([1.0, 1.0, 1.0], rel=1e-6)
+    _step(lps, [3.0, 2.0, 3.0])  # pi(3) = [3/8, 2/8, 3/8]
+    # w = [3/2, 1, 3/4]; wbar = 13/12; spread: [51/24, 21/24, 6/24] (mean 13/12) -> [51/26, 21/26, 6/26]
+    assert lps.weights().tolist() == pytest.approx([51 / 26, 21 / 26, 6 / 26], rel=1e-6)
+    # a larger floor binds with a visible value
+    big = LPS(3, log_transform=False, floor=0.5)
+    big.epoch_end([2.0, 1.0, 1.0])
+    big.epoch_end([2.0, 2.0, 4.0])
+    raw = [0.5 * 7 / 6, 0.75, 3.25]
+    assert big.weights().tolist() == pytest.approx([x * 3 / sum(raw) for x in raw], rel=1e-6)
+
+
+def test_lps_history_k2_by_hand():
+    lps = LPS(3, beta=1.5, history=2, log_transform=False)
+    lps.epoch_end([2.0, 1.0, 1.0])  # pi(0) = [1/2, 1/4, 1/4]
+    lps.epoch_end([1.0, 1.0, 2.0])  # pi(1) = [1/4, 1/4, 1/2]; only one epoch of history before: w = 1
+    assert lps.weights().tolist() == [1.0, 1.0, 1.0]
+    assert lps.share_history.flatten().tolist() == pytest.approx([0.5, 0.25, 0.25, 0.25, 0.25, 0.5])
+    lps.epoch_end([1.0, 2.0, 1.0])  # pi(2) = [1/4, 1/2, 1/4]; mean(pi(0), pi(1)) = [3/8, 1/4, 3/8]
+    # w = [2/3, 2, 2/3]; wbar = 10/9; spread 1.5: [4/9, 22/9, 4/9] -> renormalised [0.4, 2.2, 0.4]
+    assert lps.weights().tolist() == pytest.approx([0.4, 2.2, 0.4], rel=1e-6)
+    lps.epoch_end([2.0, 1.0, 1.0])  # pi(3) = [1/2, 1/4, 1/4]; mean(pi(1), pi(2)) = [1/4, 3/8, 3/8]
+    assert lps.weights().tolist() == pytest.approx([2.2, 0.4, 0.4], rel=1e-6)
+    # K = 1 on the same means differs (uses only the last epoch)
+    k1 = LPS(3, beta=1.5, log_transform=False)
+    for m in ([2.0, 1.0, 1.0], [1.0, 1.0, 2.0], [1.0, 2.0, 1.0]):
+        k1.epoch_end(m)
+    # w = pi(2)/pi(1) = [1, 2, 1/2]; wbar = 7/6; spread 1.5: [11/12, 29/12, 2/12] -> [11/14, 29/14, 2/14]
+    assert k1.weights().tolist() == pytest.approx([11 / 14, 29 / 14, 2 / 14], rel=1e-6)
+
+
+def test_lps_beta_controls_the_spread():
+    means = [_raw_for_projected([2.0, 1.0, 1.0]), _raw_for_projected([1.5, 1.0, 1.0])]
+    ws = {}
+    for beta in (0.0, 1.0, 2.5, 4.0):
+        lps = LPS(3, beta=beta)
+        for m in means:
+            lps.epoch_end(m)
+        ws[beta] = lps.weights()
+    assert ws[0.0].tolist() == pytest.approx([1.0, 1.0, 1.0])
+    # beta = 1: plain ratios [6/7, 8/7, 8/7] renormalised by their mean 22/21
+    assert ws[1.0].tolist() == pytest.approx([x * 21 / 22 for x in (6 / 7, 8 / 7, 8 / 7)], rel=1e-6)
+    spreads = [float(ws[b].std()) for b in (0.0, 1.0, 2.5, 4.0)]
+    assert spreads == sorted(spreads) and spreads[0] == 0
+
+
+def test_lps_ablation_switches():
+    means = [[2.0, 1.0, 1.0], [2.0, 2.0, 4.0], [1.0, 3.0, 2.0]]
+    L = torch.tensor([0.5, 1.5, 3.0])
+    log_only = build_weighting("lps-log", 3)
+    assert isinstance(log_only, LPS) and log_only.log_transform and not log_only.prioritize
+    for m in means:
+        log_only.epoch_end(m)
+        assert log_only.weights().tolist() == [1.0, 1.0, 1.0]
+        assert log_only(L).item() == pytest.approx(sum(math.log1p(x + EPS) for x in L.tolist()), rel=1e-6)
+    assert int(log_only.num_epochs) == 3  # the shares are still recorded
+    prio = build_weighting("lps-prio", 3)
+    assert isinstance(prio, LPS) and prio.prioritize and not prio.log_transform
+    full = build_weighting("lps", 3, beta=7.5)
+    assert full.beta == 7.5 and full.log_transform and full.prioritize
+    for m in means:
+        prio.epoch_end(m)
+        full.epoch_end(m)
+    w = prio.weights()
+    assert prio(L).item() == pytest.approx(float((w * L).sum()), rel=1e-6)  # raw losses
+    assert not torch.allclose(prio.weights(), full.weights())  # the log changes the shares
+    neither = LPS(3, log_transform=False, prioritize=False)  # == equal weights
+    for m in means:
+        neither.epoch_end(m)
+    assert neither(L).item() == pytest.approx(EqualWeighting(3)(L).item())
+    assert LPS_ABLATIONS == {"ew": "equal", "log": "lps-log", "prio": "lps-prio", "lps": "lps"}
+    assert isinstance(build_weighting(LPS_ABLATIONS["ew"], 3), EqualWeighting)
+    with pytest.raises(ValueError, match="fixes prioritize"):
+        build_weighting("lps-log", 3, prioritize=True)
+    assert not build_weighting("lps-log", 3, prioritize=False).prioritize  # consistent value is fine
+    with pytest.raises(TypeError):
+        build_weighting("lps", 3, temperature=2.0)
+
+
+@pytest.mark.parametrize("epochs", [0, 1, 2, 4])
+@pytest.mark.parametrize("history", [1, 2])
+def test_lps_state_dict_round_trip_on_a_fresh_instance(epochs, history):
+    g = torch.Generator().manual_seed(10 * epochs + history)
+    means = torch.rand(epochs + 1, 3, generator=g, dtype=torch.float64) * 3 + 0.1
+    a = LPS(3, history=history)
+    for e in range(epochs):
+        a.epoch_end(means[e])
+    state = a.state_dict()
+    assert set(state) == {"share_history", "lps_weights", "num_epochs"}
+    b = build_weighting("lps", 3, history=history)
+    b.load_state_dict(state)
+    assert torch.equal(a.weights(), b.weights()) and int(b.num_epochs) == epochs
+    assert torch.equal(a.share_history, b.share_history)
+    a.epoch_end(means[epochs])
+    b.epoch_end(means[epochs])
+    assert torch.equal(a.weights(), b.weights())
+    L = torch.tensor([0.3, 2.0, 5.0])
+    assert torch.equal(a(L), b(L))
+
+
+def test_lps_distributed_epoch_end_all_reduces(monkeypatch):
+    import torch.distributed as dist
+
+    other_rank = torch.tensor([4.0, 1.0, 3.0], dtype=torch.float64)  # the second rank's epoch means
+    calls = []
+
+    def fake_all_reduce(tensor, op=None, **kwargs):
+        calls.append(op)
+        tensor.add_(other_rank)  # SUM over two ranks
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    lps = LPS(3, log_transform=False)
+    lps.epoch_end([2.0, 1.0, 1.0])  # global means [3, 1, 2]: pi(0) = [1/2, 1/6, 1/3]
+    assert lps.share_history[-1].tolist() == pytest.approx([1 / 2, 1 / 6, 1 / 3])
+    lps.epoch_end([2.0, 3.0, 1.0])  # global means [3, 2, 2]: pi(1) = [3/7, 2/7, 2/7]
+    assert len(calls) == 2 and all(op == dist.ReduceOp.SUM for op in calls)
+    monkeypatch.undo()
+    ref = LPS(3, log_transform=False)  # not distributed, fed the global means
+    ref.epoch_end([3.0, 1.0, 2.0])
+    ref.epoch_end([3.0, 2.0, 2.0])
+    assert torch.equal(lps.weights(), ref.weights())
+    # w = [6/7, 12/7, 6/7]; wbar = 8/7; spread: [8/7 - 5/7, 8/7 + 10/7, 3/7] -> [3/8, 18/8, 3/8]
+    assert lps.weights().tolist() == pytest.approx([3 / 8, 9 / 4, 3 / 8], rel=1e-6)
+
+
+def test_lps_errors_and_validation():
+    for kwargs, match in (
+        (dict(beta=-0.1), "beta"),
+        (dict(beta=float("nan")), "beta"),
+        (dict(history=0), "history"),
+        (dict(history=1.5), "history"),
+        (dict(eps=-1e-3), "eps"),
+        (dict(floor=0.0), "floor"),
+        (dict(floor=1.0), "floor"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            LPS(3, **kwargs)
+    lps = LPS(2)
+    with pytest.raises(ValueError, match="shape"):
+        lps(torch.ones(3))
+    with pytest.raises(ValueError, match="shape"):
+        lps.epoch_end(torch.ones(3))
+    for bad in ([1.0, float("nan")], [float("inf"), 1.0], [-1.0, 1.0]):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            lps.epoch_end(torch.tensor(bad))
+    assert int(lps.num_epochs) == 0  # rejected means leave no trace
+    lps.epoch_end([0.0, 1.0])  # a zero mean is fine under the log: log(1 + eps) > 0
+    raw = LPS(2, log_transform=False)
+    with pytest.raises(ValueError, match="raw mean of 0"):
+        raw.epoch_end([0.0, 1.0])
+    assert "beta=2.5" in repr(LPS(2))

@@ -18,11 +18,11 @@ averages per-image / per-batch scores, reference-implementations §1.5):
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["SegmentationMeter", "DepthMeter"]
+__all__ = ["SegmentationMeter", "DepthMeter", "delta_m"]
 
 
 class SegmentationMeter:
@@ -232,3 +232,297 @@ class DepthMeter:
             return {"abs_err": math.nan, "rel_err": math.nan, "rmse": math.nan}
         s = self._sums.detach().cpu().tolist()
         return {"abs_err": s[0] / n, "rel_err": s[1] / n, "rmse": math.sqrt(s[2] / n)}
+
+
+def delta_m(model_metrics: Mapping[str, float], baseline_metrics: Mapping[str, float],
+            lower_is_better: Sequence[str] = ("abs_err", "rel_err"),
+            keys: Sequence[str] = ("mIoU", "pixel_acc", "abs_err", "rel_err")) -> float:
+    """Multi-task performance change of a model against a baseline, in percent (XTasC-Net paper Eq. 17).
+
+    ``delta_m = (100 / |M|) * sum_{i in keys} (-1)^{l_i} (M_m,i - M_b,i) / M_b,i`` with ``l_i = 1`` for the
+    metrics in ``lower_is_better`` (errors) and 0 otherwise. Each term is relative, so the units of a
+    metric do not matter as long as model and baseline use the same (fractions or percent). The paper's
+    baseline is Base ST-Net (one single-task network per task, their metrics merged); positive is better.
+
+    Args:
+        model_metrics: metric name -> value of the model (extra keys are ignored).
+        baseline_metrics: metric name -> value of the baseline.
+        lower_is_better: names of the metrics where lower is better.
+        keys: the metrics M to average over (default the paper's four).
+
+    Returns:
+        delta_m in percent (e.g. 3.82 for the paper's NYUv2 Base MT-Net, Table III).
+
+    Raises:
+        ValueError: empty ``keys``; a key missing from either dict (the message names it and the
+            dict); a non-finite value or a zero baseline value.
+
+    Source: XTasC-Net paper §V-B Eq. 17 (after Maninis et al. 2019 / Vandenhende et al.);
+    reference-implementations §1.5 (the NYUv2 values of Tables III and VIII reproduce from the tables).
+    """
+    if not keys:
+        raise ValueError("delta_m needs at least one metric key")
+    total = 0.0
+    for key in keys:
+        for what, metrics in (("model", model_metrics), ("baseline", baseline_metrics)):
+            if key not in metrics:
+                raise ValueError(f"delta_m: metric {key!r} missing from the {what} metrics (has {sorted(metrics)})")
+        m, b = float(model_metrics[key]), float(baseline_metrics[key])
+        if not (math.isfinite(m) and math.isfinite(b)):
+            raise ValueError(f"delta_m: metric {key!r} is not finite (model {m}, baseline {b})")
+        if b == 0:
+            raise ValueError(f"delta_m: baseline metric {key!r} is 0 (relative change undefined)")
+        sign = -1.0 if key in lower_is_better else 1.0
+        total += sign * (m - b) / b
+    return 100.0 * total / len(keys)
+
+
+# --------------------------------------------------------------------------------------------- #
+# MT-CP metrics (NYUD-v2 normals, PASCAL-Context saliency and human parts)
+#
+# * Surface normals: :class:`NormalsMeter`, angular error pooled over all valid pixels
+#   (Vandenhende et al. / ASTMT ``eval_normals``, the MT-CP evaluation, reference-implementations
+#   §2.9): mean ("mErr" of MT-CP Table 1), median, rmse in degrees and % within 11.25/22.5/30 deg.
+# * Saliency: :class:`SaliencyMeter`, maxF and max mIoU over thresholds from per-image precision,
+#   recall and Jaccard averaged over images (Vandenhende ``eval_sal``, reference-implementations §2.9).
+# * Human parts: ``SegmentationMeter(7, ignore_index=-1)``, the same dataset-level confusion-matrix
+#   mIoU as semantic segmentation (6 parts + background). Images without part annotations have an
+#   all -1 target and therefore contribute no pixel (the "only images with part annotations" rule of
+#   the MT-CP ``eval_human_parts``). Note that ``SegmentationMeter`` averages IoU over classes with a
+#   non-zero union, while the MT-CP evaluation averages over all classes (absent ones count 0); on
+#   a full validation set every class is present and the two agree.
+# * Depth RMSE over all valid pixels (no 6.55 m cap): ``DepthMeter().compute()["rmse"]`` (metres).
+# --------------------------------------------------------------------------------------------- #
+
+
+def _check_pair(name: str, pred: torch.Tensor, target: torch.Tensor, channels: int) -> None:
+    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise ValueError(f"{name}: pred and target must be torch tensors")
+    if pred.dim() != 4 or pred.shape[1] != channels:
+        raise ValueError(f"{name}: pred must be [N,{channels},H,W], got shape {tuple(pred.shape)}")
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"{name}: pred shape {tuple(pred.shape)} does not match target shape "
+                         f"{tuple(target.shape)}")
+    if not pred.is_floating_point() or not target.is_floating_point():
+        raise ValueError(f"{name}: pred and target must be floating tensors, got {pred.dtype} and "
+                         f"{target.dtype}")
+
+
+class NormalsMeter:
+    """Angular error of surface normals, pooled over all valid pixels of the dataset (degrees).
+
+    ``update(pred, target)``:
+        * ``pred``: float ``[N,3,H,W]`` predicted normals, any length (unit-normalised inside; a zero
+          vector has angle 90 degrees to everything, as ``arccos(0)`` in the reference evaluation).
+        * ``target``: float ``[N,3,H,W]`` ground-truth normals (unit vectors; normalised inside too,
+          as in Vandenhende's ``eval_normals``); the zero vector marks an invalid pixel.
+
+    Per valid pixel the angle ``atan2(|p x t|, p . t)`` in degrees, in [0, 180] (equal to
+    ``arccos(p . t)`` for unit vectors, but accurate for small angles also in float32). Computed in
+    float32 (float64 for float64 inputs) on the device of the first update; no host synchronisation in
+    ``update``. The sums of the angles and of their squares (float64), the count and the counts below
+    11.25, 22.5 and 30 degrees (int64, strict ``<`` as in the reference) are exact. The **median** needs
+    every angle: instead of storing them, a histogram of ``num_bins`` equal bins over [0, 180] degrees
+    (default 18000, i.e. 0.01-degree bins; int64 on the device, 144 KB) is kept, and the median is the
+    midpoint of the bin holding the middle angle (the mean of the two middle ones for an even count),
+    so it is within half a bin (0.005 degrees by default) of the exact median.
+
+    ``compute()`` -> ``{"mean", "median", "rmse"}`` in degrees and ``{"11.25", "22.5", "30"}`` in
+    percent of valid pixels (0-100), python floats, NaN if no valid pixel was seen. ``"mean"`` is the
+    mErr of MT-CP Table 1.
+
+    Args:
+        num_bins: histogram bins over [0, 180] degrees for the median (>= 1).
+
+    Raises:
+        ValueError: bad ``num_bins``; (update) non-tensor inputs, shapes not ``[N,3,H,W]`` or not
+            equal, non-floating dtypes.
+
+    Source: Vandenhende et al. / ASTMT ``evaluation/eval_normals.py`` (used by MT-CP,
+    reference-implementations §2.9; that code also quantises predictions to 8-bit PNGs, which is not
+    reproduced here).
+    """
+
+    THRESHOLDS = (11.25, 22.5, 30.0)
+
+    def __init__(self, num_bins: int = 18000) -> None:
+        if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 1:
+            raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
+        self.num_bins = num_bins
+        self.bin_width = 180.0 / num_bins
+        self.reset()
+
+    def reset(self) -> None:
+        """Clear the accumulated statistics."""
+        self._hist: Optional[torch.Tensor] = None  # int64 [num_bins + 1], last bin = discarded
+        self._sums: Optional[torch.Tensor] = None  # float64 [2]: sum angle, sum angle^2
+        self._counts: Optional[torch.Tensor] = None  # int64 [4]: valid, <11.25, <22.5, <30
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Accumulate one batch; see the class docstring for shapes and errors."""
+        _check_pair("NormalsMeter", pred, target, 3)
+        if self._hist is None:
+            dev = target.device
+            self._hist = torch.zeros(self.num_bins + 1, dtype=torch.int64, device=dev)
+            self._sums = torch.zeros(2, dtype=torch.float64, device=dev)
+            self._counts = torch.zeros(4, dtype=torch.int64, device=dev)
+        dev = self._hist.device
+        dtype = torch.promote_types(torch.promote_types(target.dtype, pred.dtype), torch.float32)
+        t_raw = target.to(device=dev, dtype=dtype)
+        p_raw = pred.to(device=dev, dtype=dtype)
+        valid = (t_raw != 0).any(dim=1)  # [N,H,W]
+        p = torch.nn.functional.normalize(p_raw, dim=1, eps=1e-12)
+        t = torch.nn.functional.normalize(t_raw, dim=1, eps=1e-12)
+        dot = (p * t).sum(dim=1)
+        cross = torch.linalg.vector_norm(torch.linalg.cross(p, t, dim=1), dim=1)
+        angle = torch.rad2deg(torch.atan2(cross, dot))  # atan2(0, 0) = 0 ...
+        zero_pred = (p_raw == 0).all(dim=1)
+        angle = torch.where(zero_pred, torch.full_like(angle, 90.0), angle)  # ... but arccos(0) = 90
+        counted = valid & torch.isfinite(angle)
+        a = torch.where(counted, angle, torch.zeros_like(angle)).to(torch.float64)
+        self._sums += torch.stack([a.sum(), (a * a).sum()])
+        self._counts += torch.stack([counted.sum()] + [(counted & (angle < th)).sum()
+                                                      for th in self.THRESHOLDS])
+        idx = torch.floor(a / self.bin_width).to(torch.int64).clamp_(0, self.num_bins - 1)
+        idx = torch.where(counted, idx, torch.full_like(idx, self.num_bins)).reshape(-1)
+        self._hist.scatter_add_(0, idx, torch.ones_like(idx))
+
+    @property
+    def count(self) -> int:
+        """Number of valid pixels accumulated so far (host sync)."""
+        return 0 if self._counts is None else int(self._counts[0].item())
+
+    @property
+    def histogram(self) -> torch.Tensor:
+        """int64 ``[num_bins]`` counts of the angles per bin (bin i covers
+        ``[i, i + 1) * 180 / num_bins`` degrees; 180 itself falls in the last bin)."""
+        if self._hist is None:
+            return torch.zeros(self.num_bins, dtype=torch.int64)
+        return self._hist[: self.num_bins]
+
+    def compute(self) -> Dict[str, float]:
+        """Return ``{"mean", "median", "rmse"}`` (degrees) and ``{"11.25", "22.5", "30"}`` (percent),
+        NaN if no valid pixel was seen."""
+        keys = ("mean", "median", "rmse") + tuple(f"{th:g}" for th in self.THRESHOLDS)
+        n = self.count
+        if n == 0:
+            return {k: math.nan for k in keys}
+        s = self._sums.detach().cpu().tolist()
+        c = self._counts.detach().cpu().tolist()
+        cum = torch.cumsum(self.histogram.detach().cpu(), 0)
+        ks = torch.tensor([(n - 1) // 2, n // 2], dtype=torch.int64)
+        bins = torch.searchsorted(cum, ks, right=True).clamp(max=self.num_bins - 1)
+        median = float((bins.double() + 0.5).mean()) * self.bin_width
+        out = {"mean": s[0] / n, "median": median, "rmse": math.sqrt(s[1] / n)}
+        for key, k in zip(keys[3:], c[1:]):
+            out[key] = 100.0 * k / n
+        return out
+
+
+class SaliencyMeter:
+    """Saliency maxF and max mIoU over binarisation thresholds (Vandenhende / ASTMT ``eval_sal``).
+
+    For every image and threshold ``tau``: the prediction mask ``prob > tau`` against the ground truth
+    ``target >= 0.5`` over the image's valid pixels (``target >= 0``; -1 = ignored, the "void pixels"
+    of the reference), with ``tp, fp, fn`` counted there:
+    ``precision = tp / (tp + fp + 1e-12)``, ``recall = tp / (tp + fn + 1e-12)`` and
+    ``IoU = tp / (tp + fp + fn)`` (1 when the ground truth and the prediction are both empty).
+    These are **averaged over images** per threshold (images without any valid pixel are skipped; the
+    reference has no ignored pixels and counts every image); then ``F(tau) = 2 P R / (P + R + 1e-12)``
+    of the averages, ``maxF = max_tau F(tau)`` and ``mIoU = max_tau mean IoU(tau)``.
+
+    ``update(pred, target)``:
+        * ``pred``: float ``[N,1,H,W]`` logits (``from_logits=True``, the default: ``sigmoid`` is
+          applied) or probabilities in [0, 1].
+        * ``target``: float ``[N,1,H,W]`` saliency in [0, 1] (binary in practice), -1 = ignored.
+
+    Per-image statistics are computed on the device of the first update (``[N, thresholds, H*W]``
+    comparisons at once) and summed in float64 there; no host synchronisation in ``update``.
+
+    ``compute()`` -> ``{"maxF", "mIoU"}`` (fractions in [0, 1]; MT-CP Table 2 reports 100 x maxF)
+    plus per-threshold lists ``"F"``, ``"precision"``, ``"recall"``, ``"IoU"`` and ``"thresholds"``;
+    NaN (empty lists kept at their length, NaN values) if no image was seen.
+
+    Args:
+        thresholds: 1-D thresholds on the probability (default ``torch.linspace(0.2, 0.9, 15)``,
+            the reference's).
+        from_logits: apply ``sigmoid`` to ``pred``.
+
+    Raises:
+        ValueError: empty, non-1-D or non-finite thresholds; (update) non-tensor inputs, shapes not
+            ``[N,1,H,W]`` or not equal, non-floating dtypes.
+
+    Source: Vandenhende et al. ``evaluation/eval_sal.py`` and ``jaccard.py`` (from ASTMT), used by
+    MT-CP (reference-implementations §2.9). The MT-CP evaluation reads the probabilities back from
+    8-bit PNGs (a quantisation of at most 1/255 that is not reproduced here).
+    """
+
+    def __init__(self, thresholds: Optional[Union[torch.Tensor, Sequence[float]]] = None,
+                 from_logits: bool = True) -> None:
+        th = torch.linspace(0.2, 0.9, 15) if thresholds is None else thresholds
+        th = torch.as_tensor(th).detach().to("cpu", torch.float64)
+        if th.dim() != 1 or th.numel() == 0 or not bool(torch.isfinite(th).all()):
+            raise ValueError(f"thresholds must be a non-empty 1-D sequence of finite values, got {th}")
+        self.thresholds = th
+        self.from_logits = bool(from_logits)
+        self.reset()
+
+    def reset(self) -> None:
+        """Clear the accumulated sums."""
+        self._sums: Optional[torch.Tensor] = None  # float64 [3, K]: precision, recall, IoU
+        self._images: Optional[torch.Tensor] = None  # int64 scalar
+        self._th_dev: Optional[torch.Tensor] = None
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Accumulate one batch; see the class docstring for shapes and errors."""
+        _check_pair("SaliencyMeter", pred, target, 1)
+        if self._sums is None:
+            dev = target.device
+            self._sums = torch.zeros(3, self.thresholds.numel(), dtype=torch.float64, device=dev)
+            self._images = torch.zeros((), dtype=torch.int64, device=dev)
+            self._th_dev = self.thresholds.to(dev)
+        dev = self._sums.device
+        N = pred.shape[0]
+        p = pred.to(dev).reshape(N, -1).to(torch.promote_types(pred.dtype, torch.float32))
+        if self.from_logits:
+            p = torch.sigmoid(p)
+        t = target.to(dev).reshape(N, -1)
+        valid = t >= 0
+        gt = valid & (t >= 0.5)
+        above = (p.to(torch.float64)[:, None, :] > self._th_dev[None, :, None]) & valid[:, None, :]
+        tp = (above & gt[:, None, :]).sum(-1).to(torch.float64)  # [N, K]
+        fp = above.sum(-1).to(torch.float64) - tp
+        fn = gt.sum(-1, keepdim=True).to(torch.float64) - tp
+        precision = tp / (tp + fp + 1e-12)
+        recall = tp / (tp + fn + 1e-12)
+        union = tp + fp + fn
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.ones_like(union))
+        has = valid.any(-1).to(torch.float64)[:, None]  # images with at least one valid pixel
+        self._sums += torch.stack([(precision * has).sum(0), (recall * has).sum(0), (iou * has).sum(0)])
+        self._images += valid.any(-1).sum()
+
+    @property
+    def count(self) -> int:
+        """Number of images accumulated so far (host sync)."""
+        return 0 if self._images is None else int(self._images.item())
+
+    def compute(self) -> Dict[str, Union[float, List[float]]]:
+        """Return ``{"maxF", "mIoU", "F", "precision", "recall", "IoU", "thresholds"}`` (see the
+        class docstring); NaN values if no image was seen."""
+        K = self.thresholds.numel()
+        n = self.count
+        thresholds = [float(v) for v in self.thresholds]
+        if n == 0:
+            nan = [math.nan] * K
+            return {"maxF": math.nan, "mIoU": math.nan, "F": nan, "precision": list(nan),
+                    "recall": list(nan), "IoU": list(nan), "thresholds": thresholds}
+        prec, rec, iou = (self._sums.detach().cpu() / n).unbind(0)
+        f = 2 * prec * rec / (prec + rec + 1e-12)
+        return {"maxF": float(f.max()), "mIoU": float(iou.max()), "F": f.tolist(),
+                "precision": prec.tolist(), "recall": rec.tolist(), "IoU": iou.tolist(),
+                "thresholds": thresholds}
+
+
+__all__ += ["NormalsMeter", "SaliencyMeter"]

@@ -15,6 +15,9 @@ Methods (``WEIGHTINGS`` / :func:`build_weighting` names):
 - ``"dwa"``: :class:`DWA`, Dynamic Weight Average (Liu et al., MTAN, CVPR 2019; paper Table IV).
 - ``"gradnorm"``: :class:`GradNorm` (Chen et al., ICML 2018; paper App. C), as published, without
   the bugs of the XTasC-Net authors' implementation (reference-implementations.md §1.3, §3.1 item 7).
+- ``"lps"``, ``"lps-log"``, ``"lps-prio"``: :class:`LPS`, the Loss Prioritization Scheme of MT-CP
+  (paper §3.5, Eqs. 3-6, reconstructed in reference-implementations.md §2.8), in full, log projection
+  only, and prioritization only (the ablations of MT-CP Table 4; see ``LPS_ABLATIONS``).
 
 The training loop contract: call ``optimizer.zero_grad()`` *before* ``weighting(losses)`` (GradNorm
 writes the task weights' gradient into ``.grad`` during the forward), then ``total.backward()``,
@@ -278,22 +281,209 @@ class GradNorm(Weighting):
         return (w.detach().clone().to(losses.dtype) * losses).sum()
 
 
-WEIGHTINGS = {"equal": EqualWeighting, "uncertainty": UncertaintyWeighting, "dwa": DWA, "gradnorm": GradNorm}
+class LPS(Weighting):
+    """Loss Prioritization Scheme of MT-CP (paper §3.5, Eqs. 3-6), reconstructed and actually applied.
+
+    The paper's equations were lost in extraction; this follows the reconstruction of
+    reference-implementations.md §2.8 ("Reconstructed paper-faithful LPS") and the design brief (the
+    paper's method, not the authors' code, which computes the weights and then discards them).
+
+    **Loss (Eq. 3 with the weights of Eqs. 4-6).** ``total = sum_t sg(w_t) * Lhat_t`` with the scale
+    projection ``Lhat_t = log(1 + L_t + eps)`` (``log_transform=True``; the ``+1`` keeps ``Lhat_t >= 0``
+    for ``L_t < 1``, the paper's remark on negative values; ``eps`` = the code's ``eta = 1e-6``), or
+    ``Lhat_t = L_t`` (``log_transform=False``). The weights ``w_t`` are constants within an epoch (no
+    gradient reaches them; LPS has no parameters). In gradient terms the raw loss of task t is weighted
+    by ``w_t / (1 + L_t + eps)`` under the log projection.
+
+    **Weight update**, once per epoch in :meth:`epoch_end` from the epoch means ``m_t(e)`` of the *raw*
+    losses (the values given to ``forward``, averaged over the epoch's steps, as the authors' code
+    records them); the weights apply to the next epoch:
+
+    1. projection of the epoch means: ``Lhat_t(e) = log(1 + m_t(e) + eps)`` (or ``m_t(e)``). This is the
+       log of the epoch mean, not the mean of the per-step logs;
+    2. contribution ratio (share of the total): ``pi_t(e) = Lhat_t(e) / sum_s Lhat_s(e)``;
+    3. Eq. 4 with history length ``K`` (``history``): ``w_t = pi_t(e) / mean_{k=1..K} pi_t(e - k)``.
+       ``w_t > 1``: the task's share grew, i.e. its loss decreased more slowly than the others', so it
+       is treated as harder and prioritised. ``K = 1`` is the authors' code (``w_t = pi_t(e) /
+       pi_t(e-1)``, there on raw losses); for ``K > 1`` the paper's exact form is unknown and the mean of
+       the last K shares is an assumption (reference-implementations.md §2.8 item 3);
+    4. spread (Eqs. 5-6): ``wbar = mean_t w_t``, ``w_t <- wbar + beta * (w_t - wbar)`` (``beta = 2.5``,
+       the paper's value; the authors' NYUD driver uses 7.5). This keeps the mean and amplifies the
+       deviations;
+    5. positivity floor (not in the paper or the code, whose weights can become negative when
+       ``w_t - wbar < -wbar / beta``, turning a task's loss into a reward): ``w_t <- max(w_t,
+       floor * wbar)`` with ``floor = 1e-3`` by default;
+    6. renormalisation to mean 1 (``sum_t w_t = T``; not in the paper or the code, whose weights have a
+       mean close to but not exactly 1): ``w_t <- w_t / mean_s w_s``, so the scale of the total (and the
+       effective learning rate) stays that of equal weights on the projected losses.
+
+    Until ``K`` epochs have been recorded before the current one (epochs ``0 .. K``), the weights are 1
+    (equal weights). The authors' code instead uses inverse-share weights ``sum_s m_s / m_t`` (mean about
+    T or more) for epoch 1; with step 6 those would differ from 1 by design, so the brief's "equal
+    weights until there is history" is used.
+
+    **Ablations** (MT-CP Table 4): ``prioritize=False`` is "log smoothing" (weights stay 1, log
+    projection on; ``epoch_end`` still records the shares); ``log_transform=False`` with
+    ``prioritize=True`` is "loss prioritization" without the log; both off equals
+    :class:`EqualWeighting`. ``LPS_ABLATIONS`` maps the Table 4 names to ``WEIGHTINGS`` names.
+
+    **Distributed training.** If ``torch.distributed`` is initialised, :meth:`epoch_end` first
+    all-reduces (sums, then divides by the world size) the epoch means across ranks, so every rank
+    computes identical weights from the global means (the authors' code computes them per rank without
+    synchronisation, reference-implementations.md §3.2 item 16). Every rank must call ``epoch_end``
+    (a collective); the reduction runs on the device of this module's buffers (move the weighting to
+    the training device, e.g. CUDA for NCCL). Validation happens after the reduction, so a bad value on
+    one rank makes every rank raise.
+
+    Args:
+        num_tasks: T.
+        beta: spread factor ``beta >= 0`` (default 2.5, MT-CP §4.2). 1 = no spread; 0 = equal weights.
+        history: K >= 1 epochs of shares in the denominator of Eq. 4 (default 1, the paper's §4.2 value
+            and the code's behaviour).
+        log_transform: apply the projection ``log(1 + L + eps)`` (Eq. 3) in ``forward`` and to the epoch
+            means.
+        prioritize: update the weights at ``epoch_end`` (Eqs. 4-6); False keeps them at 1.
+        eps: ``eps >= 0`` inside the log (default 1e-6, the code's ``eta``).
+        floor: positivity floor as a fraction of the mean weight, ``0 < floor < 1`` (default 1e-3).
+
+    State (buffers, in ``state_dict``, fixed shapes): ``share_history`` float64 ``[K, T]`` (the shares
+    ``pi`` of the last K recorded epochs, oldest first; zeros until filled), ``lps_weights`` float64
+    ``[T]`` (the weights in use, ones initially) and ``num_epochs`` int64 scalar (epochs recorded). A
+    fresh instance built with the same ``num_tasks`` and ``history`` loads them.
+
+    Raises:
+        ValueError: ``beta < 0``, ``history < 1``, ``eps < 0``, ``floor`` outside ``(0, 1)``; (forward)
+            ``losses`` not of shape ``[T]``; (epoch_end) wrong shape, or a projected mean that is not
+            finite and > 0 (e.g. a raw mean of 0 without the log, which would make the shares' ratio
+            undefined, or a NaN).
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        beta: float = 2.5,
+        history: int = 1,
+        log_transform: bool = True,
+        prioritize: bool = True,
+        eps: float = 1e-6,
+        floor: float = 1e-3,
+    ) -> None:
+        super().__init__(num_tasks)
+        if not beta >= 0 or beta == float("inf"):
+            raise ValueError(f"LPS: beta must be finite and >= 0, got {beta}")
+        if isinstance(history, bool) or int(history) != history or history < 1:
+            raise ValueError(f"LPS: history must be an integer >= 1, got {history}")
+        if not eps >= 0:
+            raise ValueError(f"LPS: eps must be >= 0, got {eps}")
+        if not 0 < floor < 1:
+            raise ValueError(f"LPS: floor must be in (0, 1), got {floor}")
+        self.beta = float(beta)
+        self.history = int(history)
+        self.log_transform = bool(log_transform)
+        self.prioritize = bool(prioritize)
+        self.eps = float(eps)
+        self.floor = float(floor)
+        self.register_buffer("share_history", torch.zeros(self.history, num_tasks, dtype=torch.float64))
+        self.register_buffer("lps_weights", torch.ones(num_tasks, dtype=torch.float64))
+        self.register_buffer("num_epochs", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_tasks={self.num_tasks}, beta={self.beta}, history={self.history}, "
+            f"log_transform={self.log_transform}, prioritize={self.prioritize}, eps={self.eps}, floor={self.floor}"
+        )
+
+    def project(self, losses: Tensor) -> Tensor:
+        """``log(1 + losses + eps)`` with ``log_transform``, else ``losses`` unchanged (any shape)."""
+        return torch.log1p(losses + self.eps) if self.log_transform else losses
+
+    def forward(self, losses: Tensor) -> Tensor:
+        """``sum_t sg(w_t) * project(L_t)`` for raw losses ``[T]`` (float); returns a scalar of their dtype."""
+        self._check(losses)
+        return (self.lps_weights.detach().to(losses.dtype) * self.project(losses)).sum()
+
+    def weights(self) -> Tensor:
+        """The weights ``w_t`` on the projected losses ``[T]`` (float32, CPU; ones before any update)."""
+        return self.lps_weights.detach().float().cpu()
+
+    @staticmethod
+    def _all_reduce_mean(m: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            m = m.clone()
+            dist.all_reduce(m, op=dist.ReduceOp.SUM)
+            m = m / dist.get_world_size()
+        return m
+
+    @torch.no_grad()
+    def epoch_end(self, mean_losses: Tensor | Sequence[float]) -> None:
+        """Record the epoch means of the raw losses ``[T]`` (float, any device) and set the weights of
+        the next epoch (see the class docstring for the update and the distributed all-reduce)."""
+        m = _as_vector(mean_losses, self.num_tasks, "LPS.epoch_end")
+        m = self._all_reduce_mean(m.to(self.share_history))
+        projected = self.project(m)
+        if not bool(torch.isfinite(projected).all()) or not bool((projected > 0).all()):
+            what = "log(1 + mean + eps)" if self.log_transform else "mean losses"
+            raise ValueError(
+                f"LPS.epoch_end: {what} must be finite and > 0, got means {m.tolist()}"
+                + ("" if self.log_transform else " (without the log transform a raw mean of 0 is not allowed)")
+            )
+        share = projected / projected.sum()
+        if self.prioritize and int(self.num_epochs) >= self.history:
+            w = share / self.share_history.mean(dim=0)
+            mean = w.mean()
+            w = mean + self.beta * (w - mean)
+            w = torch.maximum(w, self.floor * mean)
+            self.lps_weights.copy_(w / w.mean())
+        if self.history > 1:
+            self.share_history[:-1].copy_(self.share_history[1:].clone())
+        self.share_history[-1].copy_(share)
+        self.num_epochs += 1
+
+
+LPS_ABLATIONS = {"ew": "equal", "log": "lps-log", "prio": "lps-prio", "lps": "lps"}
+"""MT-CP Table 4 loss schemes -> ``WEIGHTINGS`` names: equal weights on the raw losses ("ew"), log
+projection only ("log", Table 4 "Log Smoothing"), prioritization on the raw losses only ("prio"), and
+the full LPS ("lps")."""
+
+_LPS_PRESETS = {
+    "lps": {},
+    "lps-log": {"prioritize": False},
+    "lps-prio": {"log_transform": False},
+}
+
+
+WEIGHTINGS = {
+    "equal": EqualWeighting,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DWA,
+    "gradnorm": GradNorm,
+    "lps": LPS,
+    "lps-log": LPS,
+    "lps-prio": LPS,
+}
 """Weighting classes by ``--weighting`` name."""
 
 
 def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None = None, **kwargs) -> Weighting:
-    """Weighting by name: one of ``WEIGHTINGS`` ("equal", "uncertainty", "dwa", "gradnorm").
+    """Weighting by name: one of ``WEIGHTINGS`` ("equal", "uncertainty", "dwa", "gradnorm", "lps",
+    "lps-log", "lps-prio").
+
+    ``"lps-log"`` is ``LPS(prioritize=False)`` and ``"lps-prio"`` is ``LPS(log_transform=False)``
+    (MT-CP Table 4 ablations); the preset option may not be overridden in ``kwargs``.
 
     Args:
         name: method name.
         num_tasks: T.
         shared_parameter: ``W`` for GradNorm (required there); ignored by the other methods, so a
             caller may always pass it.
-        **kwargs: constructor options of the method (``temperature`` for DWA, ``alpha`` for GradNorm).
+        **kwargs: constructor options of the method (``temperature`` for DWA, ``alpha`` for GradNorm,
+            ``beta``, ``history``, ``eps``, ``floor`` ... for LPS).
 
     Raises:
-        ValueError: unknown name; ``"gradnorm"`` without ``shared_parameter``; invalid option values.
+        ValueError: unknown name; ``"gradnorm"`` without ``shared_parameter``; invalid option values;
+            an LPS preset option given a conflicting value in ``kwargs``.
         TypeError: an option the method does not take.
     """
     if name not in WEIGHTINGS:
@@ -302,4 +492,10 @@ def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None =
         if shared_parameter is None:
             raise ValueError("weighting 'gradnorm' requires shared_parameter (the last shared layer's weight)")
         return GradNorm(num_tasks, shared_parameter, **kwargs)
+    if name in _LPS_PRESETS:
+        preset = _LPS_PRESETS[name]
+        for key, value in preset.items():
+            if key in kwargs and kwargs[key] != value:
+                raise ValueError(f"weighting {name!r} fixes {key}={value}; got {key}={kwargs[key]!r}")
+        return LPS(num_tasks, **{**kwargs, **preset})
     return WEIGHTINGS[name](num_tasks, **kwargs)
