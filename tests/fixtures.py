@@ -131,3 +131,186 @@ def write_mtan_cityscapes(root: Path, split="train", n=3, h=32, w=64, chw=False)
         np.save(root / split / "depth" / f"{i}.npy", dep)
         arrays.append((img, lab7, lab19, dep))
     return arrays
+
+
+# --------------------------------------------------------------------------- #
+# MT-CP / Vandenhende NYUD_MT: images/*.jpg, segmentation/*.png, depth/*.npy,
+# normals/*.npy, gt_sets/{split}.txt
+# --------------------------------------------------------------------------- #
+MT_H, MT_W = 64, 64
+NYUDMT_SPLITS = {"train": ["000003", "000001", "000002"], "val": ["000010"]}
+
+
+def nyudmt_arrays(k, h=MT_H, w=MT_W):
+    """Known arrays of NYUD_MT fixture item k: rgb uint8 (h,w,3), segmentation PNG
+    values uint8 (h,w) in 0..40 (every value), depth float32 metres (h,w) with an
+    invalid block, normals float32 (h,w,3) unit vectors with a zero (invalid) block."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([(xx * 3 + 11 * k) % 256, (yy * 3 + 5 * k) % 256, (xx + 2 * yy + 40 * k) % 256],
+                   axis=-1).astype(np.uint8)
+    seg = ((xx // 2 + yy * 7 + k) % 41).astype(np.uint8)
+    depth = (0.5 + 0.05 * xx + 0.1 * yy + 0.25 * k).astype(np.float32)
+    depth[10:20, 30:44] = 0.0
+    theta = 2 * np.pi * xx / w + 0.3 * k
+    phi = 0.2 + 1.2 * yy / h
+    normals = np.stack([np.sin(phi) * np.cos(theta), np.sin(phi) * np.sin(theta),
+                        -np.cos(phi)], axis=-1).astype(np.float32)
+    normals[40:50, 8:20] = 0.0
+    return rgb, seg, depth, normals
+
+
+def write_nyudmt(root: Path, splits=None, h=MT_H, w=MT_W, depth_channel_ids=("000001",)):
+    """Write a tiny NYUD_MT tree; returns {id: (rgb, seg, depth (h,w), normals)}.
+
+    ``splits``: {split: [ids]} written to ``gt_sets/{split}.txt`` (default
+    ``NYUDMT_SPLITS``, with a blank line in train). Depth of the ids in
+    ``depth_channel_ids`` is saved with shape (h,w,1), the others (h,w). Images are
+    JPEG (quality 95, lossy), so compare decoded images with Pillow's decoding."""
+    root = Path(root)
+    splits = NYUDMT_SPLITS if splits is None else splits
+    for d in ("images", "segmentation", "depth", "normals", "gt_sets"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    out = {}
+    k = 0
+    for split, ids in splits.items():
+        lines = list(ids)
+        if split == "train" and len(lines) > 1:
+            lines.insert(1, "")  # blank lines are skipped
+        (root / "gt_sets" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        for fid in ids:
+            rgb, seg, depth, normals = nyudmt_arrays(k, h, w)
+            Image.fromarray(rgb).save(root / "images" / f"{fid}.jpg", quality=95)
+            Image.fromarray(seg).save(root / "segmentation" / f"{fid}.png")  # mode L
+            np.save(root / "depth" / f"{fid}.npy",
+                    depth[..., None] if fid in depth_channel_ids else depth)
+            np.save(root / "normals" / f"{fid}.npy", normals)
+            out[fid] = (rgb, seg, depth, normals)
+            k += 1
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# MT-CP / Vandenhende PASCAL_MT: JPEGImages, semseg/{VOC12,pascal-context},
+# human_parts/*.mat (PASCAL-Part 'anno' struct), sal_distill, ImageSets/Context
+# --------------------------------------------------------------------------- #
+PM_H, PM_W = 40, 56
+PASCALMT_SPLITS = {"train": ["2008_000002", "2008_000003", "2008_000007"], "val": ["2008_000009"]}
+#: The 24 PASCAL-Part person part names (Vandenhende's pascal_part.json, category 15).
+PERSON_PART_NAMES = ("hair", "head", "lear", "lebrow", "leye", "lfoot", "lhand", "llarm", "llleg",
+                     "luarm", "luleg", "mouth", "neck", "nose", "rear", "rebrow", "reye", "rfoot",
+                     "rhand", "rlarm", "rlleg", "ruarm", "ruleg", "torso")
+
+
+def pascal_anno(objects, imname="x"):
+    """Build the ``anno`` struct as PASCAL-Part stores it, ready for scipy.io.savemat.
+
+    ``objects``: list of (class_name, class_ind, mask, parts) where parts is a list of
+    (part_name, mask) (an empty list is saved as MATLAB ``[]``). Field order matches
+    the positional access of Vandenhende's reader: anno (imname, objects), object
+    (class, class_ind, mask, parts), part (part_name, mask)."""
+    objs = np.zeros((1, len(objects)),
+                    dtype=[("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")])
+    for i, (cname, cind, mask, parts) in enumerate(objects):
+        objs[0, i]["class"] = cname
+        objs[0, i]["class_ind"] = np.array([[cind]], dtype=np.uint8)
+        objs[0, i]["mask"] = np.asarray(mask, dtype=np.uint8)
+        if parts:
+            pa = np.zeros((1, len(parts)), dtype=[("part_name", "O"), ("mask", "O")])
+            for j, (pname, pmask) in enumerate(parts):
+                pa[0, j]["part_name"] = pname
+                pa[0, j]["mask"] = np.asarray(pmask, dtype=np.uint8)
+            objs[0, i]["parts"] = pa
+        else:
+            objs[0, i]["parts"] = np.zeros((0, 0))
+    anno = np.zeros((1, 1), dtype=[("imname", "O"), ("objects", "O")])
+    anno[0, 0]["imname"] = imname
+    anno[0, 0]["objects"] = objs
+    return anno
+
+
+def write_pascal_mat(path: Path, objects, imname="x"):
+    import scipy.io as sio
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sio.savemat(str(path), {"anno": pascal_anno(objects, imname)})
+
+
+def pascal_person_objects(k, h=PM_H, w=PM_W):
+    """Objects of PASCAL_MT fixture item k and the expected human-parts map (int64,
+    -1 = void). k % 3 == 0: a person with all 24 parts (one 2-px column band each,
+    later parts overwriting an overlap) plus a dog with parts (ignored);
+    k % 3 == 1: only a cat (no persons) -> all -1; k % 3 == 2: a person without
+    parts and a person with two parts."""
+    from xtc_ext.data import PART_GROUPS
+    full = np.ones((h, w), np.uint8)
+    expected = np.zeros((h, w), np.int64)
+    if k % 3 == 0:
+        parts = []
+        for j, name in enumerate(PERSON_PART_NAMES):
+            m = np.zeros((h, w), np.uint8)
+            m[5:35, 2 * j:2 * j + 2] = 1
+            parts.append((name, m))
+            expected[m.astype(bool)] = PART_GROUPS[name]
+        over = np.zeros((h, w), np.uint8)
+        over[30:38, 0:10] = 1  # overlaps hair/head/lear... bands; written last -> wins
+        parts.append(("rfoot", over))
+        expected[over.astype(bool)] = PART_GROUPS["rfoot"]
+        dog_part = np.zeros((h, w), np.uint8)
+        dog_part[0:4, 50:56] = 1
+        objects = [("person", 15, full, parts), ("dog", 12, full, [("head", dog_part)])]
+    elif k % 3 == 1:
+        objects = [("cat", 8, full, [])]
+        expected[:] = -1
+    else:
+        a = np.zeros((h, w), np.uint8)
+        a[0:10, 0:10] = 1
+        b = np.zeros((h, w), np.uint8)
+        b[20:30, 30:40] = 1
+        objects = [("person", 15, full, []), ("person", 15, full, [("luarm", a), ("rlleg", b)])]
+        expected[a.astype(bool)] = 3
+        expected[b.astype(bool)] = 6
+    return objects, expected
+
+
+def pascalmt_arrays(k, h=PM_H, w=PM_W):
+    """rgb uint8 (h,w,3), semseg PNG values uint8 (h,w) in 0..20 plus 255 blocks, and
+    saliency uint8 (h,w) with the 127/128 threshold pair present."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([(xx * 4 + 9 * k) % 256, (yy * 6 + 13 * k) % 256, (3 * xx + yy) % 256],
+                   axis=-1).astype(np.uint8)
+    sem = ((xx // 3 + yy + k) % 21).astype(np.uint8)
+    sem[0:3, :] = 255
+    sal = ((xx * 5 + yy * 3 + 17 * k) % 256).astype(np.uint8)
+    sal[0, 0], sal[0, 1], sal[0, 2], sal[0, 3] = 127, 128, 0, 255
+    return rgb, sem, sal
+
+
+def write_pascalmt(root: Path, splits=None, h=PM_H, w=PM_W, context_ids=("2008_000003",)):
+    """Write a tiny PASCAL_MT tree; returns {id: (rgb, semseg, sal, expected_parts)}.
+
+    Semseg of the ids in ``context_ids`` goes to ``semseg/pascal-context``, the others
+    to ``semseg/VOC12`` (palette-mode PNG, like the VOC files). Human parts as
+    :func:`pascal_person_objects` with k the running index."""
+    root = Path(root)
+    splits = PASCALMT_SPLITS if splits is None else splits
+    for d in ("JPEGImages", "semseg/VOC12", "semseg/pascal-context", "human_parts", "sal_distill",
+              "ImageSets/Context"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    palette = [v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)]
+    out = {}
+    k = 0
+    for split, ids in splits.items():
+        (root / "ImageSets" / "Context" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for fid in ids:
+            rgb, sem, sal = pascalmt_arrays(k, h, w)
+            Image.fromarray(rgb).save(root / "JPEGImages" / f"{fid}.jpg", quality=95)
+            im = Image.frombytes("P", (w, h), sem.tobytes())  # raw indices, as VOC
+            im.putpalette(palette)
+            sub = "pascal-context" if fid in context_ids else "VOC12"
+            im.save(root / "semseg" / sub / f"{fid}.png")
+            Image.fromarray(sal).save(root / "sal_distill" / f"{fid}.png")  # mode L
+            objects, expected = pascal_person_objects(k, h, w)
+            write_pascal_mat(root / "human_parts" / f"{fid}.mat", objects, fid)
+            out[fid] = (rgb, sem, sal, expected)
+            k += 1
+    return out

@@ -1,7 +1,8 @@
-"""NYUv2 and Cityscapes datasets, the shared MTAN-style training augmentation, and a
-train/validation split that never touches the test split.
+"""NYUv2, Cityscapes and MT-CP (NYUD_MT, PASCAL_MT) datasets, the shared MTAN-style
+training augmentation, surface normals from depth, and a train/validation split that
+never touches the test split.
 
-Four on-disk layouts are supported, and all return the same sample format.
+Six on-disk layouts are supported, and all return the same sample format.
 
 * :class:`NYUv2Frames` reads NYUv2 frames stored as PNG files: ``rgb/``, ``depth/``
   (uint16 millimetres), and ``label13/`` or ``label40/`` (uint8, 0 = unlabelled).
@@ -16,6 +17,16 @@ Four on-disk layouts are supported, and all return the same sample format.
   loader does (reference-implementations §1.4 "Cityscapes: raw data", PART 4 item 2).
 * :class:`MTANCityscapes` reads MTAN's preprocessed Cityscapes ``.npy`` layout
   ``root/{split}/{image,label_7,label_19,depth}/{i}.npy`` (PART 4 item 2).
+* :class:`NYUDMT` reads Vandenhende's ``NYUD_MT`` release (JPEG images, 40-class
+  PNG labels, depth and surface normals ``.npy``), the MT-CP NYUD data
+  (reference-implementations §2.9, PART 4 item 3).
+* :class:`PASCALMT` reads Vandenhende's ``PASCAL_MT`` release (semantic
+  segmentation, human parts from PASCAL-Part ``.mat`` files, distilled saliency),
+  the MT-CP PASCAL-Context data (§2.9, PART 4 item 3).
+
+:func:`normals_from_depth` derives approximate surface normals from metric depth
+(NYUv2 colour-camera intrinsics); ``NYUv2Frames(..., with_normals=True)`` adds them
+to the real frames.
 
 Sample format, a ``dict`` returned by every ``__getitem__``:
 
@@ -35,14 +46,21 @@ key            tensor           content
 "name"         str              frame identifier
 =============  ===============  ================================================
 
+Datasets with other tasks add (only where the task exists): "normals" float32
+[3,H,W] unit surface normals (x, y, z; 0 where invalid) with "normals_valid" bool
+[1,H,W] (NYUDMT; NYUv2Frames with ``with_normals``), "human_parts" int64 [H,W]
+(-1 void, 0 background, 1..6) and "sal" float32 [1,H,W] in {0, 1} (PASCALMT;
+PASCALMT has no "depth").
+
 Training augmentation (:func:`augment_sample`) follows the XTasC-Net / MTAN loaders
 (XTasC-Net paper §V-A, reference-implementations §1.4): random scale crop with the
 scale s drawn from {1.0, 1.2, 1.5}, the depth target rescaled according to
 ``depth_scaling`` (NYUv2 metres: divided by s), then a horizontal flip with p = 0.5.
 **Every** per-pixel entry, ``depth_valid`` included, is cropped, resized and flipped
 with the data (the authors crop image/seg/depth but not the masks, a bug that is not
-reproduced here: reference-implementations §3.1 item 1). Normalisation is applied
-after augmentation.
+reproduced here: reference-implementations §3.1 item 1); surface normals (the keys in
+``NORMALS_KEYS``) also get their x component negated by the flip. Normalisation is
+applied after augmentation.
 
 Notes: the XTasC-Net code does **not** ImageNet-normalise NYUv2 inputs
 (reference-implementations §1.4); pass ``normalize=False`` to match it. Its
@@ -90,6 +108,17 @@ __all__ = [
     "MTANCityscapes",
     "split_indices",
     "split_train_val",
+    "NORMALS_KEYS",
+    "NYU_COLOR_INTRINSICS",
+    "renormalize_normals",
+    "normals_from_depth",
+    "NYUDMT",
+    "PASCAL_SEMSEG_CLASS_NAMES",
+    "PASCAL_HUMAN_PARTS_NAMES",
+    "PASCAL_PERSON_CLASS_IND",
+    "PART_GROUPS",
+    "read_pascal_human_parts",
+    "PASCALMT",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -124,6 +153,10 @@ CITYSCAPES19_CLASS_NAMES: Tuple[str, ...] = (
 #: MTAN's preprocessed Cityscapes depth has the same range [0, 0.4922]
 #: (reference-implementations §1.4, PART 4 item 2).
 CITYSCAPES_DEPTH_MAX: float = 0.4922
+
+#: Sample keys that hold surface normals ``[3,H,W]`` (x, y, z; x = image right). The
+#: augmentation negates channel 0 of these maps when it flips the sample horizontally.
+NORMALS_KEYS: Tuple[str, ...] = ("normals",)
 
 _DEPTH16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -304,7 +337,8 @@ def _resize_nearest(t: torch.Tensor, size: Tuple[int, int], mode: str) -> torch.
     return (y[0, 0] if t.dim() == 2 else y[0]).contiguous()
 
 
-def apply_augmentation(sample: Sample, params: AugmentParams) -> Sample:
+def apply_augmentation(sample: Sample, params: AugmentParams,
+                       normals_keys: Optional[Sequence[str]] = None) -> Sample:
     """Apply given scale-crop / flip parameters to a sample (deterministic).
 
     Crops ``int(H/s) x int(W/s)`` at (top, left) and resizes back to ``H x W``: the
@@ -314,8 +348,12 @@ def apply_augmentation(sample: Sample, params: AugmentParams) -> Sample:
     masks stay aligned with their data). "depth" values are then rescaled by
     ``params.depth_scaling`` ("divide": / s, "multiply": * s, "none": unchanged;
     invalid 0 stays 0). Other per-pixel maps keep their values (they are treated as
-    labels or masks; maps whose values depend on orientation, e.g. surface normals,
-    are not supported). Then everything is flipped horizontally if ``params.flip``.
+    labels or masks). Then everything is flipped horizontally if ``params.flip``;
+    the maps named in ``normals_keys`` (surface normals ``[3,H,W]``, channel 0 = x =
+    image right) also get their x component negated on a flip, as Vandenhende's
+    ``RandomHorizontalFlip`` does (reference-implementations §2.9). The scale crop
+    does not change normals (a zoom keeps the camera-frame directions). Maps not
+    listed in ``normals_keys`` are only mirrored, as before.
 
     Args:
         sample: dict with "image" float32 [3,H,W] (in [0, 1], i.e. before
@@ -323,18 +361,22 @@ def apply_augmentation(sample: Sample, params: AugmentParams) -> Sample:
             [1,H,W], optional "depth_valid" bool [1,H,W], optional other per-pixel
             maps. Non-tensor entries and tensors of other shapes are passed through.
         params: :class:`AugmentParams`.
+        normals_keys: keys of surface-normal maps; None = ``NORMALS_KEYS``
+            (``("normals",)``). Keys absent from the sample are ignored.
 
     Returns:
         A new dict; the input is not modified. Shapes and dtypes are preserved.
 
     Raises:
-        ValueError: on malformed "image"/"seg"/"depth"/"depth_valid" tensors or a
-            crop outside the sample.
+        ValueError: on malformed "image"/"seg"/"depth"/"depth_valid" tensors, a
+            normals entry that is not a floating ``[3,H,W]`` tensor, or a crop
+            outside the sample.
 
     Source: MTAN / XTasC-Net loaders (reference-implementations §1.4); the masks
     are cropped with the data, unlike the authors' Cityscapes code (§3.1 item 1).
     """
     H, W = _check_sample_tensors(sample)
+    nkeys = _check_normals_entries(sample, normals_keys, H, W)
     s = float(params.scale)
     if s < 1.0:
         raise ValueError(f"augmentation scale must be >= 1, got {s}")
@@ -361,13 +403,36 @@ def apply_augmentation(sample: Sample, params: AugmentParams) -> Sample:
             elif params.depth_scaling == "multiply":
                 m = (m.float() * s).to(t.dtype)
         if params.flip:
-            m = torch.flip(m, dims=[-1])
+            m = torch.flip(m, dims=[-1])  # a new tensor
+            if key in nkeys:
+                m[0] = -m[0]  # mirrored scene: the normal's x component changes sign
         out[key] = m.contiguous()
     return out
 
 
+def _check_normals_entries(sample: Sample, normals_keys: Optional[Sequence[str]],
+                           H: int, W: int) -> Tuple[str, ...]:
+    """Validate the normals entries of a sample; return the normals keys to use."""
+    if normals_keys is None:
+        nkeys = NORMALS_KEYS
+    elif isinstance(normals_keys, (str, bytes)):
+        raise ValueError("normals_keys must be a sequence of keys, not a single string")
+    else:
+        nkeys = tuple(normals_keys)
+    for key in nkeys:
+        if key in sample:
+            n = sample[key]
+            if (not isinstance(n, torch.Tensor) or tuple(n.shape) != (3, H, W)
+                    or not n.dtype.is_floating_point):
+                raise ValueError(f"sample[{key!r}] (surface normals) must be a floating [3,{H},{W}] "
+                                 f"tensor, got {_shape_of(n)}"
+                                 + (f" {n.dtype}" if isinstance(n, torch.Tensor) else ""))
+    return nkeys
+
+
 def augment_sample(sample: Sample, generator: Optional[torch.Generator] = None,
-                   depth_scaling: str = "divide") -> Sample:
+                   depth_scaling: str = "divide",
+                   normals_keys: Optional[Sequence[str]] = None) -> Sample:
     """MTAN-style training augmentation shared by all datasets.
 
     Random scale crop, s drawn uniformly from ``AUGMENT_SCALES`` = (1.0, 1.2, 1.5):
@@ -377,8 +442,9 @@ def augment_sample(sample: Sample, generator: Optional[torch.Generator] = None,
     "divide": metric depth / s; 0 = invalid stays 0); then horizontal flip with
     p = 0.5. Randomness comes from ``torch.randint`` / ``torch.rand`` with
     ``generator`` (the global torch RNG when None), so DataLoader worker seeding
-    makes it reproducible. See :func:`sample_augment_params` and
-    :func:`apply_augmentation`.
+    makes it reproducible. Surface normals (the keys in ``normals_keys``, default
+    ``NORMALS_KEYS``) get their x component negated on a flip. See
+    :func:`sample_augment_params` and :func:`apply_augmentation`.
 
     The authors apply flip before the crop for Cityscapes and after it for NYUv2;
     with a uniformly random crop position the two orders give the same
@@ -392,18 +458,23 @@ def augment_sample(sample: Sample, generator: Optional[torch.Generator] = None,
         depth_scaling: "divide" (metric depth, NYUv2), "multiply" (disparity,
             geometrically consistent) or "none" (XTasC-Net Cityscapes code); see
             :class:`AugmentParams`.
+        normals_keys: keys of surface-normal maps ``[3,H,W]``; None =
+            ``NORMALS_KEYS``.
 
     Returns:
         A new sample dict with the same shapes and dtypes.
 
     Raises:
-        ValueError: on malformed sample tensors or unknown ``depth_scaling``.
+        ValueError: on malformed sample tensors (normals included) or unknown
+            ``depth_scaling``.
 
     Source: XTasC-Net paper §V-A; reference-implementations §1.4, §3.1 items 1 and
     14, PART 4 items 1-2.
     """
     H, W = _check_sample_tensors(sample)
-    return apply_augmentation(sample, sample_augment_params(H, W, generator, depth_scaling))
+    _check_normals_entries(sample, normals_keys, H, W)
+    return apply_augmentation(sample, sample_augment_params(H, W, generator, depth_scaling),
+                              normals_keys)
 
 
 # --------------------------------------------------------------------------- #
@@ -520,6 +591,162 @@ def _rgb_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- #
+# surface normals: renormalisation and normals from depth
+# --------------------------------------------------------------------------- #
+#: NYU Depth v2 colour-camera intrinsics (fx, fy, cx, cy) in pixels for the 640x480
+#: frames, from ``camera_params.m`` of the NYU Depth v2 toolbox (Silberman et al.,
+#: ECCV 2012).
+NYU_COLOR_INTRINSICS: Tuple[float, float, float, float] = (
+    5.1885790117450188e+02, 5.1946961112127485e+02, 3.2558244941119034e+02, 2.5373616633400465e+02)
+
+
+def renormalize_normals(normals: torch.Tensor) -> torch.Tensor:
+    """Scale every normal vector to unit length; zero vectors (invalid) stay zero.
+
+    Args:
+        normals: floating tensor ``[3,H,W]`` (or ``[N,3,H,W]``): x, y, z components.
+
+    Returns:
+        A new tensor of the same shape and dtype: ``n / |n|`` where ``|n| > 0``, else 0
+        (``|n|`` from the sum of squares, so float32 vectors shorter than about 1e-19
+        count as zero).
+
+    Raises:
+        ValueError: not a floating tensor with 3 channels in dimension -3.
+
+    Source: Vandenhende's ``FixedResize`` renormalises the normals after resizing
+    (reference-implementations §2.9; it adds float32 eps to ``|n|`` instead of
+    keeping zeros exactly).
+    """
+    if (not isinstance(normals, torch.Tensor) or normals.dim() not in (3, 4)
+            or normals.shape[-3] != 3 or not normals.dtype.is_floating_point):
+        raise ValueError(f"normals must be a floating [3,H,W] or [N,3,H,W] tensor, got "
+                         f"{_shape_of(normals)}"
+                         + (f" {normals.dtype}" if isinstance(normals, torch.Tensor) else ""))
+    # sum of squares: much faster than linalg.vector_norm over the channel dim on CPU;
+    # float32 vectors shorter than ~1e-19 underflow to 0 and count as invalid
+    norm = (normals * normals).sum(dim=-3, keepdim=True).sqrt()
+    inv = torch.where(norm > 0, norm.reciprocal(), torch.zeros((), dtype=norm.dtype,
+                                                               device=norm.device))
+    return (normals * inv).contiguous()
+
+
+def normals_from_depth(depth: torch.Tensor,
+                       fx: float = NYU_COLOR_INTRINSICS[0], fy: float = NYU_COLOR_INTRINSICS[1],
+                       cx: float = NYU_COLOR_INTRINSICS[2], cy: float = NYU_COLOR_INTRINSICS[3],
+                       image_size: Tuple[int, int] = (480, 640)
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Surface normals of a metric depth map by back-projection and central differences.
+
+    Convention: OpenCV camera frame, **x right, y down, z forward** (the camera looks
+    along +z); pixel (row v, column u) with 0-based indices. Steps (float64):
+
+    1. Intrinsics for this map: the given ones are for a map of ``image_size`` =
+       (H0, W0); a map of size (H, W) is taken to show the same field of view, so
+       ``fx' = fx * W/W0``, ``cx' = cx * W/W0``, ``fy' = fy * H/H0``, ``cy' = cy * H/H0``.
+    2. Back-projection ``P(v,u) = Z * ((u - cx')/fx', (v - cy')/fy', 1)``, Z = depth.
+    3. Central differences ``du = P(v,u+1) - P(v,u-1)``, ``dv = P(v+1,u) - P(v-1,u)``;
+       ``n = du x dv``, normalised to unit length.
+    4. Orientation towards the camera: n is negated where ``n . P > 0`` (so
+       ``n . P <= 0``; a fronto-parallel plane Z = const gives n = (0, 0, -1)).
+    5. Invalid (n = 0, valid = False): border pixels (first/last row and column),
+       pixels whose own depth or any of the four neighbours used is 0, and pixels with
+       a degenerate cross product.
+
+    This is an **approximation** of the NYUv2 normals used by Vandenhende's NYUD_MT
+    (those were computed by a different, smoothed plane-fitting pipeline). It is meant
+    for frames without released normals, e.g. ``shared/data/nyuv2-test10``; on depth
+    edges it gives normals of the "surface" bridging foreground and background. The
+    NYU toolbox uses 1-based MATLAB pixel coordinates; here u, v are 0-based (the
+    usual Python convention), a one-pixel shift of the principal point that does not
+    change the normals measurably.
+
+    Args:
+        depth: float tensor ``[1,H,W]``, metres, 0 = invalid (finite, >= 0).
+        fx, fy: focal lengths in pixels for ``image_size`` (> 0). Default: NYUv2
+            colour camera (``NYU_COLOR_INTRINSICS``).
+        cx, cy: principal point in pixels for ``image_size``.
+        image_size: (H0, W0) the intrinsics refer to; default (480, 640).
+
+    Returns:
+        ``(normals, valid)``: float32 ``[3,H,W]`` unit vectors (x, y, z; 0 where
+        invalid) and bool ``[1,H,W]``.
+
+    Raises:
+        ValueError: ``depth`` not a floating ``[1,H,W]`` tensor, non-finite or
+            negative depth, non-positive focal length or ``image_size``.
+
+    Source: pinhole back-projection with the NYU Depth v2 toolbox intrinsics
+    (``camera_params.m``); flip convention of reference-implementations §2.9.
+    """
+    if (not isinstance(depth, torch.Tensor) or depth.dim() != 3 or depth.shape[0] != 1
+            or not depth.dtype.is_floating_point):
+        raise ValueError(f"depth must be a floating [1,H,W] tensor, got {_shape_of(depth)}"
+                         + (f" {depth.dtype}" if isinstance(depth, torch.Tensor) else ""))
+    h0, w0 = _check_size(image_size)
+    if not (fx > 0 and fy > 0 and math.isfinite(fx) and math.isfinite(fy)):
+        raise ValueError(f"focal lengths must be positive, got fx={fx}, fy={fy}")
+    if not (math.isfinite(cx) and math.isfinite(cy)):
+        raise ValueError(f"principal point must be finite, got cx={cx}, cy={cy}")
+    z = depth[0].detach().to(device="cpu", dtype=torch.float64).numpy()
+    if not np.isfinite(z).all():
+        raise ValueError("depth contains non-finite values")
+    if z.size and z.min() < 0:
+        raise ValueError(f"depth contains negative values (min {z.min():.4g}); "
+                         f"expected metres >= 0, 0 = invalid")
+    H, W = z.shape
+    sx, sy = W / w0, H / h0
+    fxs, fys, cxs, cys = fx * sx, fy * sy, cx * sx, cy * sy
+    # numpy: several times faster than torch for these strided element-wise ops on CPU
+    normals = np.zeros((3, H, W), dtype=np.float32)
+    valid = np.zeros((H, W), dtype=bool)
+    if H >= 3 and W >= 3:
+        X = z * ((np.arange(W, dtype=np.float64) - cxs) / fxs)[None, :]
+        Y = z * ((np.arange(H, dtype=np.float64) - cys) / fys)[:, None]
+        # du = P(v, u+1) - P(v, u-1), dv = P(v+1, u) - P(v-1, u) on the interior
+        dux, duy, duz = (X[1:-1, 2:] - X[1:-1, :-2], Y[1:-1, 2:] - Y[1:-1, :-2],
+                         z[1:-1, 2:] - z[1:-1, :-2])
+        dvx, dvy, dvz = (X[2:, 1:-1] - X[:-2, 1:-1], Y[2:, 1:-1] - Y[:-2, 1:-1],
+                         z[2:, 1:-1] - z[:-2, 1:-1])
+        nx = duy * dvz - duz * dvy
+        ny = duz * dvx - dux * dvz
+        nz = dux * dvy - duy * dvx
+        norm = np.sqrt(nx * nx + ny * ny + nz * nz)
+        ok = ((z[1:-1, 1:-1] > 0) & (z[1:-1, 2:] > 0) & (z[1:-1, :-2] > 0)
+              & (z[2:, 1:-1] > 0) & (z[:-2, 1:-1] > 0) & (norm > 0))
+        # 1/|n| where valid, sign chosen so that n . P <= 0 (towards the camera), 0 elsewhere
+        facing = nx * X[1:-1, 1:-1] + ny * Y[1:-1, 1:-1] + nz * z[1:-1, 1:-1]
+        scale = np.where(ok, np.where(facing > 0, -1.0, 1.0) / np.where(ok, norm, 1.0), 0.0)
+        normals[0, 1:-1, 1:-1] = nx * scale
+        normals[1, 1:-1, 1:-1] = ny * scale
+        normals[2, 1:-1, 1:-1] = nz * scale
+        valid[1:-1, 1:-1] = ok
+    return (torch.from_numpy(normals).to(depth.device),
+            torch.from_numpy(valid)[None].to(depth.device))
+
+
+def _resize_sample_with_normals(sample: Sample, size: Optional[Tuple[int, int]]) -> Sample:
+    """:func:`_resize_sample` (normals nearest like every per-pixel map), then, if the
+    sample was resized, the normals renormalised to unit length (zero vectors stay
+    zero; a no-op up to rounding for unit input, since nearest copies vectors)."""
+    out = _resize_sample(sample, size)
+    if out is not sample and "normals" in out:
+        out = dict(out)
+        out["normals"] = renormalize_normals(out["normals"])
+    return out
+
+
+def _unit_normals_hw3(nrm: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(H,W,3) float normals -> (float32 (3,H,W) unit vectors with 0 where |n| == 0,
+    bool (H,W) |n| > 0)."""
+    n = np.ascontiguousarray(np.transpose(nrm, (2, 0, 1)), dtype=np.float64)
+    norm = np.sqrt((n * n).sum(axis=0))
+    valid = norm > 0
+    out = (n * (np.where(valid, 1.0 / np.where(valid, norm, 1.0), 0.0))[None]).astype(np.float32)
+    return out, valid
+
+
+# --------------------------------------------------------------------------- #
 # NYUv2: real-frame PNG layout
 # --------------------------------------------------------------------------- #
 class NYUv2Frames(torch.utils.data.Dataset):
@@ -551,10 +778,18 @@ class NYUv2Frames(torch.utils.data.Dataset):
             default: the sorted stems of ``rgb/*.png``.
         depth_scaling: depth rescaling of the scale crop, default "divide" (metric
             depth, MTAN / XTasC-Net NYUv2); see :class:`AugmentParams`.
+        with_normals: also return surface normals computed by
+            :func:`normals_from_depth` from the **full-resolution** depth (NYUv2
+            colour-camera intrinsics, scaled if the stored frames are not 640x480),
+            before resizing; they are then resized like :class:`NYUDMT`'s (nearest,
+            renormalised) and flipped with x negated by the augmentation.
 
     Each item: dict "image" float32 [3,H,W], "seg" int64 [H,W] in {-1, 0..K-1},
     "depth" float32 [1,H,W] metres (0 invalid), "depth_valid" bool [1,H,W]
-    (depth > 0, cropped/flipped with the depth), "name" str (the frame id).
+    (depth > 0, cropped/flipped with the depth), "name" str (the frame id); with
+    ``with_normals``, also "normals" float32 [3,H,W] (unit vectors, camera frame x
+    right, y down, z forward, 0 where invalid; an approximation, see
+    :func:`normals_from_depth`) and "normals_valid" bool [1,H,W].
 
     Raises:
         FileNotFoundError: (at construction) missing root, sub-folder or any frame
@@ -574,7 +809,8 @@ class NYUv2Frames(torch.utils.data.Dataset):
 
     def __init__(self, root: PathLike, size: Optional[Tuple[int, int]] = (240, 320),
                  classes: int = 13, augment: bool = False, normalize: bool = True,
-                 frames: Optional[Sequence[str]] = None, depth_scaling: str = "divide") -> None:
+                 frames: Optional[Sequence[str]] = None, depth_scaling: str = "divide",
+                 with_normals: bool = False) -> None:
         if classes not in (13, 40):
             raise ValueError(f"classes must be 13 or 40, got {classes!r}")
         self.root = Path(root)
@@ -583,6 +819,7 @@ class NYUv2Frames(torch.utils.data.Dataset):
         self.augment = bool(augment)
         self.normalize = bool(normalize)
         self.depth_scaling = _check_depth_scaling(depth_scaling)
+        self.with_normals = bool(with_normals)
         self.rgb_dir = self.root / "rgb"
         self.depth_dir = self.root / "depth"
         self.label_dir = self.root / f"label{self.num_classes}"
@@ -632,12 +869,19 @@ class NYUv2Frames(torch.utils.data.Dataset):
             "depth_valid": depth_t > 0,
             "name": fid,
         }
-        sample = _resize_sample(sample, self.size)
+        if self.with_normals:
+            normals, normals_valid = normals_from_depth(depth_t)
+            sample["normals"] = normals
+            sample["normals_valid"] = normals_valid
+            sample = _resize_sample_with_normals(sample, self.size)
+        else:
+            sample = _resize_sample(sample, self.size)
         return _finish(sample, self.augment, self.normalize, self.depth_scaling)
 
     def __repr__(self) -> str:
         return (f"NYUv2Frames(root={str(self.root)!r}, n={len(self)}, size={self.size}, "
-                f"classes={self.num_classes}, augment={self.augment}, normalize={self.normalize})")
+                f"classes={self.num_classes}, augment={self.augment}, normalize={self.normalize}"
+                + (", with_normals=True)" if self.with_normals else ")"))
 
 
 # --------------------------------------------------------------------------- #
@@ -1152,6 +1396,530 @@ class MTANCityscapes(_MTANNpyDataset):
             raise ValueError(f"classes must be 7 or 19, got {classes!r}")
         super().__init__(root, split, f"label_{int(classes)}", int(classes), augment, normalize,
                          depth_scaling)
+
+
+# --------------------------------------------------------------------------- #
+# MT-CP: Vandenhende's NYUD_MT and PASCAL_MT releases
+# --------------------------------------------------------------------------- #
+_CONVERTIBLE_RGB_MODES = ("RGB", "L", "CMYK", "YCbCr")
+
+
+def _read_id_file(path: Path) -> List[str]:
+    """Ids of a split file, one per line (surrounding whitespace stripped, blank lines
+    skipped). FileNotFoundError / ValueError naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"split file not found: {path}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read split file {path}: {e}") from e
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"split file {path} lists no ids")
+    return ids
+
+
+def _read_rgb_image(path: Path) -> np.ndarray:
+    """uint8 (H,W,3) from an RGB image file (JPEG or PNG). Grayscale, CMYK and YCbCr
+    files are converted to RGB (Vandenhende's loaders call ``.convert('RGB')``); other
+    modes raise ValueError naming the file."""
+    with _open_png(path) as im:
+        if im.mode not in _CONVERTIBLE_RGB_MODES:
+            raise ValueError(f"RGB image {path} has mode {im.mode!r}, expected one of "
+                             f"{_CONVERTIBLE_RGB_MODES}")
+        a = np.array(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"RGB image {path} has array shape {a.shape}, expected (H,W,3)")
+    return a
+
+
+class NYUDMT(torch.utils.data.Dataset):
+    """NYUD-v2 in Vandenhende's ``NYUD_MT`` layout, the MT-CP NYUD data.
+
+    Layout under ``root`` (reference-implementations §2.9, PART 4 item 3)::
+
+        gt_sets/{split}.txt        ids, one per line (795 train / 654 val)
+        images/<id>.jpg            RGB image (grayscale JPEGs are converted)
+        segmentation/<id>.png      uint8 single channel ('L' or raw 'P' indices):
+                                   0 = unlabelled, 1..40 = NYU-40 classes
+        depth/<id>.npy             float metres, 0 = invalid; shape (H,W) or (H,W,1)
+        normals/<id>.npy           (H,W,3) float surface normals (unit vectors),
+                                   zero vector = invalid
+
+    (``edge/<id>.npy`` of the release is not read; MT-CP does not use it.)
+
+    Conversion: label 0 -> -1 (ignore; the authors' 255), k -> k-1 (40 classes
+    0..39); depth as stored (metres; "depth_valid" = depth > 0); normals
+    renormalised to unit length where ``|n| > 0`` ("normals_valid" = ``|n| > 0``,
+    zero vectors stay 0; the authors mark them 255). Resize to ``size``: image
+    bilinear (antialias, align_corners=False; the authors use cubic), labels, depth,
+    masks and normals nearest (``nearest-exact``), then the normals renormalised.
+    The default size 480x640 is the native NYUD size, as in MT-CP's ``FixedResize``.
+
+    Augmentation (``augment=True``): :func:`augment_sample`: random scale crop with
+    s in {1.0, 1.2, 1.5} (MT-CP's ``ScaleNRotate`` scale set; it zooms about the
+    image centre instead of cropping at a random position, rotation 0), depth
+    divided by s (``depth_scaling="divide"``, as MT-CP), normals unchanged by the
+    crop; horizontal flip with p = 0.5 that mirrors every map and **negates the x
+    component of the normals** (MT-CP's ``RandomHorizontalFlip``). Then, if
+    ``normalize``, ImageNet normalisation (MT-CP normalises).
+
+    Not applied here (they belong to the loss / evaluation): MT-CP's depth cap of
+    6.5535 m (reference-implementations §2.6, §3.2 item 9).
+
+    Args:
+        root: dataset folder (the ``NYUD_MT`` release).
+        split: split name; ids are read from ``gt_sets/{split}.txt``.
+        size: output (H, W) or None (native). Default (480, 640).
+        augment: apply :func:`augment_sample`.
+        normalize: ImageNet-normalise the image (else it stays in [0, 1]).
+        depth_scaling: depth rescaling of the scale crop; default "divide" (metric
+            depth); see :class:`AugmentParams`.
+
+    Each item: dict "image" float32 [3,H,W], "seg" int64 [H,W] in {-1, 0..39},
+    "depth" float32 [1,H,W] metres (0 invalid), "depth_valid" bool [1,H,W],
+    "normals" float32 [3,H,W] (x, y, z unit vectors as stored in the release;
+    0 where invalid), "normals_valid" bool [1,H,W], "name" str (the id).
+
+    Raises:
+        FileNotFoundError: (at construction) missing root or split file, or a
+            missing image / segmentation / depth / normals file of a listed id; the
+            message names the path.
+        ValueError: bad ``size`` / ``depth_scaling``, a split file without ids (at
+            construction); (at ``__getitem__``) unreadable file, label not 8-bit
+            single channel or with a value > 40, depth not (H,W) / (H,W,1), normals
+            not (H,W,3), non-finite values, negative depth, or sizes that differ
+            from the image; the message names the file.
+
+    Source: Vandenhende et al., "Multi-Task Learning for Dense Prediction Tasks"
+    (TPAMI 2021), ``data/nyud.py::NYUD_MT`` and ``data/custom_transforms.py``;
+    MT-CP ``data/nyud2.py`` (reference-implementations §2.9, PART 4 item 3).
+    """
+
+    num_classes: int = 40
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(self, root: PathLike, split: str = "train",
+                 size: Optional[Tuple[int, int]] = (480, 640), augment: bool = False,
+                 normalize: bool = True, depth_scaling: str = "divide") -> None:
+        self.root = Path(root)
+        self.split = str(split)
+        self.size = _check_size(size)
+        self.augment = bool(augment)
+        self.normalize = bool(normalize)
+        self.depth_scaling = _check_depth_scaling(depth_scaling)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root not found: {self.root}")
+        self.split_file = self.root / "gt_sets" / f"{self.split}.txt"
+        ids = _read_id_file(self.split_file)
+        self.dirs = {"image": self.root / "images", "seg": self.root / "segmentation",
+                     "depth": self.root / "depth", "normals": self.root / "normals"}
+        #: ids of the split, in file order.
+        self.frames: List[str] = ids
+        for i in range(len(ids)):
+            for p in self.frame_paths(i).values():
+                if not p.is_file():
+                    raise FileNotFoundError(f"missing file for id {ids[i]!r} (listed in "
+                                            f"{self.split_file}): {p}")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def frame_paths(self, index: int) -> Dict[str, Path]:
+        """Paths ``{"image", "seg", "depth", "normals"}`` of item ``index``."""
+        fid = self.frames[index]
+        return {"image": self.dirs["image"] / f"{fid}.jpg",
+                "seg": self.dirs["seg"] / f"{fid}.png",
+                "depth": self.dirs["depth"] / f"{fid}.npy",
+                "normals": self.dirs["normals"] / f"{fid}.npy"}
+
+    def __getitem__(self, index: int) -> Sample:
+        """Load item ``index``; see the class docstring for the returned dict."""
+        paths = self.frame_paths(index)
+        p_img, p_seg, p_dep, p_nrm = paths["image"], paths["seg"], paths["depth"], paths["normals"]
+        rgb = _read_rgb_image(p_img)
+        label = _read_label_png(p_seg, 40, "0 = unlabelled or 1..40")
+
+        dep = _MTANNpyDataset._load(p_dep)
+        if dep.ndim == 3 and dep.shape[2] == 1:
+            dep = dep[:, :, 0]
+        if dep.ndim != 2:
+            raise ValueError(f"{p_dep} has shape {dep.shape}, expected (H, W) or (H, W, 1)")
+        dep = dep.astype(np.float32)
+        if not np.isfinite(dep).all():
+            raise ValueError(f"{p_dep} contains non-finite depth values")
+        if dep.size and dep.min() < 0:
+            raise ValueError(f"{p_dep} contains negative depth {dep.min():.4g} "
+                             f"(expected metres >= 0, 0 = invalid)")
+
+        nrm = _MTANNpyDataset._load(p_nrm)
+        if nrm.ndim != 3 or nrm.shape[2] != 3:
+            raise ValueError(f"{p_nrm} has shape {nrm.shape}, expected (H, W, 3)")
+        nrm = nrm.astype(np.float32)
+        if not np.isfinite(nrm).all():
+            raise ValueError(f"{p_nrm} contains non-finite normal values")
+        _check_same_size((p_img, rgb), (p_seg, label), (p_dep, dep), (p_nrm, nrm))
+
+        depth_t = torch.from_numpy(dep)[None].contiguous()
+        normals, normals_valid = _unit_normals_hw3(nrm)
+        sample: Sample = {
+            "image": _rgb_tensor(rgb),
+            "seg": torch.from_numpy(label.astype(np.int64) - 1),  # 0 -> -1, k -> k-1
+            "depth": depth_t,
+            "depth_valid": depth_t > 0,
+            "normals": torch.from_numpy(normals),
+            "normals_valid": torch.from_numpy(normals_valid)[None],
+            "name": self.frames[index],
+        }
+        sample = _resize_sample_with_normals(sample, self.size)
+        return _finish(sample, self.augment, self.normalize, self.depth_scaling)
+
+    def __repr__(self) -> str:
+        return (f"NYUDMT(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
+                f"size={self.size}, augment={self.augment}, normalize={self.normalize})")
+
+
+#: PASCAL VOC / PASCAL_MT semantic classes in label order 0..20.
+PASCAL_SEMSEG_CLASS_NAMES: Tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+#: Human-part classes 0..6 of the 6-part grouping (plus background).
+PASCAL_HUMAN_PARTS_NAMES: Tuple[str, ...] = (
+    "background", "head", "torso", "upper_arms", "lower_arms", "upper_legs", "lower_legs",
+)
+#: PASCAL-Part ``class_ind`` of "person" (Vandenhende's ``human_parts_category``).
+PASCAL_PERSON_CLASS_IND: int = 15
+
+#: PASCAL-Part person part name -> human-part class 1..6 (0 = background).
+#: The 24 person parts of PASCAL-Part (Chen et al., CVPR 2014; listed with their
+#: 1..24 ids for category "15" in Vandenhende's ``data/db_info/pascal_part.json``)
+#: grouped as Vandenhende's ``PASCALContext.HUMAN_PART[6]``
+#: (``data/pascal_context.py``), which overrides the json entry for persons:
+#:
+#: ===  ==========  =====================================================
+#: 1    head        head, hair, leye, reye, lear, rear, lebrow, rebrow,
+#:                  nose, mouth
+#: 2    torso       torso, neck
+#: 3    upper_arms  luarm, ruarm
+#: 4    lower_arms  llarm, rlarm, lhand, rhand
+#: 5    upper_legs  luleg, ruleg
+#: 6    lower_legs  llleg, rlleg, lfoot, rfoot
+#: ===  ==========  =====================================================
+PART_GROUPS: Dict[str, int] = {
+    "head": 1, "hair": 1, "leye": 1, "reye": 1, "lear": 1, "rear": 1,
+    "lebrow": 1, "rebrow": 1, "nose": 1, "mouth": 1,
+    "torso": 2, "neck": 2,
+    "luarm": 3, "ruarm": 3,
+    "llarm": 4, "rlarm": 4, "lhand": 4, "rhand": 4,
+    "luleg": 5, "ruleg": 5,
+    "llleg": 6, "rlleg": 6, "lfoot": 6, "rfoot": 6,
+}
+
+
+def _mat_field(record, name: str, position: int, path: Path, what: str):
+    """Field ``name`` of a scipy.io.loadmat struct record (np.void), else the field
+    at ``position`` (the positional access of Vandenhende's reader)."""
+    names = getattr(getattr(record, "dtype", None), "names", None)
+    if not names:
+        raise ValueError(f"{path}: {what} is not a MATLAB struct")
+    if name in names:
+        return record[name]
+    if position < len(names):
+        return record[position]
+    raise ValueError(f"{path}: {what} has no field {name!r} (fields: {', '.join(names)})")
+
+
+def _mat_records(value, path: Path, what: str) -> List:
+    """Records of a MATLAB struct array as loaded by scipy (shape (1,n) or (n,1));
+    an empty array (MATLAB ``[]``) gives []."""
+    a = np.asarray(value)
+    if a.size == 0:
+        return []
+    if a.dtype.names is None:
+        raise ValueError(f"{path}: {what} is not a MATLAB struct array (dtype {a.dtype})")
+    return list(a.ravel())
+
+
+def _mat_scalar_int(value, path: Path, what: str) -> int:
+    a = np.asarray(value)
+    if a.size != 1 or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"{path}: {what} must be a numeric scalar, got {a.dtype} {a.shape}")
+    v = a.ravel()[0]
+    if v != np.round(v):
+        raise ValueError(f"{path}: {what} must be an integer, got {v!r}")
+    return int(v)
+
+
+def _mat_string(value, path: Path, what: str) -> str:
+    a = np.asarray(value)
+    if a.size != 1 or a.dtype.kind not in ("U", "S", "O"):
+        raise ValueError(f"{path}: {what} must be a string, got {a.dtype} {a.shape}")
+    v = a.ravel()[0]
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def read_pascal_human_parts(path: PathLike, image_size: Tuple[int, int]) -> np.ndarray:
+    """Human-part label map of one PASCAL_MT ``human_parts/<id>.mat`` file.
+
+    File structure, as ``scipy.io.loadmat`` (defaults) returns it (PASCAL-Part
+    annotation, Chen et al., CVPR 2014; read positionally by Vandenhende as
+    ``mat['anno'][0][0][1][0]``)::
+
+        mat["anno"]                  (1,1) struct, fields (imname, objects)
+        anno[0,0]["objects"]         (1,n) struct, fields (class, class_ind, mask, parts)
+        object["class_ind"]          (1,1) int, 15 = person
+        object["mask"]               (H,W) object mask
+        object["parts"]              (1,k) struct, fields (part_name, mask), or an
+                                     empty array when the object has no parts
+        part["part_name"]            (1,) str, e.g. "luarm"
+        part["mask"]                 (H,W) part mask (non-zero = part)
+
+    Fields are looked up by name; a struct without that name falls back to the
+    field position above (Vandenhende's access).
+
+    Conversion (Vandenhende ``PASCALContext._load_human_parts`` with
+    ``num_human_parts=6``): start from 0 (background); for every object with
+    ``class_ind == 15`` (person) that has parts, in file order, set the pixels of
+    each part mask to ``PART_GROUPS[part_name]`` (later parts overwrite earlier
+    ones). Objects of other classes are ignored. If no person with parts exists, or
+    no pixel got a part label, the whole map is ``IGNORE_INDEX`` (-1): Vandenhende's
+    ``AddIgnoreRegions`` sets an all-zero human-parts map to 255 (it does so after
+    augmentation, so there a crop that misses the person also becomes void; here the
+    rule is applied to the full image only).
+
+    Args:
+        path: the ``.mat`` file.
+        image_size: (H, W) of the image; every mask must have this shape, and
+            images without persons get an all -1 map of this size.
+
+    Returns:
+        int64 array (H, W): -1 (no human-part annotation), 0 background, 1..6 as
+        ``PASCAL_HUMAN_PARTS_NAMES``.
+
+    Raises:
+        FileNotFoundError: the file does not exist (message names it).
+        ValueError: unreadable .mat, no ``anno`` variable, unexpected structure,
+            a part name not in ``PART_GROUPS``, or a part mask whose shape is not
+            ``image_size``; the message names the file.
+        ImportError: scipy is not installed.
+
+    Source: Vandenhende et al. (TPAMI 2021) ``data/pascal_context.py``,
+    ``data/custom_transforms.py::AddIgnoreRegions``; reference-implementations §2.9.
+    """
+    path = Path(path)
+    H, W = _check_size(image_size)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file: {path}")
+    try:
+        import scipy.io as sio
+    except ImportError as e:  # pragma: no cover - scipy is a dependency
+        raise ImportError("reading PASCAL_MT human parts (.mat) needs scipy: pip install scipy") from e
+    try:
+        mat = sio.loadmat(str(path))
+    except Exception as e:  # MatReadError, ValueError, OSError, ... on corrupt files
+        raise ValueError(f"cannot read MATLAB file {path}: {e}") from e
+    if "anno" not in mat:
+        raise ValueError(f"{path} has no 'anno' variable (found: "
+                         f"{', '.join(k for k in mat if not k.startswith('__')) or 'none'})")
+    annos = _mat_records(mat["anno"], path, "'anno'")
+    if len(annos) != 1:
+        raise ValueError(f"{path}: 'anno' must be a 1x1 struct, got {len(annos)} records")
+    objects = _mat_records(_mat_field(annos[0], "objects", 1, path, "'anno'"), path,
+                           "'anno.objects'")
+    target = np.zeros((H, W), dtype=np.int64)
+    has_person_parts = False
+    for k, obj in enumerate(objects):
+        what = f"'anno.objects({k + 1})'"
+        cls = _mat_scalar_int(_mat_field(obj, "class_ind", 1, path, what), path, f"{what}.class_ind")
+        if cls != PASCAL_PERSON_CLASS_IND:
+            continue
+        parts = _mat_records(_mat_field(obj, "parts", 3, path, what), path, f"{what}.parts")
+        if not parts:
+            continue
+        has_person_parts = True
+        for j, part in enumerate(parts):
+            pwhat = f"{what}.parts({j + 1})"
+            name = _mat_string(_mat_field(part, "part_name", 0, path, pwhat), path,
+                               f"{pwhat}.part_name")
+            if name not in PART_GROUPS:
+                raise ValueError(f"{path}: unknown person part name {name!r} in {pwhat} "
+                                 f"(expected one of {sorted(PART_GROUPS)})")
+            mask = np.asarray(_mat_field(part, "mask", 1, path, pwhat))
+            if mask.shape != (H, W):
+                raise ValueError(f"{path}: {pwhat}.mask has shape {mask.shape}, expected "
+                                 f"({H}, {W}) (the image size)")
+            if not (np.issubdtype(mask.dtype, np.number) or mask.dtype == np.bool_):
+                raise ValueError(f"{path}: {pwhat}.mask has non-numeric dtype {mask.dtype}")
+            target[mask.astype(bool)] = PART_GROUPS[name]
+    if not has_person_parts or not (target > 0).any():
+        target.fill(IGNORE_INDEX)
+    return target
+
+
+class PASCALMT(torch.utils.data.Dataset):
+    """PASCAL-Context in Vandenhende's ``PASCAL_MT`` layout, the MT-CP PASCAL data.
+
+    Layout under ``root`` (reference-implementations §2.9, PART 4 item 3)::
+
+        ImageSets/Context/{split}.txt    ids, one per line (4998 train / 5105 val)
+        JPEGImages/<id>.jpg              RGB image (grayscale JPEGs are converted)
+        semseg/VOC12/<id>.png            uint8 ('P' indices or 'L'): 0..20, 255 void;
+        semseg/pascal-context/<id>.png   the VOC12 file is used when both exist
+                                         (Vandenhende's ``_get_semseg_fname`` order)
+        human_parts/<id>.mat             PASCAL-Part annotation, see
+                                         :func:`read_pascal_human_parts`
+        sal_distill/<id>.png             uint8 'L' distilled saliency 0..255
+
+    Only the files of the requested ``tasks`` must exist. (Edges, distilled normals
+    and ``ImageSets/Parts`` are not used.)
+
+    Conversion:
+
+    * "seg": 0..20 kept (``PASCAL_SEMSEG_CLASS_NAMES``, 0 = background is a class),
+      255 -> -1 (ignore); any other value is an error.
+    * "human_parts": :func:`read_pascal_human_parts`: 0 background, 1..6 the 6-part
+      grouping ``PART_GROUPS``; all -1 for images without annotated persons.
+    * "sal": ``value/255 >= 0.5`` -> 1.0 else 0.0 (Vandenhende writes ``> 0.5``;
+      no uint8 value gives exactly 0.5, so both agree; the MT-CP loss binarises with
+      ``>= 0.5``). The released maps have no void pixels, so "sal" never holds -1.
+    * resize to ``size`` (default 512x512, MT-CP's ``FixedResize``, aspect ratio not
+      kept): image bilinear (antialias, align_corners=False; the authors use cubic),
+      label maps and saliency nearest (``nearest-exact``).
+    * if ``augment``: :func:`augment_sample`: random scale crop s in {1.0, 1.2, 1.5}
+      and horizontal flip p = 0.5, every map moved with the image (no depth). MT-CP
+      instead uses flip, rotation U(-20, 20) degrees and scale U(0.75, 1.25) with
+      ``warpAffine`` and 0 (background) fill; this reader shares the project's
+      scale-crop augmentation.
+    * if ``normalize``: ImageNet normalisation (MT-CP normalises).
+
+    Args:
+        root: dataset folder (the ``PASCAL_MT`` release).
+        split: split name; ids are read from ``ImageSets/Context/{split}.txt``.
+        size: output (H, W) or None (native size, which varies per image).
+        augment: apply :func:`augment_sample`.
+        normalize: ImageNet-normalise the image (else it stays in [0, 1]).
+        tasks: non-empty subset of ``("semseg", "human_parts", "sal")``.
+
+    Each item: dict "image" float32 [3,H,W], "name" str (the id), and per task
+    "seg" int64 [H,W] in {-1, 0..20}, "human_parts" int64 [H,W] in {-1, 0..6},
+    "sal" float32 [1,H,W] in {0, 1}.
+
+    Raises:
+        FileNotFoundError: (at construction) missing root or split file, or a
+            missing image / semseg (neither folder) / .mat / saliency file of a
+            listed id for a requested task; the message names the path(s).
+        ValueError: bad ``size`` or ``tasks``, a split file without ids (at
+            construction); (at ``__getitem__``) unreadable file, label or saliency
+            PNG not 8-bit single channel, a semseg value outside {0..20, 255}, a
+            human-parts file error (see :func:`read_pascal_human_parts`), or sizes
+            that differ from the image; the message names the file.
+
+    Source: Vandenhende et al. (TPAMI 2021) ``data/pascal_context.py::PASCALContext``
+    and ``data/custom_transforms.py``; MT-CP ``data/pascal_context2.py``
+    (reference-implementations §2.9, PART 4 item 3).
+    """
+
+    TASKS: Tuple[str, str, str] = ("semseg", "human_parts", "sal")
+    num_classes: int = 21
+    num_human_parts: int = 7
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(self, root: PathLike, split: str = "train",
+                 size: Optional[Tuple[int, int]] = (512, 512), augment: bool = False,
+                 normalize: bool = True, tasks: Sequence[str] = ("semseg", "human_parts", "sal")
+                 ) -> None:
+        if isinstance(tasks, (str, bytes)):
+            raise ValueError(f"tasks must be a sequence of task names, not a single string "
+                             f"({tasks!r}); e.g. ({tasks!r},)")
+        tasks = tuple(tasks)
+        if not tasks:
+            raise ValueError(f"tasks must name at least one of {self.TASKS}")
+        for t in tasks:
+            if t not in self.TASKS:
+                raise ValueError(f"unknown task {t!r}; expected a subset of {self.TASKS}")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks contains duplicates: {tasks}")
+        self.tasks: Tuple[str, ...] = tasks
+        self.root = Path(root)
+        self.split = str(split)
+        self.size = _check_size(size)
+        self.augment = bool(augment)
+        self.normalize = bool(normalize)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root not found: {self.root}")
+        self.split_file = self.root / "ImageSets" / "Context" / f"{self.split}.txt"
+        #: ids of the split, in file order.
+        self.frames: List[str] = _read_id_file(self.split_file)
+        self._paths: List[Dict[str, Path]] = [self._resolve(fid) for fid in self.frames]
+
+    def _resolve(self, fid: str) -> Dict[str, Path]:
+        where = f"for id {fid!r} (listed in {self.split_file})"
+        paths = {"image": self.root / "JPEGImages" / f"{fid}.jpg"}
+        if "semseg" in self.tasks:
+            voc = self.root / "semseg" / "VOC12" / f"{fid}.png"
+            ctx = self.root / "semseg" / "pascal-context" / f"{fid}.png"
+            if voc.is_file():
+                paths["semseg"] = voc
+            elif ctx.is_file():
+                paths["semseg"] = ctx
+            else:
+                raise FileNotFoundError(f"missing semseg file {where}: neither {voc} nor {ctx}")
+        if "human_parts" in self.tasks:
+            paths["human_parts"] = self.root / "human_parts" / f"{fid}.mat"
+        if "sal" in self.tasks:
+            paths["sal"] = self.root / "sal_distill" / f"{fid}.png"
+        for p in paths.values():
+            if not p.is_file():
+                raise FileNotFoundError(f"missing file {where}: {p}")
+        return paths
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def frame_paths(self, index: int) -> Dict[str, Path]:
+        """Paths of item ``index``: "image" and one per requested task."""
+        return dict(self._paths[index])
+
+    def __getitem__(self, index: int) -> Sample:
+        """Load item ``index``; see the class docstring for the returned dict."""
+        paths = self._paths[index]
+        p_img = paths["image"]
+        rgb = _read_rgb_image(p_img)
+        H, W = rgb.shape[:2]
+        sample: Sample = {"image": _rgb_tensor(rgb)}
+        if "semseg" in self.tasks:
+            p = paths["semseg"]
+            lab = _read_label_png(p, 255, "0..20 or 255 = void")
+            _check_same_size((p_img, rgb), (p, lab))
+            bad = (lab > 20) & (lab != 255)
+            if bad.any():
+                raise ValueError(f"label image {p} contains value {int(lab[bad].flat[0])} "
+                                 f"(expected 0..20 or 255 = void)")
+            sample["seg"] = torch.from_numpy(
+                np.where(lab == 255, IGNORE_INDEX, lab.astype(np.int64))).contiguous()
+        if "human_parts" in self.tasks:
+            parts = read_pascal_human_parts(paths["human_parts"], (H, W))
+            sample["human_parts"] = torch.from_numpy(parts).contiguous()
+        if "sal" in self.tasks:
+            p = paths["sal"]
+            with _open_png(p) as im:
+                if im.mode != "L":
+                    raise ValueError(f"saliency image {p} has mode {im.mode!r}, expected 'L' "
+                                     f"(8-bit single channel)")
+                sal = np.array(im, dtype=np.uint8)
+            _check_same_size((p_img, rgb), (p, sal))
+            sample["sal"] = torch.from_numpy(
+                (sal.astype(np.float32) / 255.0 >= 0.5).astype(np.float32))[None].contiguous()
+        sample["name"] = self.frames[index]
+        sample = _resize_sample(sample, self.size)
+        return _finish(sample, self.augment, self.normalize, "none")
+
+    def __repr__(self) -> str:
+        return (f"PASCALMT(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
+                f"size={self.size}, tasks={self.tasks}, augment={self.augment}, "
+                f"normalize={self.normalize})")
 
 
 # --------------------------------------------------------------------------- #
