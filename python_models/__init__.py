@@ -1,5 +1,15 @@
-"""Model definitions for xtc_ext: XTasC-Net and its building blocks (no training or data code)."""
+"""Model definitions for xtc_ext: XTasC-Net, MT-CP and their building blocks (no training or data code)."""
 
+from .mtcp import MTCP, FPN, Mask2FormerBackbone, MTCPOutput, ResNet50FPN, ResNetFPN
+from .mtcp_blocks import (
+    CBAM,
+    CoherenceFusionModule,
+    DynamicFPN,
+    PredictionHead,
+    SpatialRefinementModule,
+    SwinPyramid,
+    TaskDecoder,
+)
 from .resnet import ResNetEncoder
 from .xtasc_net import BaseSTNet, TaskTransferNet, UNetDecoder, XTasCNet, XTasCOutput
 
@@ -10,4 +20,17 @@ __all__ = [
     "ResNetEncoder",
     "UNetDecoder",
     "TaskTransferNet",
+    "MTCP",
+    "MTCPOutput",
+    "ResNetFPN",
+    "ResNet50FPN",
+    "FPN",
+    "Mask2FormerBackbone",
+    "CBAM",
+    "SwinPyramid",
+    "DynamicFPN",
+    "TaskDecoder",
+    "CoherenceFusionModule",
+    "SpatialRefinementModule",
+    "PredictionHead",
 ]
