@@ -3,11 +3,14 @@
 Importing the package loads the compiled extension (registering ``torch.ops.xtc_ext.*``) and
 the Python autograd and fake-tensor registrations of the ops. Public modules:
 
-- :mod:`xtc_ext.ops`: the fused ops (``masked_cross_entropy``, ``masked_l1_loss``, ``soft_cross_entropy``).
+- :mod:`xtc_ext.ops`: the fused ops (``masked_cross_entropy``, ``masked_l1_loss``, ``soft_cross_entropy``,
+  ``cosine_similarity_loss``, ``sigmoid_gate``).
 - :mod:`xtc_ext.reference`: eager PyTorch references with the same signatures.
-- :mod:`xtc_ext.losses`, :mod:`xtc_ext.weighting`: the XTasC-Net loss and task weighting.
+- :mod:`xtc_ext.losses` (XTasC-Net), :mod:`xtc_ext.mtcp_losses` (MT-CP), :mod:`xtc_ext.weighting` (equal,
+  uncertainty, DWA, GradNorm, LPS).
 - :mod:`xtc_ext.data`, :mod:`xtc_ext.metrics`, :mod:`xtc_ext.visualize`: data readers, metrics, figures.
-- ``python -m xtc_ext.train``: the training program.
+- ``python -m xtc_ext.train`` (training program, configs in ``xtc_ext/configs``) and
+  ``python -m xtc_ext.evaluate`` (metrics, inference time and delta-m of a checkpoint).
 """
 
 import torch  # noqa: F401  (libtorch must be loaded before the extension)

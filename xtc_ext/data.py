@@ -1137,6 +1137,22 @@ class CityscapesFiles(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- #
 # MTAN preprocessed .npy layouts (NYUv2 and Cityscapes share one reader)
 # --------------------------------------------------------------------------- #
+def _check_depth_array(dep: np.ndarray, path: Path, unit: str, depth_max: Optional[float] = None) -> np.ndarray:
+    """``dep`` as float32 after checking it is finite, >= 0 and (if given) <= depth_max.
+
+    Raises:
+        ValueError: naming ``path`` and the offending value.
+    """
+    dep = dep.astype(np.float32)
+    if not np.isfinite(dep).all():
+        raise ValueError(f"{path} contains non-finite depth values")
+    if dep.size and dep.min() < 0:
+        raise ValueError(f"{path} contains negative depth {dep.min():.4g} (expected {unit} >= 0, 0 = invalid)")
+    if depth_max is not None and dep.size and dep.max() > depth_max + 1e-4:
+        raise ValueError(f"{path} contains depth {dep.max():.4g} > {depth_max} (expected {unit} in [0, {depth_max}])")
+    return dep
+
+
 class _MTANNpyDataset(torch.utils.data.Dataset):
     """Reader of MTAN's preprocessed layout ``root/{split}/{image,<label>,depth}/{i}.npy``.
 
@@ -1249,15 +1265,7 @@ class _MTANNpyDataset(torch.utils.data.Dataset):
         dep = self._load(p_dep)
         if dep.shape != (H, W, 1):
             raise ValueError(f"{p_dep} has shape {dep.shape}, expected ({H}, {W}, 1) matching {p_img}")
-        dep = dep.astype(np.float32)
-        if not np.isfinite(dep).all():
-            raise ValueError(f"{p_dep} contains non-finite depth values")
-        if dep.size and dep.min() < 0:
-            raise ValueError(f"{p_dep} contains negative depth {dep.min():.4g} "
-                             f"(expected {self._depth_unit} >= 0, 0 = invalid)")
-        if self.depth_max is not None and dep.size and dep.max() > self.depth_max + 1e-4:
-            raise ValueError(f"{p_dep} contains depth {dep.max():.4g} > {self.depth_max} "
-                             f"(expected {self._depth_unit} in [0, {self.depth_max}])")
+        dep = _check_depth_array(dep, p_dep, self._depth_unit, self.depth_max)
 
         depth_t = torch.from_numpy(dep).permute(2, 0, 1).contiguous()
         sample: Sample = {
@@ -1545,12 +1553,7 @@ class NYUDMT(torch.utils.data.Dataset):
             dep = dep[:, :, 0]
         if dep.ndim != 2:
             raise ValueError(f"{p_dep} has shape {dep.shape}, expected (H, W) or (H, W, 1)")
-        dep = dep.astype(np.float32)
-        if not np.isfinite(dep).all():
-            raise ValueError(f"{p_dep} contains non-finite depth values")
-        if dep.size and dep.min() < 0:
-            raise ValueError(f"{p_dep} contains negative depth {dep.min():.4g} "
-                             f"(expected metres >= 0, 0 = invalid)")
+        dep = _check_depth_array(dep, p_dep, "metres")
 
         nrm = _MTANNpyDataset._load(p_nrm)
         if nrm.ndim != 3 or nrm.shape[2] != 3:
