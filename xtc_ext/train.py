@@ -45,9 +45,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import xtc_ext
-from python_models import BaseSTNet, XTasCNet
+from python_models import MTCP, BaseSTNet, XTasCNet
 from xtc_ext import data as xdata
 from xtc_ext.evaluate import (
+    class_names,
     depth_unit,
     evaluate_model,
     format_metrics_table,
@@ -55,7 +56,9 @@ from xtc_ext.evaluate import (
     model_delta_m,
     save_figures,
 )
+from xtc_ext import mtcp_train
 from xtc_ext.losses import DEPTH_LOSSES, LOSS_IMPLS, SEG_CONSISTENCY, XTasCLoss, single_task_loss
+from xtc_ext.mtcp_losses import NORMALS_KINDS, MTCPLoss
 from xtc_ext.weighting import WEIGHTINGS, build_weighting
 
 log = logging.getLogger("xtc_ext.train")
@@ -64,11 +67,13 @@ DEFAULT_DATA_ROOT = "../shared/data/nyuv2-test10"
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CHECKPOINT_FORMAT = 2
 
-DATASETS = ("frames", "nyuv2", "cityscapes", "cityscapes-mtan")
+DATASETS = ("frames", "nyuv2", "cityscapes", "cityscapes-mtan", "nyudmt", "pascal")
 """``--dataset`` choices: the ten-frames PNG layout, MTAN NYUv2 .npy, official Cityscapes files,
-MTAN Cityscapes .npy."""
+MTAN Cityscapes .npy, Vandenhende's NYUD_MT and PASCAL_MT layouts (MT-CP only)."""
 
-MODELS = {"xtasc": "XTasC-Net", "mtnet": "Base MT-Net", "align": "Align-Net", "stnet": "Base ST-Net"}
+MTCP_ONLY_DATASETS = ("nyudmt", "pascal")
+
+MODELS = {"xtasc": "XTasC-Net", "mtnet": "Base MT-Net", "align": "Align-Net", "stnet": "Base ST-Net", "mtcp": "MT-CP"}
 """``--model`` choices and their names in the paper (§V-D)."""
 
 DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -76,12 +81,16 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "nyuv2": {"classes": 13, "size": None, "val_fraction": 0.1},
     "cityscapes": {"classes": 7, "size": (128, 256), "val_fraction": 0.1},
     "cityscapes-mtan": {"classes": 7, "size": None, "val_fraction": 0.1},
+    "nyudmt": {"classes": 40, "size": (480, 640), "val_fraction": 0.1},
+    "pascal": {"classes": 21, "size": (512, 512), "val_fraction": 0.1},
 }
 """Values that ``--classes``, ``--size`` and ``--val-fraction`` take when not given."""
 
-CLASS_CHOICES = {"frames": (13, 40), "nyuv2": (13,), "cityscapes": (7, 19), "cityscapes-mtan": (7, 19)}
+CLASS_CHOICES = {"frames": (13, 40), "nyuv2": (13,), "cityscapes": (7, 19), "cityscapes-mtan": (7, 19),
+                 "nyudmt": (40,), "pascal": (21,)}
 
-TEST_SPLIT = {"frames": "the training frames", "nyuv2": "val", "cityscapes": "val", "cityscapes-mtan": "val"}
+TEST_SPLIT = {"frames": "the training frames", "nyuv2": "val", "cityscapes": "val", "cityscapes-mtan": "val",
+              "nyudmt": "val", "pascal": "val"}
 """What the final test reads: the MTAN NYUv2 ``val`` split is the official NYUv2 test split; the
 Cityscapes ``val`` split is the split the paper reports on; the frames layout has no test split."""
 
@@ -119,11 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "the test reads the training frames); 'nyuv2': MTAN .npy {train,val}/{image,label,depth}/{i}.npy "
                    "(test = val, the official test split); 'cityscapes': official leftImg8bit/ gtFine/ disparity/ "
                    "files (test = val); 'cityscapes-mtan': MTAN .npy {train,val}/{image,label_7,label_19,depth}/{i}.npy "
-                   "(test = val)")
+                   "(test = val); 'nyudmt' / 'pascal' (--model mtcp only): Vandenhende's NYUD_MT / PASCAL_MT layouts "
+                   "(test = val; default size 480 640 / 512 512)")
     g.add_argument("--data-root", default=None,
                    help=f"dataset folder (default for 'frames': {DEFAULT_DATA_ROOT}; required for the others)")
-    g.add_argument("--classes", type=int, choices=(7, 13, 19, 40), default=None,
-                   help="label set: 13 or 40 for 'frames' (default 13), 13 for 'nyuv2', 7 or 19 for Cityscapes (default 7)")
+    g.add_argument("--classes", type=int, choices=(7, 13, 19, 21, 40), default=None,
+                   help="label set: 13 or 40 for 'frames' (default 13), 13 for 'nyuv2', 7 or 19 for Cityscapes (default 7), "
+                   "40 for 'nyudmt', 21 for 'pascal'")
     g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="resize to H W (multiples of 32) for 'frames' (default 96 128) and 'cityscapes' (default 128 256); "
                    "the .npy datasets keep their stored size")
@@ -143,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and loss")
     g.add_argument("--model", choices=tuple(MODELS), default="xtasc",
                    help="'xtasc': XTasC-Net (cross-task consistency); 'mtnet': Base MT-Net (lambda = 0, no TTNets); "
-                   "'align': Align-Net (TTNet outputs against the ground truth); 'stnet': Base ST-Net (one task, see --task)")
+                   "'align': Align-Net (TTNet outputs against the ground truth); 'stnet': Base ST-Net (one task, see --task); "
+                   "'mtcp': MT-CP (NYUD: semseg, depth, normals; PASCAL: semseg, human_parts, sal; see the MT-CP options)")
     g.add_argument("--task", choices=("segmentation", "depth"), default=None, help="the task of --model stnet (required there)")
     g.add_argument("--encoder-depth", type=int, choices=(18, 34, 50, 101, 152), default=34, help="ResNet depth of the encoder")
     g.add_argument("--lam", type=float, default=1e-4,
@@ -152,17 +164,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="XTasC-Net segmentation consistency target: 'soft' (paper Eq. 13) or 'hard' argmax labels (authors' code)")
     g.add_argument("--lp", choices=DEPTH_LOSSES, default="l1",
                    help="direct depth loss (authors' --lp): l1 (paper Eq. 14), mse, logl1, smoothl1")
-    g.add_argument("--weighting", choices=sorted(WEIGHTINGS), default="uncertainty",
-                   help="task weighting of the two task losses (paper Eq. 16); ignored by stnet")
+    g.add_argument("--weighting", choices=sorted(WEIGHTINGS), default=None,
+                   help="task weighting of the task losses (XTasC-Net paper Eq. 16; default 'uncertainty'); ignored by "
+                   "stnet. For mtcp (default 'lps') the MT-CP Table 4 loss schemes: 'equal' (EW), 'lps-log' (log "
+                   "smoothing), 'lps-prio' (prioritization without the log), 'lps' (full LPS)")
     g.add_argument("--gradnorm-alpha", type=float, default=1.5,
                    help="GradNorm asymmetry alpha (Chen et al. NYUv2: 1.5; the XTasC-Net authors hard-code 0.16)")
     g.add_argument("--dwa-temperature", type=float, default=2.0, help="DWA temperature (MTAN: 2)")
     g.add_argument("--loss-impl", choices=sorted(LOSS_IMPLS), default="fused", help="fused xtc_ext ops or the eager references")
 
+    g = p.add_argument_group("MT-CP (--model mtcp)")
+    g.add_argument("--backbone", choices=("resnet50_fpn", "resnet34_fpn", "resnet18_fpn", "mask2former"),
+                   default="resnet50_fpn", help="MT-CP backbone ('mask2former' = the paper's, needs --mask2former-path)")
+    g.add_argument("--mask2former-path", default=None,
+                   help="local Mask2Former directory (save_pretrained) for --backbone mask2former; nothing is downloaded")
+    g.add_argument("--cfm", action=argparse.BooleanOptionalAction, default=True,
+                   help="Coherence Fusion Modules (--no-cfm: the 'w/o CFM' ablation of MT-CP Table 3, coherence loss 0)")
+    g.add_argument("--srm", action=argparse.BooleanOptionalAction, default=True,
+                   help="Spatial Refinement Modules (--no-srm: the 'w/o SRM' ablation of Table 3, no intermediate predictions)")
+    g.add_argument("--coherence-weight", type=float, default=0.01, help="factor of the CFM coherence loss")
+    g.add_argument("--intermediate-weight", type=float, default=0.5,
+                   help="factor of the intermediate (SRM) prediction losses (authors' code: 0.5)")
+    g.add_argument("--normals-loss", choices=NORMALS_KINDS, default="cosine", help="surface-normals loss")
+    g.add_argument("--lps-beta", type=float, default=2.5, help="LPS spread factor beta (paper: 2.5; authors' NYUD driver 7.5)")
+
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=100, help="training epochs (paper: NYUv2 100, Cityscapes 250)")
     g.add_argument("--batch-size", type=int, default=6, help="training batch size (paper: NYUv2 6, Cityscapes 8)")
-    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    g.add_argument("--optimizer", choices=("adam", "adamw"), default="adam",
+                   help="optimizer (XTasC-Net paper: Adam; the MT-CP authors' code: AdamW lr 5e-5, weight decay 1e-4 "
+                   "and a poly schedule, approximated here by StepLR)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the optimizer (MT-CP authors: 1e-4 with AdamW)")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate (XTasC-Net paper: 1e-4; MT-CP authors: 5e-5)")
     g.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), default=(0.9, 0.99),
                    help="Adam betas (authors' multi-task code: 0.9 0.99; their Base ST-Net: 0.9 0.999)")
     g.add_argument("--lr-step", type=int, default=60, help="StepLR: multiply the learning rate by --lr-gamma every this "
@@ -175,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=1, help="validate every this many epochs (and after the last one)")
     g.add_argument("--select-by", choices=("score", "loss"), default="score",
                    help="best.pt criterion: 'score' = mean(mIoU, pixel_acc) - mean(abs_err/abs_err0, rel_err/rel_err0) "
-                   "on validation (errors relative to the first validation), higher is better; 'loss' = sum of the "
+                   "on validation (errors relative to the first validation), higher is better; for mtcp the mean over tasks "
+                   "of the improvement vs the first validation (mIoU / maxF differences, depth RMSE and normals mean "
+                   "angle relative reductions; xtc_ext.mtcp_train); 'loss' = sum of the "
                    "direct task losses on validation, lower is better")
     g.add_argument("--baseline", nargs="+", default=None, metavar="METRICS_JSON",
                    help="metrics.json files of baseline runs (e.g. the two Base ST-Net runs): the test metrics then "
@@ -335,6 +370,15 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     args.size = None if args.size is None else [int(s) for s in args.size]
     if args.val_fraction is None:
         args.val_fraction = ds["val_fraction"]
+    if args.dataset in MTCP_ONLY_DATASETS and args.model != "mtcp":
+        raise SystemExit(f"error: --dataset {args.dataset} is for --model mtcp only (got --model {args.model})")
+    if args.weighting is None:
+        args.weighting = "lps" if args.model == "mtcp" else "uncertainty"
+    if args.model == "mtcp":
+        if args.backbone == "mask2former" and not args.mask2former_path:
+            raise SystemExit("error: --backbone mask2former needs --mask2former-path")
+        if args.weighting in ("gradnorm",):
+            raise SystemExit("error: --model mtcp supports --weighting equal, uncertainty, dwa, lps, lps-log, lps-prio")
     if args.model == "stnet":
         if args.task is None:
             raise SystemExit("error: --model stnet needs --task segmentation or --task depth")
@@ -348,6 +392,10 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
         (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
         (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
+        (args.coherence_weight >= 0 and args.intermediate_weight >= 0,
+         "--coherence-weight and --intermediate-weight must be >= 0"),
+        (args.lps_beta >= 0, f"--lps-beta must be >= 0, got {args.lps_beta}"),
         (args.lr_step >= 1, f"--lr-step must be >= 1, got {args.lr_step}"),
         (0 < args.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {args.lr_gamma}"),
         (all(0 <= b < 1 for b in args.betas), f"--betas must be in [0, 1), got {args.betas}"),
@@ -452,7 +500,7 @@ class DataSplits:
 
 def _dataset_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     kw: Dict[str, Any] = {"normalize": bool(args.normalize)}
-    if args.depth_scaling != "auto":
+    if args.depth_scaling != "auto" and args.dataset != "pascal":
         kw["depth_scaling"] = args.depth_scaling
     return kw
 
@@ -463,7 +511,13 @@ def build_split_dataset(args: argparse.Namespace, split: str, augment: bool) -> 
     root = args.data_root
     size = None if args.size is None else tuple(args.size)
     if args.dataset == "frames":
-        return xdata.NYUv2Frames(root, size=size, classes=args.classes, augment=augment, **kw)
+        return xdata.NYUv2Frames(root, size=size, classes=args.classes, augment=augment,
+                                 with_normals=args.model == "mtcp", **kw)
+    if args.dataset == "nyudmt":
+        return xdata.NYUDMT(root, split=split, size=size, augment=augment, **kw)
+    if args.dataset == "pascal":
+        return xdata.PASCALMT(root, split=split, size=size, augment=augment,
+                              tasks=tuple(mtcp_train.PASCAL_TASKS), **kw)
     if args.dataset == "nyuv2":
         return xdata.MTANNYUv2(root, split=split, augment=augment, **kw)
     if args.dataset == "cityscapes":
@@ -500,12 +554,18 @@ def build_datasets(args: argparse.Namespace) -> DataSplits:
 
 
 def model_tasks(args: argparse.Namespace) -> Tuple[str, ...]:
-    """Tasks the run's model predicts: ``("segmentation", "depth")``, or the stnet task alone."""
+    """Tasks the run's model predicts: ``("segmentation", "depth")``, the stnet task alone, or the
+    MT-CP tasks of the dataset (e.g. ``("semseg", "depth", "normals")``)."""
+    if args.model == "mtcp":
+        return tuple(mtcp_train.mtcp_tasks(args.dataset, args.classes))
     return (args.task,) if args.model == "stnet" else ("segmentation", "depth")
 
 
 def model_name(args: argparse.Namespace) -> str:
     """Human-readable model name, e.g. ``"XTasC-Net ResNet-34"``."""
+    if args.model == "mtcp":
+        ablation = "".join(f" w/o {m}" for m, on in (("CFM", args.cfm), ("SRM", args.srm)) if not on)
+        return f"MT-CP {args.backbone}{ablation}"
     name = MODELS[args.model] + (f" ({args.task})" if args.model == "stnet" else "")
     return f"{name} ResNet-{args.encoder_depth}"
 
@@ -513,6 +573,9 @@ def model_name(args: argparse.Namespace) -> str:
 def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     """The network of ``--model``: XTasCNet (with TTNets for xtasc/align when lambda > 0, without
     for mtnet) or BaseSTNet for stnet."""
+    if args.model == "mtcp":
+        return MTCP(mtcp_train.mtcp_tasks(args.dataset, num_classes), backbone=args.backbone, use_cfm=bool(args.cfm),
+                    use_srm=bool(args.srm), mask2former_path=args.mask2former_path)
     if args.model == "stnet":
         return BaseSTNet(args.task, num_classes if args.task == "segmentation" else None, encoder_depth=args.encoder_depth)
     with_transfer = args.model in ("xtasc", "align") and args.lam > 0
@@ -531,6 +594,12 @@ def build_weighting_for(args: argparse.Namespace, model: nn.Module) -> nn.Module
     if args.model == "stnet":
         return build_weighting("equal", 1)
     kwargs: Dict[str, Any] = {}
+    if args.model == "mtcp":
+        if args.weighting.startswith("lps"):
+            kwargs["beta"] = args.lps_beta
+        elif args.weighting == "dwa":
+            kwargs["temperature"] = args.dwa_temperature
+        return build_weighting(args.weighting, len(model_tasks(args)), **kwargs)
     if args.weighting == "gradnorm":
         kwargs["alpha"] = args.gradnorm_alpha
     elif args.weighting == "dwa":
@@ -542,7 +611,124 @@ def loss_names(args: argparse.Namespace) -> Tuple[str, ...]:
     """Names of the per-step loss values logged for the run (first: the weighted total)."""
     if args.model == "stnet":
         return ("loss", "seg_loss" if args.task == "segmentation" else "depth_loss")
+    if args.model == "mtcp":
+        tasks = model_tasks(args)
+        return ("loss",) + tuple(f"{t}_loss" for t in tasks) + tuple(f"{t}_intermediate" for t in tasks) + ("coherence",)
     return ("loss", "seg_loss", "depth_loss", "seg_consistency", "depth_consistency", "seg_group", "depth_group")
+
+
+# --------------------------------------------------------------------------- #
+# recipes: what the training loop does per model family
+# --------------------------------------------------------------------------- #
+class XTasCRecipe:
+    """The XTasC-Net family (xtasc, mtnet, align, stnet): one training step, the evaluation, the
+    checkpoint-selection score and the figures. The training loop of :func:`train` calls only these
+    members, so another model family (:class:`MTCPRecipe`) plugs in without touching the loop.
+
+    ``names``: the logged per-step values (first: the weighted total); ``groups``: the slice of those
+    values whose epoch means go to ``weighting.epoch_end``."""
+
+    def __init__(self, args: argparse.Namespace, model: nn.Module, weighting: nn.Module, device: torch.device,
+                 num_classes: int, tasks: Sequence[str]) -> None:
+        self.args, self.model, self.weighting, self.device = args, model, weighting, device
+        self.num_classes, self.tasks = num_classes, tuple(tasks)
+        self.ignore_index = xdata.IGNORE_INDEX
+        self.names = loss_names(args)
+        self.criterion = None
+        if args.model != "stnet":
+            self.criterion = XTasCLoss(
+                args.lam, args.lam, ignore_index=self.ignore_index, impl=args.loss_impl,
+                variant="align" if args.model == "align" else "xtasc",
+                seg_consistency=args.seg_consistency, depth_loss=args.lp,
+            )
+        self.groups = slice(-2, None) if self.criterion is not None else slice(1, 2)
+        self.eval_kw = dict(ignore_index=self.ignore_index, depth_loss=args.lp, loss_impl=args.loss_impl)
+
+    def step(self, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Forward and loss of one batch: ``(total to backpropagate, detached values [len(names)])``."""
+        args = self.args
+        image, seg, depth, valid = _batch_to_device(batch, self.device)
+        if self.criterion is None:
+            task_loss = single_task_loss(args.task, self.model(image), seg, depth, valid, self.ignore_index,
+                                         depth_loss=args.lp, impl=args.loss_impl)
+            total = self.weighting(task_loss.reshape(1))
+            return total, torch.stack([total.detach(), task_loss.detach()])
+        terms = self.criterion(self.model(image), seg, depth, valid)
+        total = self.weighting(terms.groups)
+        values = torch.cat([
+            torch.stack([total, terms.seg, terms.depth, terms.seg_consistency, terms.depth_consistency]),
+            terms.groups,
+        ]).detach()
+        return total, values
+
+    def evaluate(self, loader: DataLoader, **kw) -> Dict[str, Any]:
+        return evaluate_model(self.model, loader, self.device, self.num_classes, self.tasks, **self.eval_kw, **kw)
+
+    def score_reference(self, metrics: Dict[str, Any]) -> Dict[str, float]:
+        return {k: metrics[k] for k in ("abs_err", "rel_err") if k in metrics}
+
+    def score(self, metrics: Dict[str, Any], reference: Dict[str, float]) -> float:
+        return validation_score(metrics, reference)
+
+    def table_extra(self, metrics: Dict[str, Any]) -> Optional[Dict[str, str]]:
+        return None
+
+    def figures(self, data: Dataset, indices, out_dir: Path, title: str) -> List[Path]:
+        return save_figures(self.model, data, indices, self.device, self.num_classes, self.tasks, out_dir,
+                            dataset=self.args.dataset, title=title, normalized=bool(self.args.normalize))
+
+
+class MTCPRecipe(XTasCRecipe):
+    """MT-CP (``--model mtcp``): :class:`~xtc_ext.mtcp_losses.MTCPLoss` with the run's weighting (LPS by
+    default; the epoch means of the final per-task losses feed ``weighting.epoch_end``), the metrics,
+    score and figures of :mod:`xtc_ext.mtcp_train`."""
+
+    def __init__(self, args, model, weighting, device, num_classes, tasks) -> None:
+        self.args, self.model, self.weighting, self.device = args, model, weighting, device
+        self.num_classes, self.tasks = num_classes, tuple(tasks)
+        self.names = loss_names(args)
+        self.criterion = MTCPLoss(self.tasks, weighting, coherence_weight=args.coherence_weight,
+                                  intermediate_weight=args.intermediate_weight, normals_kind=args.normals_loss,
+                                  impl=args.loss_impl, ignore_index=xdata.IGNORE_INDEX)
+        self.groups = slice(1, 1 + len(self.tasks))
+
+    def step(self, batch):
+        image = batch["image"].to(self.device, non_blocking=True)
+        terms = self.criterion(self.model(image), mtcp_train.targets_from_batch(batch, self.tasks, self.device))
+        values = torch.cat([terms.total.reshape(1), terms.per_task_final, terms.per_task_intermediate,
+                            terms.coherence.reshape(1)]).detach()
+        return terms.total, values
+
+    def evaluate(self, loader, **kw):
+        return mtcp_train.evaluate_mtcp(self.model, loader, self.device, self.criterion, **kw)
+
+    def score_reference(self, metrics):
+        return mtcp_train.score_reference(metrics)
+
+    def score(self, metrics, reference):
+        return mtcp_train.mtcp_validation_score(metrics, reference)
+
+    def table_extra(self, metrics):
+        return mtcp_train.metrics_table_extra(metrics)
+
+    def figures(self, data, indices, out_dir, title):
+        return mtcp_train.save_mtcp_figures(self.model, data, indices, self.device, out_dir, title=title,
+                                            depth_unit=depth_unit(self.args.dataset),
+                                            class_names=class_names(self.args.dataset, self.num_classes),
+                                            normalized=bool(self.args.normalize), ignore_index=xdata.IGNORE_INDEX)
+
+
+def build_recipe(args: argparse.Namespace, model: nn.Module, weighting: nn.Module, device: torch.device,
+                 num_classes: int, tasks: Sequence[str]) -> XTasCRecipe:
+    """The recipe of ``--model``."""
+    cls = MTCPRecipe if args.model == "mtcp" else XTasCRecipe
+    return cls(args, model, weighting, device, num_classes, tasks)
+
+
+def build_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
+    """``--optimizer`` (Adam or AdamW) with ``--lr``, ``--betas``, ``--weight-decay``."""
+    cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
 
 
 # --------------------------------------------------------------------------- #
@@ -728,22 +914,13 @@ def train(args: argparse.Namespace) -> dict:
                   if splits.val is not None else None)
     test_loader = _make_loader(splits.test, args, device, False, torch.Generator().manual_seed(args.seed))
 
-    ignore_index = xdata.IGNORE_INDEX
     model = build_model(args, num_classes).to(device)
     weighting = build_weighting_for(args, model).to(device)
-    criterion = None
-    if args.model != "stnet":
-        criterion = XTasCLoss(
-            args.lam, args.lam, ignore_index=ignore_index, impl=args.loss_impl,
-            variant="align" if args.model == "align" else "xtasc",
-            seg_consistency=args.seg_consistency, depth_loss=args.lp,
-        )
-    optimizer = torch.optim.Adam(list(model.parameters()) + list(weighting.parameters()),
-                                 lr=args.lr, betas=tuple(args.betas))
+    recipe = build_recipe(args, model, weighting, device, num_classes, tasks)
+    optimizer = build_optimizer(args, list(model.parameters()) + list(weighting.parameters()))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step, gamma=args.lr_gamma)
     n_params = sum(p.numel() for p in model.parameters())
-    names = loss_names(args)
-    eval_kw = dict(ignore_index=ignore_index, depth_loss=args.lp, loss_impl=args.loss_impl)
+    names = recipe.names
 
     history: List[dict] = []
     step_losses: List[float] = []
@@ -779,7 +956,7 @@ def train(args: argparse.Namespace) -> dict:
 
     if args.dataset == "frames" and before is None:
         # No test split exists for the frames layout: show the untrained model on the same frames.
-        before = evaluate_model(model, test_loader, device, num_classes, tasks, **eval_kw)
+        before = recipe.evaluate(test_loader)
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     tb = _TensorBoard(args.tensorboard, out_dir / "tb", purge_step=step + 1 if step else None)
@@ -820,22 +997,8 @@ def train(args: argparse.Namespace) -> dict:
         lr = optimizer.param_groups[0]["lr"]
         values_per_step = []  # per-step loss values, kept on the device: one host sync per epoch
         for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not args.progress):
-            image, seg, depth, valid = _batch_to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)  # before the weighting: GradNorm writes its gradient there
-            if criterion is None:
-                task_loss = single_task_loss(args.task, model(image), seg, depth, valid, ignore_index,
-                                             depth_loss=args.lp, impl=args.loss_impl)
-                group_losses = task_loss.reshape(1)
-                total = weighting(group_losses)
-                values = torch.stack([total.detach(), task_loss.detach()])
-            else:
-                terms = criterion(model(image), seg, depth, valid)
-                group_losses = terms.groups
-                total = weighting(group_losses)
-                values = torch.cat([
-                    torch.stack([total, terms.seg, terms.depth, terms.seg_consistency, terms.depth_consistency]),
-                    terms.groups,
-                ]).detach()
+            total, values = recipe.step(batch)
             total.backward()
             optimizer.step()
             values_per_step.append(values.float())
@@ -847,7 +1010,7 @@ def train(args: argparse.Namespace) -> dict:
         mean = values.mean(dim=0)
         first_step = step - len(values_per_step)
         step_losses.extend(values[:, 0].tolist())
-        groups_mean = mean[-2:] if criterion is not None else mean[1:2]
+        groups_mean = mean[recipe.groups]
         weighting.epoch_end(groups_mean.float().to(device))
         scheduler.step()
         record: Dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr}
@@ -859,10 +1022,10 @@ def train(args: argparse.Namespace) -> dict:
         last_epoch = epoch == args.epochs or stop
         improved = False
         if val_loader is not None and (epoch % args.eval_every == 0 or last_epoch):
-            val = evaluate_model(model, val_loader, device, num_classes, tasks, **eval_kw)
+            val = recipe.evaluate(val_loader)
             if val_reference is None:
-                val_reference = {k: val[k] for k in ("abs_err", "rel_err") if k in val}
-            score = validation_score(val, val_reference) if args.select_by == "score" else -val["loss"]
+                val_reference = recipe.score_reference(val)
+            score = recipe.score(val, val_reference) if args.select_by == "score" else -val["loss"]
             record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float) and k != "num_samples"})
             record["val_score"] = score
             improved = best["score"] is None or score > best["score"]
@@ -893,11 +1056,9 @@ def train(args: argparse.Namespace) -> dict:
         tested, selection = "best.pt", f"best validation {args.select_by} (epoch {best['epoch']})"
     else:
         tested, selection = "last.pt", "none: last epoch (no validation set)"
-    test = evaluate_model(model, test_loader, device, num_classes, tasks, progress=args.progress, desc="test", **eval_kw)
-    figures = save_figures(model, splits.test, range(min(args.num_figures, len(splits.test))), device, num_classes,
-                           tasks, out_dir / "figures", dataset=args.dataset,
-                           title=f"{model_name(args)}, {args.dataset} test" if args.dataset != "frames" else model_name(args),
-                           normalized=bool(args.normalize))
+    test = recipe.evaluate(test_loader, progress=args.progress, desc="test")
+    figures = recipe.figures(splits.test, range(min(args.num_figures, len(splits.test))), out_dir / "figures",
+                             f"{model_name(args)}, {args.dataset} test" if args.dataset != "frames" else model_name(args))
 
     result: Dict[str, Any] = {
         "model": model_name(args),
@@ -933,7 +1094,7 @@ def train(args: argparse.Namespace) -> dict:
         "args": args_to_dict(args),
     })
     _write_json(out_dir / "metrics.json", result)
-    table = format_metrics_table(test, before=before, dataset=args.dataset)
+    table = format_metrics_table(test, before=before, dataset=args.dataset, extra=recipe.table_extra(test))
     lines = [
         f"# {model_name(args)} on {args.dataset}",
         "",

@@ -1,0 +1,125 @@
+"""python -m xtc_ext.train --model mtcp: NYUD (frames, NYUD_MT) and PASCAL_MT runs, the Table 3
+ablation flags, LPS weights across epochs and resume.
+
+Every run is tiny (ResNet-18-FPN, 64x64 images, a few steps)."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import REAL_FRAMES
+from fixtures import write_frames, write_nyudmt, write_pascalmt
+from python_models import MTCP
+from xtc_ext import train as train_mod
+
+TIME_KEYS = ("epoch_time_s", "elapsed_s")
+
+
+def _argv(root, out, *extra, dataset="frames"):
+    return [
+        "--model", "mtcp", "--backbone", "resnet18_fpn", "--dataset", dataset, "--data-root", str(root),
+        "--size", "64", "64", "--epochs", "1", "--batch-size", "2", "--output-dir", str(out),
+        "--no-progress", "--no-tensorboard", "--num-figures", "0", *extra,
+    ]
+
+
+def _history(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_mtcp_trains_on_frames_with_three_tasks(tmp_path):
+    root = REAL_FRAMES
+    if not (root / "rgb").is_dir():
+        root = tmp_path / "frames"
+        write_frames(root)
+    out = tmp_path / "run"
+    result = train_mod.main(_argv(root, out, "--max-steps", "2", "--classes", "40", "--val-fraction", "0.3",
+                                  "--num-figures", "1", "--tensorboard"))
+    assert result["tasks"] == ["semseg", "depth", "normals"] and result["steps"] == 2
+    test = result["test"]
+    for key in ("mIoU", "pixel_acc", "abs_err", "rel_err", "rmse", "normals_mean", "normals_median",
+                "normals_11.25", "normals_22.5", "normals_30"):
+        assert key in test and test[key] == test[key], key
+    rec = _history(out)[0]
+    for key in ("loss", "semseg_loss", "depth_loss", "normals_loss", "semseg_intermediate", "coherence", "val_score"):
+        assert key in rec
+    assert rec["task_weights"] == [1.0, 1.0, 1.0]
+    assert "weight_2" in (out / "log.csv").read_text().splitlines()[0]
+    assert (out / "best.pt").is_file() and len(result["figures"]) == 1 and (out / result["figures"][0]).is_file()
+    assert any((out / "tb").iterdir())
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert {"share_history", "lps_weights", "num_epochs"} <= set(ckpt["weighting"])
+
+
+def test_mtcp_trains_on_nyudmt(tmp_path):
+    root = tmp_path / "nyud"
+    write_nyudmt(root)
+    result = train_mod.main(_argv(root, tmp_path / "run", "--max-steps", "2", "--val-fraction", "0.34",
+                                  dataset="nyudmt"))
+    assert result["tasks"] == ["semseg", "depth", "normals"] and result["num_classes"] == 40
+    assert result["test"]["num_samples"] == 1 and "normals_mean" in result["test"]
+
+
+def test_mtcp_trains_on_pascal(tmp_path):
+    root = tmp_path / "pascal"
+    write_pascalmt(root)
+    result = train_mod.main(_argv(root, tmp_path / "run", "--max-steps", "2", "--val-fraction", "0.34",
+                                  "--weighting", "lps-log", "--normals-loss", "l1", dataset="pascal"))
+    assert result["tasks"] == ["semseg", "human_parts", "sal"] and result["num_classes"] == 21
+    for key in ("mIoU", "parts_mIoU", "sal_maxF"):
+        assert key in result["test"]
+    assert "depth_loss" not in _history(tmp_path / "run")[0]
+
+
+def test_mtcp_only_datasets_and_defaults(tmp_path):
+    args = train_mod.finalize_args(train_mod.parse_args(["--model", "mtcp", "--dataset", "nyudmt", "--data-root", "D"]))
+    assert (args.weighting, args.size, args.classes, args.optimizer) == ("lps", [480, 640], 40, "adam")
+    args = train_mod.finalize_args(train_mod.parse_args(["--model", "mtcp", "--dataset", "pascal", "--data-root", "D"]))
+    assert (args.size, args.classes) == ([512, 512], 21)
+    assert train_mod.finalize_args(train_mod.parse_args([])).weighting == "uncertainty"
+    with pytest.raises(SystemExit, match="--model mtcp only"):
+        train_mod.finalize_args(train_mod.parse_args(["--dataset", "pascal", "--data-root", "D"]))
+
+
+@pytest.mark.parametrize("flags, cfm, srm", [([], True, True), (["--no-cfm"], False, True), (["--no-srm"], True, False)])
+def test_ablation_flags_build_the_right_model(flags, cfm, srm):
+    args = train_mod.finalize_args(train_mod.parse_args(["--model", "mtcp", "--backbone", "resnet18_fpn", *flags]))
+    model = train_mod.build_model(args, args.classes)
+    assert isinstance(model, MTCP) and model.use_cfm == cfm and model.use_srm == srm
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.train()(torch.randn(2, 3, 64, 64))
+    assert set(out.predictions) == {"semseg", "depth", "normals"}
+    if not cfm:
+        assert float(out.coherence_loss) == 0.0
+    has_intermediate = any(len(v) for v in (out.intermediate or {}).values())
+    assert has_intermediate == srm
+
+
+def test_lps_weights_change_across_epochs(tmp_path):
+    root = tmp_path / "frames"
+    write_frames(root)
+    result = train_mod.main(_argv(root, tmp_path / "run", "--epochs", "3", "--val-fraction", "0"))
+    weights = [r["task_weights"] for r in _history(tmp_path / "run")]
+    assert weights[0] == [1.0, 1.0, 1.0] and weights[-1] != [1.0, 1.0, 1.0]
+    assert abs(sum(weights[-1]) - 3.0) < 1e-4 and result["epochs_trained"] == 3
+
+
+def test_mtcp_resume_continues_exactly(tmp_path):
+    root = tmp_path / "frames"
+    write_frames(root, ids=["0001", "0002", "0003", "0004"])
+    extra = ("--epochs", "2", "--val-fraction", "0.25", "--optimizer", "adamw", "--weight-decay", "1e-4")
+    straight = train_mod.main(_argv(root, tmp_path / "straight", *extra))
+    train_mod.main(_argv(root, tmp_path / "split", *extra, "--epochs", "1"))
+    resumed = train_mod.main(["--resume", str(tmp_path / "split" / "last.pt"), "--epochs", "2"])
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and a["args"]["model"] == "mtcp"
+    for part in ("model", "weighting"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    assert straight["step_losses"] == resumed["step_losses"]
+    strip = lambda h: [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in h]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"])
