@@ -123,3 +123,43 @@ def test_mtcp_resume_continues_exactly(tmp_path):
     assert straight["step_losses"] == resumed["step_losses"]
     strip = lambda h: [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in h]  # noqa: E731
     assert strip(a["history"]) == strip(b["history"])
+
+
+def test_single_task_mtcp_has_one_head_and_no_cfm():
+    args = train_mod.finalize_args(train_mod.parse_args(
+        ["--model", "mtcp", "--backbone", "resnet18_fpn", "--mtcp-tasks", "depth"]))
+    assert args.cfm is False and args.weighting == "equal" and train_mod.model_tasks(args) == ("depth",)
+    model = train_mod.build_model(args, args.classes)
+    assert isinstance(model, MTCP) and list(model.tasks) == ["depth"] and not model.use_cfm and model.use_srm
+    assert not hasattr(model, "cfms") or len(getattr(model, "cfms", {}) or {}) == 0
+    with torch.no_grad():
+        out = model.train()(torch.randn(2, 3, 64, 64))
+    assert set(out.predictions) == {"depth"} and float(out.coherence_loss) == 0.0
+
+
+def test_bad_mtcp_task_exits_naming_it():
+    with pytest.raises(SystemExit, match="'sal'"):
+        train_mod.finalize_args(train_mod.parse_args(["--model", "mtcp", "--mtcp-tasks", "semseg", "sal"]))
+    with pytest.raises(SystemExit, match="--model mtcp only"):
+        train_mod.finalize_args(train_mod.parse_args(["--mtcp-tasks", "depth"]))
+
+
+def test_mtcp_delta_m_against_single_task_runs(tmp_path):
+    root = tmp_path / "frames"
+    write_frames(root)
+    common = ("--max-steps", "1", "--val-fraction", "0")
+    seg = train_mod.main(_argv(root, tmp_path / "seg", *common, "--mtcp-tasks", "semseg"))
+    dep = train_mod.main(_argv(root, tmp_path / "dep", *common, "--mtcp-tasks", "depth"))
+    assert seg["tasks"] == ["semseg"] and dep["tasks"] == ["depth"] and "normals_mean" not in seg["test"]
+    files = [str(tmp_path / "seg" / "metrics.json"), str(tmp_path / "dep" / "metrics.json")]
+    mt = train_mod.main(_argv(root, tmp_path / "mt", *common, "--mtcp-tasks", "semseg", "depth", "--baseline", *files))
+    written = json.loads((tmp_path / "mt" / "metrics.json").read_text())
+    b_seg = json.loads((tmp_path / "seg" / "metrics.json").read_text())["test"]["mIoU"]
+    b_dep = json.loads((tmp_path / "dep" / "metrics.json").read_text())["test"]["rmse"]
+    m_seg, m_dep = written["test"]["mIoU"], written["test"]["rmse"]
+    expected = 100.0 / 2 * ((m_seg - b_seg) / b_seg - (m_dep - b_dep) / b_dep)
+    assert written["delta_m_keys"] == ["mIoU", "rmse"] and mt["delta_m"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert written["delta_m"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert "Delta_m" in (tmp_path / "mt" / "metrics.md").read_text()
+    with pytest.raises(ValueError, match="normals_mean"):  # a task without a baseline is named
+        train_mod.main(_argv(root, tmp_path / "mt3", *common, "--baseline", *files))

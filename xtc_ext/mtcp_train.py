@@ -14,10 +14,17 @@ Validation score (:func:`mtcp_validation_score`, higher is better): the mean ove
 improvement of one key metric against the first validation of the run: semseg / human-parts mIoU and
 saliency maxF as differences (fractions), depth RMSE and normals mean angle as relative reductions
 ``(ref - m) / ref``. So +0.01 is one point of mIoU or a 1 % error reduction, for every task alike.
+
+Task subsets (``--mtcp-tasks``, :func:`select_tasks`): one task is the single-task baseline (no CFM).
+Multi-task performance (:func:`mtcp_delta_m`, MT-CP paper §4 after Vandenhende et al.):
+``Delta_MTL = (100 / T) sum_t (-1)^{l_t} (M_t - M_t^STL) / M_t^STL`` over the run's tasks with one metric
+per task, the :data:`SCORE_KEYS` metric (``l_t = 1`` for depth RMSE and normals mean angle), against the
+merged test metrics of single-task runs (:func:`load_mtcp_baselines`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -27,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from xtc_ext.metrics import DepthMeter, NormalsMeter, SaliencyMeter, SegmentationMeter
+from xtc_ext.metrics import DepthMeter, NormalsMeter, SaliencyMeter, SegmentationMeter, delta_m
 
 PASCAL_TASKS = {"semseg": 21, "human_parts": 7, "sal": 1}
 """MT-CP PASCAL-Context tasks and their output channels."""
@@ -44,6 +51,66 @@ def mtcp_tasks(dataset: str, classes: int) -> Dict[str, int]:
     if dataset in ("frames", "nyudmt"):
         return {"semseg": int(classes), "depth": 1, "normals": 3}
     raise SystemExit(f"error: --model mtcp supports --dataset frames, nyudmt and pascal (got {dataset})")
+
+
+def select_tasks(tasks: Dict[str, int], chosen: Optional[Sequence[str]]) -> Dict[str, int]:
+    """The sub-mapping of ``tasks`` named in ``chosen`` (in the dataset's order; ``None``: all).
+
+    Raises:
+        SystemExit: a name that is not a task of the dataset (named, with the valid ones).
+    """
+    if not chosen:
+        return dict(tasks)
+    bad = [t for t in chosen if t not in tasks]
+    if bad:
+        raise SystemExit(f"error: --mtcp-tasks: unknown task {bad[0]!r} for this dataset (choose from {', '.join(tasks)})")
+    return {t: c for t, c in tasks.items() if t in set(chosen)}
+
+
+def load_mtcp_baselines(paths: Sequence) -> tuple:
+    """Merge the Δm metrics (:data:`SCORE_KEYS`) of single-task runs' metrics.json files (``test``
+    entry, else ``metrics``, else the object itself). Returns ``(merged metrics, [file names])``.
+
+    Raises:
+        FileNotFoundError: a missing file. ValueError: unreadable JSON, a file without any of the
+            metrics, or two files giving different values for one metric (both named).
+    """
+    keys = [k for k, _ in SCORE_KEYS.values()]
+    merged: Dict[str, float] = {}
+    origin: Dict[str, str] = {}
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"baseline metrics file not found: {p}")
+        try:
+            obj = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"baseline metrics file {p} is not valid JSON: {e}") from e
+        if not isinstance(obj, dict):
+            raise ValueError(f"baseline metrics file {p} does not hold a JSON object")
+        src = obj.get("test") if isinstance(obj.get("test"), dict) else \
+            obj.get("metrics") if isinstance(obj.get("metrics"), dict) else obj
+        found = {k: float(src[k]) for k in keys if isinstance(src.get(k), (int, float))
+                 and not isinstance(src.get(k), bool) and math.isfinite(src[k])}
+        if not found:
+            raise ValueError(f"baseline metrics file {p} has none of the metrics {keys}")
+        for k, v in found.items():
+            if k in merged and merged[k] != v:
+                raise ValueError(f"baseline metric {k!r} differs between {origin[k]} ({merged[k]}) and {p} ({v})")
+            merged[k], origin[k] = v, str(p)
+    return merged, [str(Path(p)) for p in paths]
+
+
+def mtcp_delta_m(metrics: Dict[str, Any], baseline: Dict[str, float], tasks: Sequence[str]) -> tuple:
+    """Δm (percent, positive is better) of an MT-CP run over its ``tasks``, one metric per task
+    (:data:`SCORE_KEYS`), against ``baseline``. Returns ``(delta_m, [metric keys])``.
+
+    Raises:
+        ValueError: a task's metric missing from the model or the baseline (named).
+    """
+    keys = tuple(SCORE_KEYS[t][0] for t in tasks)
+    lower = tuple(SCORE_KEYS[t][0] for t in tasks if not SCORE_KEYS[t][1])
+    return delta_m(metrics, baseline, lower_is_better=lower, keys=keys), list(keys)
 
 
 def targets_from_batch(batch: dict, tasks: Sequence[str], device: torch.device) -> Dict[str, torch.Tensor]:

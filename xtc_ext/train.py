@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default="resnet50_fpn", help="MT-CP backbone ('mask2former' = the paper's, needs --mask2former-path)")
     g.add_argument("--mask2former-path", default=None,
                    help="local Mask2Former directory (save_pretrained) for --backbone mask2former; nothing is downloaded")
+    g.add_argument("--mtcp-tasks", nargs="+", default=None, metavar="TASK",
+                   help="train MT-CP on these tasks only (default: all of the dataset's; NYUD: semseg depth normals, "
+                   "PASCAL: semseg human_parts sal); one task = the single-task baseline (no CFM, no coherence loss)")
     g.add_argument("--cfm", action=argparse.BooleanOptionalAction, default=True,
                    help="Coherence Fusion Modules (--no-cfm: the 'w/o CFM' ablation of MT-CP Table 3, coherence loss 0)")
     g.add_argument("--srm", action=argparse.BooleanOptionalAction, default=True,
@@ -379,6 +382,15 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
             raise SystemExit("error: --backbone mask2former needs --mask2former-path")
         if args.weighting in ("gradnorm",):
             raise SystemExit("error: --model mtcp supports --weighting equal, uncertainty, dwa, lps, lps-log, lps-prio")
+        if args.mtcp_tasks:
+            names = mtcp_train.select_tasks(mtcp_train.mtcp_tasks(args.dataset, 1), args.mtcp_tasks)
+            args.mtcp_tasks = list(names)
+            if len(names) == 1:
+                if args.cfm:
+                    log.info("--mtcp-tasks %s: single task, no auxiliary tasks -> --no-cfm", args.mtcp_tasks[0])
+                args.cfm, args.weighting = False, "equal"
+    elif getattr(args, "mtcp_tasks", None):
+        raise SystemExit(f"error: --mtcp-tasks applies to --model mtcp only (got --model {args.model})")
     if args.model == "stnet":
         if args.task is None:
             raise SystemExit("error: --model stnet needs --task segmentation or --task depth")
@@ -557,7 +569,7 @@ def model_tasks(args: argparse.Namespace) -> Tuple[str, ...]:
     """Tasks the run's model predicts: ``("segmentation", "depth")``, the stnet task alone, or the
     MT-CP tasks of the dataset (e.g. ``("semseg", "depth", "normals")``)."""
     if args.model == "mtcp":
-        return tuple(mtcp_train.mtcp_tasks(args.dataset, args.classes))
+        return tuple(mtcp_train.select_tasks(mtcp_train.mtcp_tasks(args.dataset, args.classes), getattr(args, "mtcp_tasks", None)))
     return (args.task,) if args.model == "stnet" else ("segmentation", "depth")
 
 
@@ -565,7 +577,8 @@ def model_name(args: argparse.Namespace) -> str:
     """Human-readable model name, e.g. ``"XTasC-Net ResNet-34"``."""
     if args.model == "mtcp":
         ablation = "".join(f" w/o {m}" for m, on in (("CFM", args.cfm), ("SRM", args.srm)) if not on)
-        return f"MT-CP {args.backbone}{ablation}"
+        subset = f" ({', '.join(args.mtcp_tasks)})" if getattr(args, "mtcp_tasks", None) else ""
+        return f"MT-CP {args.backbone}{subset}{ablation}"
     name = MODELS[args.model] + (f" ({args.task})" if args.model == "stnet" else "")
     return f"{name} ResNet-{args.encoder_depth}"
 
@@ -574,7 +587,8 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     """The network of ``--model``: XTasCNet (with TTNets for xtasc/align when lambda > 0, without
     for mtnet) or BaseSTNet for stnet."""
     if args.model == "mtcp":
-        return MTCP(mtcp_train.mtcp_tasks(args.dataset, num_classes), backbone=args.backbone, use_cfm=bool(args.cfm),
+        tasks = mtcp_train.select_tasks(mtcp_train.mtcp_tasks(args.dataset, num_classes), getattr(args, "mtcp_tasks", None))
+        return MTCP(tasks, backbone=args.backbone, use_cfm=bool(args.cfm) and len(tasks) > 1,
                     use_srm=bool(args.srm), mask2former_path=args.mask2former_path)
     if args.model == "stnet":
         return BaseSTNet(args.task, num_classes if args.task == "segmentation" else None, encoder_depth=args.encoder_depth)
@@ -1077,8 +1091,12 @@ def train(args: argparse.Namespace) -> dict:
     if before is not None:
         result["before_training"] = before
     if args.baseline:
-        baseline, sources = load_baselines(args.baseline)
-        dm, keys = model_delta_m(test, baseline)
+        if args.model == "mtcp":
+            baseline, sources = mtcp_train.load_mtcp_baselines(args.baseline)
+            dm, keys = mtcp_train.mtcp_delta_m(test, baseline, tasks)
+        else:
+            baseline, sources = load_baselines(args.baseline)
+            dm, keys = model_delta_m(test, baseline)
         result.update({"delta_m": dm, "delta_m_keys": keys, "baseline": baseline, "baseline_files": sources})
     result.update({
         "epochs_trained": history[-1]["epoch"] if history else 0,
@@ -1104,7 +1122,8 @@ def train(args: argparse.Namespace) -> dict:
         table,
     ]
     if "delta_m" in result:
-        lines += ["", f"Delta_m (paper Eq. 17) over {', '.join(result['delta_m_keys'])} against "
+        formula = "MT-CP §4 / Vandenhende Delta_MTL" if args.model == "mtcp" else "paper Eq. 17"
+        lines += ["", f"Delta_m ({formula}) over {', '.join(result['delta_m_keys'])} against "
                       f"{', '.join(result['baseline_files'])}: **{result['delta_m']:+.2f} %**"]
     _write_text(out_dir / "metrics.md", "\n".join(lines) + "\n")
     print(f"\nTest ({splits.describe['test']}), {tested}, direct predictions:")
