@@ -266,21 +266,23 @@ def format_metrics_table(metrics: Dict[str, Any], before: Optional[Dict[str, Any
     return "\n".join(lines)
 
 
-def metrics_from_json(obj: Dict[str, Any]) -> Dict[str, float]:
+def metrics_from_json(obj: Dict[str, Any], keys: Sequence[str] = METRIC_KEYS + ("rmse",)) -> Dict[str, float]:
     """The metrics of a metrics file: ``obj["test"]`` (train's metrics.json), ``obj["metrics"]``
     (evaluate's output), or ``obj`` itself (a flat dict such as ``{"mIoU": 0.3, ...}``); only the
-    finite numeric entries of :data:`METRIC_KEYS` and ``rmse`` are kept."""
+    finite numeric entries of ``keys`` (default :data:`METRIC_KEYS` and ``rmse``) are kept."""
     src = obj.get("test") if isinstance(obj.get("test"), dict) else obj.get("metrics") if isinstance(obj.get("metrics"), dict) else obj
     out = {}
-    for k in METRIC_KEYS + ("rmse",):
+    for k in keys:
         v = src.get(k)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             out[k] = float(v)
     return out
 
 
-def load_baselines(paths: Sequence) -> Tuple[Dict[str, float], List[str]]:
-    """Merge the metrics of one or more baseline files (see :func:`metrics_from_json`), e.g. a
+def load_baselines(
+    paths: Sequence, keys: Sequence[str] = METRIC_KEYS + ("rmse",)
+) -> Tuple[Dict[str, float], List[str]]:
+    """Merge the metrics ``keys`` of one or more baseline files (see :func:`metrics_from_json`), e.g. a
     Base ST-Net segmentation run (mIoU, pixel_acc) and a depth run (abs_err, rel_err).
 
     Returns ``(merged metrics, [file names])``.
@@ -302,9 +304,9 @@ def load_baselines(paths: Sequence) -> Tuple[Dict[str, float], List[str]]:
             raise ValueError(f"baseline metrics file {p} is not valid JSON: {e}") from e
         if not isinstance(obj, dict):
             raise ValueError(f"baseline metrics file {p} does not hold a JSON object")
-        m = metrics_from_json(obj)
+        m = metrics_from_json(obj, keys)
         if not m:
-            raise ValueError(f"baseline metrics file {p} has none of the metrics {METRIC_KEYS}")
+            raise ValueError(f"baseline metrics file {p} has none of the metrics {list(keys)}")
         for k, v in m.items():
             if k in merged and merged[k] != v:
                 raise ValueError(f"baseline metric {k!r} differs between {origin[k]} ({merged[k]}) and {p} ({v})")

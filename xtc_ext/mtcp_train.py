@@ -24,7 +24,6 @@ merged test metrics of single-task runs (:func:`load_mtcp_baselines`).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -34,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from xtc_ext.evaluate import load_baselines
 from xtc_ext.metrics import DepthMeter, NormalsMeter, SaliencyMeter, SegmentationMeter, delta_m
 
 PASCAL_TASKS = {"semseg": 21, "human_parts": 7, "sal": 1}
@@ -75,30 +75,7 @@ def load_mtcp_baselines(paths: Sequence) -> tuple:
         FileNotFoundError: a missing file. ValueError: unreadable JSON, a file without any of the
             metrics, or two files giving different values for one metric (both named).
     """
-    keys = [k for k, _ in SCORE_KEYS.values()]
-    merged: Dict[str, float] = {}
-    origin: Dict[str, str] = {}
-    for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            raise FileNotFoundError(f"baseline metrics file not found: {p}")
-        try:
-            obj = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"baseline metrics file {p} is not valid JSON: {e}") from e
-        if not isinstance(obj, dict):
-            raise ValueError(f"baseline metrics file {p} does not hold a JSON object")
-        src = obj.get("test") if isinstance(obj.get("test"), dict) else \
-            obj.get("metrics") if isinstance(obj.get("metrics"), dict) else obj
-        found = {k: float(src[k]) for k in keys if isinstance(src.get(k), (int, float))
-                 and not isinstance(src.get(k), bool) and math.isfinite(src[k])}
-        if not found:
-            raise ValueError(f"baseline metrics file {p} has none of the metrics {keys}")
-        for k, v in found.items():
-            if k in merged and merged[k] != v:
-                raise ValueError(f"baseline metric {k!r} differs between {origin[k]} ({merged[k]}) and {p} ({v})")
-            merged[k], origin[k] = v, str(p)
-    return merged, [str(Path(p)) for p in paths]
+    return load_baselines(paths, [k for k, _ in SCORE_KEYS.values()])
 
 
 def mtcp_delta_m(metrics: Dict[str, Any], baseline: Dict[str, float], tasks: Sequence[str]) -> tuple:
