@@ -1,4 +1,4 @@
-"""pytest configuration shared by the test modules.
+"""pytest configuration shared by the test modules (``tests/<area>/test_*.py``, one folder per package area).
 
 Tests run the checkout's Python sources: the repository root goes first on ``sys.path``. The
 compiled ``xtc_ext._C`` is found in the installed copy (``pip install --no-build-isolation .``);
@@ -11,6 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Test modules live in sub-folders mirroring the package (ops/, data/, models/, ...) and import the
+# shared helpers of this folder (``fixtures``, ``conftest``) by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The ten real NYUv2 frames shipped beside the repository (override with XTC_NYUV2_FRAMES).
 REAL_FRAMES = Path(os.environ.get("XTC_NYUV2_FRAMES", ROOT.parent / "shared" / "data" / "nyuv2-test10"))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import xtc_ext
 from xtc_ext import ops, reference
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REDUCTIONS = ("mean", "sum", "none")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none available)")

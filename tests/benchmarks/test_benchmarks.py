@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_ops.py"
 OPS = ("masked_cross_entropy", "masked_l1_loss")
 SIZES = ("nyuv2", "cityscapes_full")

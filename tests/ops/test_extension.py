@@ -10,7 +10,7 @@ import torch
 import xtc_ext
 from xtc_ext import _extension
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_build_info_describes_the_build():
