@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, NYU13_CLASS_NAMES
 
-__all__ = ["denormalize", "segmentation_palette", "colorize_segmentation", "save_prediction_figure"]
+__all__ = ["denormalize", "segmentation_palette", "colorize_segmentation", "save_prediction_figure",
+           "save_single_task_figure", "save_prediction_figures"]
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
@@ -240,3 +241,108 @@ def save_prediction_figure(path: Union[str, "os.PathLike[str]"], image: torch.Te
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(buf).save(path, format=None if path.suffix else "PNG")
     return path
+
+
+def save_single_task_figure(path: Union[str, "os.PathLike[str]"], image: torch.Tensor, gt: torch.Tensor,
+                            pred: torch.Tensor, task: str, num_classes: int, *, ignore_index: int = -1,
+                            title: str = "", depth_unit: str = "m", image_normalized: bool = True) -> Path:
+    """Save a 1x3 figure (input, ground truth, prediction) of one task of ONE frame as a PNG.
+
+    Args:
+        path: output file; parent folders are created.
+        image: float ``[3,H,W]`` CPU tensor (ImageNet-normalised unless ``image_normalized=False``).
+        gt: ``task == "semseg"``: integer ``[H,W]`` labels (``ignore_index`` = void, drawn black);
+            ``"depth"``: float ``[1,H,W]`` or ``[H,W]`` (0 = invalid, drawn white).
+        pred: integer ``[H,W]`` labels, or float depth ``[1,H,W]`` / ``[H,W]`` in ``depth_unit``.
+        task: ``"semseg"`` or ``"depth"``.
+        num_classes: C (palette of the segmentation panels).
+        ignore_index, title, depth_unit, image_normalized: as named.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: ``task`` is neither ``"semseg"`` nor ``"depth"``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    if task not in ("semseg", "depth"):
+        raise ValueError(f"save_single_task_figure: task must be 'semseg' or 'depth', got {task!r}")
+    img = image.detach().cpu()
+    rgb = (denormalize(img) if image_normalized else img.clamp(0, 1)).permute(1, 2, 0).numpy()
+    fig = Figure(figsize=(13, 4), dpi=100, facecolor="white", layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    for ax in axes:
+        ax.set_axis_off()
+    axes[0].imshow(rgb)
+    axes[0].set_title("input RGB")
+    if task == "semseg":
+        axes[1].imshow(colorize_segmentation(gt, num_classes, ignore_index))
+        axes[1].set_title("GT segmentation (void black)")
+        axes[2].imshow(colorize_segmentation(pred, num_classes, ignore_index))
+        axes[2].set_title("predicted segmentation")
+    else:
+        g = gt.detach().cpu().float().reshape(gt.shape[-2:]).numpy()
+        p = pred.detach().cpu().float().reshape(pred.shape[-2:]).numpy()
+        valid = g > 0
+        vmin, vmax = (float(g[valid].min()), float(g[valid].max())) if valid.any() else (float(p.min()), float(p.max()))
+        if not vmax > vmin:
+            vmin, vmax = vmin - 0.5, vmax + 0.5
+        im = axes[1].imshow(np.ma.masked_where(~valid, g), vmin=vmin, vmax=vmax, cmap="viridis")
+        axes[1].set_title("GT depth (invalid white)")
+        axes[2].imshow(p, vmin=vmin, vmax=vmax, cmap="viridis")
+        axes[2].set_title("predicted depth")
+        fig.colorbar(im, ax=axes[1:].tolist(), fraction=0.03).set_label(depth_unit)
+    fig.suptitle(title)
+    fig.canvas.draw()
+    buf = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(buf).save(path)
+    return path
+
+
+@torch.no_grad()
+def save_prediction_figures(predict: Callable[[torch.Tensor], Dict[str, torch.Tensor]], data, indices: Iterable[int],
+                            out_dir: Union[str, "os.PathLike[str]"], *, num_classes: int,
+                            class_names: Optional[Sequence[str]] = None, depth_unit: str = "m", title: str = "",
+                            image_normalized: bool = True, ignore_index: int = -1) -> List[Path]:
+    """PNG figures of a model's semantic-segmentation and depth predictions on ``data[i]`` for ``i`` in ``indices``,
+    written as ``out_dir/{k:02d}_{name}.png``: :func:`save_prediction_figure` when the predictions hold both
+    ``semseg`` and ``depth``, :func:`save_single_task_figure` when they hold one of them, nothing otherwise.
+
+    Args:
+        predict: ``predict(image [1,3,H,W] on the model's device) -> {task: [1,C_t,H,W]}``.
+        data: a dataset of samples with ``image``, ``seg`` / ``depth`` targets and ``name``.
+        indices: the samples to draw.
+        out_dir: output folder.
+        num_classes, class_names, depth_unit, title, image_normalized, ignore_index: as in
+            :func:`save_prediction_figure`.
+
+    Returns:
+        The written paths, in order.
+    """
+    paths: List[Path] = []
+    for k, i in enumerate(indices):
+        sample = data[i]
+        preds = predict(sample["image"].unsqueeze(0))
+        name = sample.get("name", i)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+        path = Path(out_dir) / f"{k:02d}_{safe}.png"
+        caption = f"{title}, sample {name}" if title else f"sample {name}"
+        seg = preds["semseg"][0].argmax(0).cpu() if "semseg" in preds else None
+        depth = preds["depth"][0].float().cpu() if "depth" in preds else None
+        if seg is not None and depth is not None:
+            paths.append(save_prediction_figure(
+                path, sample["image"], sample["seg"], seg, sample["depth"], depth, num_classes,
+                ignore_index=ignore_index, title=f"{caption} (depth in {depth_unit})", class_names=class_names,
+                image_normalized=image_normalized))
+        elif seg is not None or depth is not None:
+            task, gt, pred = ("semseg", sample["seg"], seg) if seg is not None else ("depth", sample["depth"], depth)
+            paths.append(save_single_task_figure(path, sample["image"], gt, pred, task, num_classes,
+                                                 ignore_index=ignore_index, title=caption, depth_unit=depth_unit,
+                                                 image_normalized=image_normalized))
+    return paths

@@ -27,7 +27,7 @@ after each training epoch with the epoch means of the same losses.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Dict, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +61,11 @@ class Weighting(nn.Module):
         """Per-epoch hook: ``mean_losses`` is float ``[T]``, the epoch means of the losses given to
         ``forward``. No-op by default; :class:`DWA` builds its weights from it."""
         return None
+
+    def optimizer_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters the run's shared optimizer must step (default: all of them; a method that steps
+        its own, such as ``GradNorm(optimizer="separate")``, returns none)."""
+        return self.parameters()
 
 
 class EqualWeighting(Weighting):
@@ -121,6 +126,10 @@ class DWA(Weighting):
     State (buffers, in ``state_dict``): ``loss_history`` float32 ``[2, T]`` (row 0 = ``L(t-2)``,
     row 1 = ``L(t-1)``; zeros until filled) and ``num_epochs`` int64 scalar (epochs recorded).
 
+    The XTasC-Net authors' copy of MTAN's DWA keeps MTAN's factor 3 (MTAN has three tasks) with two task
+    groups, so their weights sum to 3, 1.5x the weights here, which sum to T as in MTAN's formula
+    (docs/fidelity.md, "Task weighting").
+
     Raises:
         ValueError: ``temperature <= 0``; ``epoch_end`` with a wrong shape or a non-finite or
             non-positive mean loss (the ratio would be undefined).
@@ -164,8 +173,9 @@ class GradNorm(Weighting):
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018), as published.
 
     Learnable task weights ``w`` (parameter ``task_weights``, float32 ``[T]``, initialised to 1),
-    stepped by the shared optimizer (put ``weighting.parameters()`` in it). Each training
-    ``forward(losses)``:
+    stepped by the run's shared optimizer and learning-rate schedule (put :meth:`optimizer_parameters` in
+    it; :class:`SeparateGradNorm` steps them with an Adam of their own instead, as the XTasC-Net authors'
+    code). Each training ``forward(losses)``:
 
     1. renormalises ``w`` in place (no grad) to ``sum_k w_k = T`` (the previous step's update is
        normalised before use, as in the paper's Algorithm 1);
@@ -273,12 +283,57 @@ class GradNorm(Weighting):
             target = G.mean() * r.pow(self.alpha)
         grad_loss = (G - target).abs().sum()
         (gw,) = torch.autograd.grad(grad_loss, w, retain_graph=True)
+        # A copy, so the next step's in-place update and renormalisation cannot invalidate this graph.
+        total = (w.detach().clone().to(losses.dtype) * losses).sum()
+        self._apply_weight_gradient(gw.detach().to(w.dtype))
+        return total
+
+    def _apply_weight_gradient(self, grad: Tensor) -> None:
+        """Accumulate GradNorm's gradient into ``task_weights.grad`` for the shared optimizer."""
+        w = self.task_weights
         if w.grad is None:
-            w.grad = gw.detach().to(w.dtype).clone()
+            w.grad = grad.clone()
         else:
-            w.grad.add_(gw.to(w.grad.dtype))
-        # A copy, so the next step's in-place renormalisation cannot invalidate this graph.
-        return (w.detach().clone().to(losses.dtype) * losses).sum()
+            w.grad.add_(grad)
+
+
+class SeparateGradNorm(GradNorm):
+    """:class:`GradNorm` whose task weights are stepped by an Adam of their own (PyTorch's default betas,
+    learning rate ``lr``, no schedule, no weight decay), right after GradNorm's gradient is computed in
+    ``forward``, as in the XTasC-Net authors' code (``--gradnorm-optimizer separate``; docs/fidelity.md,
+    "Task weighting"). The run's optimizer must not hold the weights (:meth:`optimizer_parameters` is empty).
+    The Adam state is part of ``state_dict`` (the module's extra state), so a resume continues exactly.
+
+    Args:
+        num_tasks, shared_parameter, alpha: as :class:`GradNorm`.
+        lr: learning rate of the task weights' Adam (the authors: the run's learning rate, 1e-4).
+
+    Raises:
+        ValueError: ``lr <= 0``; the errors of :class:`GradNorm`.
+    """
+
+    def __init__(self, num_tasks: int, shared_parameter: Tensor, alpha: float = 1.5, lr: float = 1e-4) -> None:
+        super().__init__(num_tasks, shared_parameter, alpha)
+        if not lr > 0:
+            raise ValueError(f"SeparateGradNorm: lr must be > 0, got {lr}")
+        self._adam = torch.optim.Adam([self.task_weights], lr=lr)
+
+    def optimizer_parameters(self) -> Iterator[nn.Parameter]:
+        """None: the task weights have their own Adam."""
+        return iter(())
+
+    def _apply_weight_gradient(self, grad: Tensor) -> None:
+        self.task_weights.grad = grad.clone()
+        self._adam.step()
+        self.task_weights.grad = None
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        """The Adam state of the task weights (saved by ``state_dict``)."""
+        return {"adam": self._adam.state_dict()}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`get_extra_state`."""
+        self._adam.load_state_dict(state["adam"])
 
 
 class LPS(Weighting):
@@ -454,6 +509,9 @@ _LPS_PRESETS = {
 }
 
 
+GRADNORM_OPTIMIZERS = ("shared", "separate")
+"""``--gradnorm-optimizer`` choices: the run's optimizer and schedule, or an Adam of the weights' own."""
+
 WEIGHTINGS = {
     "equal": EqualWeighting,
     "uncertainty": UncertaintyWeighting,
@@ -478,8 +536,10 @@ def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None =
         num_tasks: T.
         shared_parameter: ``W`` for GradNorm (required there); ignored by the other methods, so a
             caller may always pass it.
-        **kwargs: constructor options of the method (``temperature`` for DWA, ``alpha`` for GradNorm,
-            ``beta``, ``history``, ``eps``, ``floor`` ... for LPS).
+        **kwargs: constructor options of the method (``temperature`` for DWA; ``alpha``, ``optimizer``
+            (``GRADNORM_OPTIMIZERS``: ``"shared"`` -> :class:`GradNorm`, ``"separate"`` ->
+            :class:`SeparateGradNorm`) and ``lr`` (separate only) for GradNorm; ``beta``, ``history``,
+            ``eps``, ``floor`` ... for LPS).
 
     Raises:
         ValueError: unknown name; ``"gradnorm"`` without ``shared_parameter``; invalid option values;
@@ -491,6 +551,12 @@ def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None =
     if name == "gradnorm":
         if shared_parameter is None:
             raise ValueError("weighting 'gradnorm' requires shared_parameter (the last shared layer's weight)")
+        optimizer = kwargs.pop("optimizer", "shared")
+        if optimizer not in GRADNORM_OPTIMIZERS:
+            raise ValueError(f"GradNorm optimizer must be one of {list(GRADNORM_OPTIMIZERS)}, got {optimizer!r}")
+        if optimizer == "separate":
+            return SeparateGradNorm(num_tasks, shared_parameter, **kwargs)
+        kwargs.pop("lr", None)
         return GradNorm(num_tasks, shared_parameter, **kwargs)
     if name in _LPS_PRESETS:
         preset = _LPS_PRESETS[name]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xtc_ext.mtcp_losses import (
+from xtc_ext.losses.mtcp import (
     MTCP_TASKS,
     MTCPLoss,
     MTCPLossTerms,

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xtc_ext import ops, reference
+from xtc_ext.losses.common import LOSS_IMPLS, check_choice, check_nchw, to_accumulation
 from xtc_ext.weighting import Weighting, build_weighting
 
 __all__ = [
@@ -45,32 +45,12 @@ __all__ = [
     "MTCPLoss",
 ]
 
-LOSS_IMPLS = {"fused": ops, "eager": reference}
-"""``impl`` choices: modules with the same op functions and signatures."""
-
 MTCP_TASKS = ("semseg", "depth", "normals", "human_parts", "sal")
 """Task names (keys of the prediction and target dicts): NYUD-v2 uses semseg, depth, normals;
 PASCAL-Context uses semseg, human_parts, sal."""
 
 NORMALS_KINDS = ("cosine", "l1")
 """``normals_loss(kind=...)`` choices."""
-
-
-def _acc(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float64 else t.float()
-
-
-def _check_choice(name: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
-
-
-def _check_4d(name: str, t: Tensor, channels: int | None = None) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    if t.dim() != 4 or (channels is not None and t.shape[1] != channels):
-        want = f"[N,{channels},H,W]" if channels is not None else "[N,C,H,W]"
-        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = -1, impl: str = "fused") -> Tensor:
@@ -94,7 +74,7 @@ def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = -1, im
         ValueError: unknown ``impl``; from the op: shapes, a label outside ``[0, C)`` that is not
             ``ignore_index``. TypeError: dtypes. RuntimeError: devices.
     """
-    _check_choice("loss impl", impl, LOSS_IMPLS)
+    check_choice("loss impl", impl, LOSS_IMPLS)
     return LOSS_IMPLS[impl].masked_cross_entropy(logits, target, ignore_index)
 
 
@@ -120,9 +100,9 @@ def depth_loss(pred: Tensor, target: Tensor, depth_cap: float | None = None, imp
         ValueError: unknown ``impl``; shapes not ``[N,1,H,W]`` or not equal; ``depth_cap <= 0``.
         TypeError / RuntimeError: from the op (dtypes, devices).
     """
-    _check_choice("loss impl", impl, LOSS_IMPLS)
-    _check_4d("depth pred", pred, 1)
-    _check_4d("depth target", target, 1)
+    check_choice("loss impl", impl, LOSS_IMPLS)
+    check_nchw("depth pred", pred, 1)
+    check_nchw("depth target", target, 1)
     if depth_cap is not None and not depth_cap > 0:
         raise ValueError(f"depth_cap must be > 0 (metres) or None, got {depth_cap}")
     target = target.to(pred.dtype)
@@ -161,13 +141,13 @@ def normals_loss(pred: Tensor, target: Tensor, kind: str = "cosine", impl: str =
         ValueError: unknown ``kind`` or ``impl``; shapes not ``[N,3,H,W]`` or not equal.
         RuntimeError: from the op (devices).
     """
-    _check_choice("normals loss kind", kind, NORMALS_KINDS)
-    _check_choice("loss impl", impl, LOSS_IMPLS)
-    _check_4d("normals pred", pred, 3)
-    _check_4d("normals target", target, 3)
+    check_choice("normals loss kind", kind, NORMALS_KINDS)
+    check_choice("loss impl", impl, LOSS_IMPLS)
+    check_nchw("normals pred", pred, 3)
+    check_nchw("normals target", target, 3)
     if pred.shape != target.shape:
         raise ValueError(f"normals pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    n = F.normalize(_acc(pred), dim=1, eps=1e-12)
+    n = F.normalize(to_accumulation(pred), dim=1, eps=1e-12)
     t = target.to(n.dtype)
     valid = (t != 0).any(dim=1, keepdim=True)
     if kind == "cosine":
@@ -200,13 +180,13 @@ def balanced_bce(logits: Tensor, target: Tensor) -> Tensor:
     Raises:
         ValueError: shapes not ``[N,1,H,W]`` or not equal. TypeError: non-floating logits.
     """
-    _check_4d("saliency logits", logits, 1)
-    _check_4d("saliency target", target, 1)
+    check_nchw("saliency logits", logits, 1)
+    check_nchw("saliency target", target, 1)
     if logits.shape != target.shape:
         raise ValueError(f"saliency logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
     if not logits.is_floating_point():
         raise TypeError(f"saliency logits must be floating point, got {logits.dtype}")
-    x = _acc(logits)
+    x = to_accumulation(logits)
     t = target.to(x.dtype)
     valid = t >= 0
     pos = valid & (t >= 0.5)
@@ -235,14 +215,14 @@ def task_loss(
     Raises:
         ValueError: unknown ``task``; the errors of the task's loss function.
     """
-    _check_choice("MT-CP task", task, MTCP_TASKS)
+    check_choice("MT-CP task", task, MTCP_TASKS)
     if task in ("semseg", "human_parts"):
         return segmentation_loss(pred, target, ignore_index, impl)
     if task == "depth":
         return depth_loss(pred, target, depth_cap, impl)
     if task == "normals":
         return normals_loss(pred, target, normals_kind, impl)
-    _check_choice("loss impl", impl, LOSS_IMPLS)
+    check_choice("loss impl", impl, LOSS_IMPLS)
     return balanced_bce(pred, target)
 
 
@@ -327,14 +307,14 @@ class MTCPLoss:
         if not tasks:
             raise ValueError("MTCPLoss needs at least one task")
         for t in tasks:
-            _check_choice("MT-CP task", t, MTCP_TASKS)
+            check_choice("MT-CP task", t, MTCP_TASKS)
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"MTCPLoss: repeated task in {tasks}")
         for name, value in (("coherence_weight", coherence_weight), ("intermediate_weight", intermediate_weight)):
             if not value >= 0:
                 raise ValueError(f"MTCPLoss: {name} must be >= 0, got {value}")
-        _check_choice("normals loss kind", normals_kind, NORMALS_KINDS)
-        _check_choice("loss impl", impl, LOSS_IMPLS)
+        check_choice("normals loss kind", normals_kind, NORMALS_KINDS)
+        check_choice("loss impl", impl, LOSS_IMPLS)
         if depth_cap is not None and not depth_cap > 0:
             raise ValueError(f"depth_cap must be > 0 (metres) or None, got {depth_cap}")
         if isinstance(weighting, str):

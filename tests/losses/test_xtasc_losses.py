@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from python_models.xtasc_net import XTasCOutput
-from xtc_ext.losses import (
+from xtc_ext.losses.xtasc import (
     DEPTH_LOSSES,
     XTasCLoss,
     hard_pseudo_labels,

@@ -19,10 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xtc_ext import ops, reference
-
-LOSS_IMPLS = {"fused": ops, "eager": reference}
-"""``--loss-impl`` choices: modules with the same op functions and signatures."""
+from xtc_ext.losses.common import LOSS_IMPLS, check_choice, to_accumulation
 
 VARIANTS = ("xtasc", "align")
 """``XTasCLoss(variant=...)``: cross-task consistency (paper Eq. 11) or the Align-Net alignment loss (Eq. 8)."""
@@ -35,15 +32,6 @@ DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
 
 TASKS = ("segmentation", "depth")
 """Tasks of :func:`single_task_loss` (the names of ``python_models.BaseSTNet.task``)."""
-
-
-def _acc(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float64 else t.float()
-
-
-def _check_choice(name: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
 
 
 def _depth_valid(depth_target: Tensor, depth_valid: Tensor | None) -> Tensor:
@@ -94,8 +82,8 @@ def masked_depth_loss(
     Raises:
         ValueError: unknown ``kind`` or ``impl``; shapes that do not match.
     """
-    _check_choice("depth loss", kind, DEPTH_LOSSES)
-    _check_choice("loss impl", impl, LOSS_IMPLS)
+    check_choice("depth loss", kind, DEPTH_LOSSES)
+    check_choice("loss impl", impl, LOSS_IMPLS)
     if kind == "l1":
         return LOSS_IMPLS[impl].masked_l1_loss(pred, target, mask=valid, invalid_value=None)
     if pred.shape != target.shape or valid.shape != pred.shape:
@@ -103,7 +91,7 @@ def masked_depth_loss(
             f"depth_loss: pred {tuple(pred.shape)}, target {tuple(target.shape)} and valid {tuple(valid.shape)} "
             "must have the same shape"
         )
-    e = _acc(pred) - _acc(target)
+    e = to_accumulation(pred) - to_accumulation(target)
     if kind == "mse":
         per = e * e
     elif kind == "logl1":
@@ -185,10 +173,10 @@ class XTasCLoss:
         for name, lam in (("lam_seg", lam_seg), ("lam_depth", lam_depth)):
             if not 0.0 <= lam <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {lam}")
-        _check_choice("loss impl", impl, LOSS_IMPLS)
-        _check_choice("variant", variant, VARIANTS)
-        _check_choice("seg_consistency", seg_consistency, SEG_CONSISTENCY)
-        _check_choice("depth loss", depth_loss, DEPTH_LOSSES)
+        check_choice("loss impl", impl, LOSS_IMPLS)
+        check_choice("variant", variant, VARIANTS)
+        check_choice("seg_consistency", seg_consistency, SEG_CONSISTENCY)
+        check_choice("depth loss", depth_loss, DEPTH_LOSSES)
         self.lam_seg, self.lam_depth = lam_seg, lam_depth
         self.ignore_index = ignore_index
         self.impl = impl
@@ -299,9 +287,9 @@ def single_task_loss(
         ValueError: unknown ``task``, ``depth_loss`` or ``impl``; the target of the task is None;
             the op errors (shapes, label range).
     """
-    _check_choice("task", task, TASKS)
-    _check_choice("loss impl", impl, LOSS_IMPLS)
-    _check_choice("depth loss", depth_loss, DEPTH_LOSSES)
+    check_choice("task", task, TASKS)
+    check_choice("loss impl", impl, LOSS_IMPLS)
+    check_choice("depth loss", depth_loss, DEPTH_LOSSES)
     if task == "segmentation":
         if seg_target is None:
             raise ValueError("single_task_loss: task 'segmentation' needs seg_target")

@@ -1,18 +1,28 @@
-"""Dataset-level evaluation meters for semantic segmentation and depth.
+"""Dataset-level evaluation meters: semantic segmentation / human parts, depth, surface normals, saliency.
 
-Both meters accumulate on the device of the tensors they are given (CPU or CUDA),
-use no Python loops over pixels and do no host synchronisation in ``update``
-(on CUDA); values are copied to the host only in ``compute()``.
+Every meter accumulates on the device of the tensors it is given (CPU or CUDA), uses no Python loop over
+pixels and does no host synchronisation in ``update`` (on CUDA); values are copied to the host only in
+``compute()``. The conventions (docs/fidelity.md, "Metrics"; the XTasC-Net authors' code averages per-image
+or per-batch scores instead):
 
-Conventions (documented deviations from the XTasC-Net evaluation code, which
-averages per-image / per-batch scores, reference-implementations §1.5):
-
-* Segmentation: mIoU and pixel accuracy from one **dataset-level** confusion
-  matrix (MTAN 2020 / Vandenhende et al. convention): IoU_c = TP / (TP + FP + FN),
-  mIoU = mean over classes whose union is non-zero.
-* Depth: errors **pooled over all valid pixels** of the dataset (target > 0):
-  abs_err = mean |p - t| (metres), rel_err = mean |p - t| / t (a ratio, not a
-  percentage, as in the XTasC-Net code), rmse = sqrt(mean (p - t)^2) (metres).
+* Segmentation: mIoU and pixel accuracy from one **dataset-level** confusion matrix (MTAN 2020 /
+  Vandenhende et al. convention): IoU_c = TP / (TP + FP + FN), mIoU = mean over classes whose union is
+  non-zero.
+* Depth: errors **pooled over all valid pixels** of the dataset (target > 0): abs_err = mean |p - t|
+  (metres), rel_err = mean |p - t| / t (a ratio, not a percentage, as in the XTasC-Net code),
+  rmse = sqrt(mean (p - t)^2) (metres), no 6.55 m cap. For MT-CP runs the RMSE follows Vandenhende et al.'s
+  evaluation (which MT-CP reports): predictions <= 0 are set to 1e-9 first (``DepthMeter(min_prediction=1e-9)``).
+* Surface normals (:class:`NormalsMeter`): angular error pooled over all valid pixels (Vandenhende et al. /
+  ASTMT ``eval_normals``, the MT-CP evaluation): mean ("mErr" of MT-CP Table 1), median, rmse in degrees and
+  % within 11.25/22.5/30 degrees.
+* Saliency (:class:`SaliencyMeter`): maxF and max-mIoU over thresholds from per-image precision, recall and
+  Jaccard averaged over images (Vandenhende ``eval_sal``).
+* Human parts: ``SegmentationMeter(7, ignore_index=-1)``, the same dataset-level confusion-matrix mIoU as
+  semantic segmentation (6 parts + background). Images without part annotations have an all -1 target and
+  contribute no pixel (the "only images with part annotations" rule of the MT-CP ``eval_human_parts``).
+  ``SegmentationMeter`` averages IoU over classes with a non-zero union, while the MT-CP evaluation
+  averages over all classes (absent ones count 0); on a full validation set every class is present and the
+  two agree.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["SegmentationMeter", "DepthMeter", "delta_m"]
+__all__ = ["SegmentationMeter", "DepthMeter", "NormalsMeter", "SaliencyMeter"]
 
 
 class SegmentationMeter:
@@ -49,9 +59,8 @@ class SegmentationMeter:
             ``compute()`` raises instead.
 
     Source: mIoU / pixel accuracy as reported in the XTasC-Net paper §V-A,
-    computed with the dataset-level convention (MTAN 2020, Vandenhende et al.);
-    see reference-implementations §1.5 for the per-image variant in the
-    XTasC-Net code.
+    computed with the dataset-level convention (MTAN 2020, Vandenhende et al.;
+    the XTasC-Net authors' code averages per image: docs/fidelity.md, "Metrics").
     """
 
     def __init__(self, num_classes: int, ignore_index: int = -1) -> None:
@@ -171,15 +180,25 @@ class DepthMeter:
     ``compute()`` -> ``{"abs_err": metres, "rel_err": ratio (not percent),
     "rmse": metres}``, each pooled over all valid pixels seen (NaN if none).
 
+    Args:
+        min_prediction: if given, predictions below it are raised to it before the
+            squared error of the RMSE (Vandenhende et al.'s evaluation, reported by
+            MT-CP, uses ``1e-9``: "only positive depth values are possible");
+            ``None`` (default, the XTasC-Net convention) leaves them. The absolute
+            and relative errors always use the raw prediction.
+
     Raises:
         ValueError: non-tensor inputs, shapes not ``[N,1,H,W]`` or not equal,
-            non-floating dtypes.
+            non-floating dtypes; a non-finite ``min_prediction``.
 
-    Source: Abs / Rel error of the XTasC-Net paper §V-A (reference-implementations
-    §1.5; the code averages per batch, this meter pools per dataset) plus a true RMSE.
+    Source: Abs / Rel error of the XTasC-Net paper §V-A (its authors' code averages
+    per batch; this meter pools per dataset, docs/fidelity.md "Metrics") plus a true RMSE.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, min_prediction: Optional[float] = None) -> None:
+        if min_prediction is not None and not math.isfinite(min_prediction):
+            raise ValueError(f"min_prediction must be a finite number or None, got {min_prediction!r}")
+        self.min_prediction = None if min_prediction is None else float(min_prediction)
         self.reset()
 
     def reset(self) -> None:
@@ -211,6 +230,8 @@ class DepthMeter:
         diff = torch.where(valid, p - t, torch.zeros_like(t))
         absd = diff.abs()
         rel = absd / torch.where(valid, t, torch.ones_like(t))
+        if self.min_prediction is not None:
+            diff = torch.where(valid, p.clamp(min=self.min_prediction) - t, torch.zeros_like(t))
         sums = torch.stack([
             absd.sum(dtype=torch.float64),
             rel.sum(dtype=torch.float64),
@@ -234,67 +255,6 @@ class DepthMeter:
         return {"abs_err": s[0] / n, "rel_err": s[1] / n, "rmse": math.sqrt(s[2] / n)}
 
 
-def delta_m(model_metrics: Mapping[str, float], baseline_metrics: Mapping[str, float],
-            lower_is_better: Sequence[str] = ("abs_err", "rel_err"),
-            keys: Sequence[str] = ("mIoU", "pixel_acc", "abs_err", "rel_err")) -> float:
-    """Multi-task performance change of a model against a baseline, in percent (XTasC-Net paper Eq. 17).
-
-    ``delta_m = (100 / |M|) * sum_{i in keys} (-1)^{l_i} (M_m,i - M_b,i) / M_b,i`` with ``l_i = 1`` for the
-    metrics in ``lower_is_better`` (errors) and 0 otherwise. Each term is relative, so the units of a
-    metric do not matter as long as model and baseline use the same (fractions or percent). The paper's
-    baseline is Base ST-Net (one single-task network per task, their metrics merged); positive is better.
-
-    Args:
-        model_metrics: metric name -> value of the model (extra keys are ignored).
-        baseline_metrics: metric name -> value of the baseline.
-        lower_is_better: names of the metrics where lower is better.
-        keys: the metrics M to average over (default the paper's four).
-
-    Returns:
-        delta_m in percent (e.g. 3.82 for the paper's NYUv2 Base MT-Net, Table III).
-
-    Raises:
-        ValueError: empty ``keys``; a key missing from either dict (the message names it and the
-            dict); a non-finite value or a zero baseline value.
-
-    Source: XTasC-Net paper §V-B Eq. 17 (after Maninis et al. 2019 / Vandenhende et al.);
-    reference-implementations §1.5 (the NYUv2 values of Tables III and VIII reproduce from the tables).
-    """
-    if not keys:
-        raise ValueError("delta_m needs at least one metric key")
-    total = 0.0
-    for key in keys:
-        for what, metrics in (("model", model_metrics), ("baseline", baseline_metrics)):
-            if key not in metrics:
-                raise ValueError(f"delta_m: metric {key!r} missing from the {what} metrics (has {sorted(metrics)})")
-        m, b = float(model_metrics[key]), float(baseline_metrics[key])
-        if not (math.isfinite(m) and math.isfinite(b)):
-            raise ValueError(f"delta_m: metric {key!r} is not finite (model {m}, baseline {b})")
-        if b == 0:
-            raise ValueError(f"delta_m: baseline metric {key!r} is 0 (relative change undefined)")
-        sign = -1.0 if key in lower_is_better else 1.0
-        total += sign * (m - b) / b
-    return 100.0 * total / len(keys)
-
-
-# --------------------------------------------------------------------------------------------- #
-# MT-CP metrics (NYUD-v2 normals, PASCAL-Context saliency and human parts)
-#
-# * Surface normals: :class:`NormalsMeter`, angular error pooled over all valid pixels
-#   (Vandenhende et al. / ASTMT ``eval_normals``, the MT-CP evaluation, reference-implementations
-#   §2.9): mean ("mErr" of MT-CP Table 1), median, rmse in degrees and % within 11.25/22.5/30 deg.
-# * Saliency: :class:`SaliencyMeter`, maxF and max mIoU over thresholds from per-image precision,
-#   recall and Jaccard averaged over images (Vandenhende ``eval_sal``, reference-implementations §2.9).
-# * Human parts: ``SegmentationMeter(7, ignore_index=-1)``, the same dataset-level confusion-matrix
-#   mIoU as semantic segmentation (6 parts + background). Images without part annotations have an
-#   all -1 target and therefore contribute no pixel (the "only images with part annotations" rule of
-#   the MT-CP ``eval_human_parts``). Note that ``SegmentationMeter`` averages IoU over classes with a
-#   non-zero union, while the MT-CP evaluation averages over all classes (absent ones count 0); on
-#   a full validation set every class is present and the two agree.
-# * Depth RMSE over all valid pixels (no 6.55 m cap): ``DepthMeter().compute()["rmse"]`` (metres).
-# --------------------------------------------------------------------------------------------- #
-
-
 def _check_pair(name: str, pred: torch.Tensor, target: torch.Tensor, channels: int) -> None:
     if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise ValueError(f"{name}: pred and target must be torch tensors")
@@ -313,7 +273,7 @@ class NormalsMeter:
 
     ``update(pred, target)``:
         * ``pred``: float ``[N,3,H,W]`` predicted normals, any length (unit-normalised inside; a zero
-          vector has angle 90 degrees to everything, as ``arccos(0)`` in the reference evaluation).
+          vector has angle 90 degrees to everything, as ``arccos(0)`` in Vandenhende's evaluation).
         * ``target``: float ``[N,3,H,W]`` ground-truth normals (unit vectors; normalised inside too,
           as in Vandenhende's ``eval_normals``); the zero vector marks an invalid pixel.
 
@@ -321,7 +281,7 @@ class NormalsMeter:
     ``arccos(p . t)`` for unit vectors, but accurate for small angles also in float32). Computed in
     float32 (float64 for float64 inputs) on the device of the first update; no host synchronisation in
     ``update``. The sums of the angles and of their squares (float64), the count and the counts below
-    11.25, 22.5 and 30 degrees (int64, strict ``<`` as in the reference) are exact. The **median** needs
+    11.25, 22.5 and 30 degrees (int64, strict ``<`` as in Vandenhende's code) are exact. The **median** needs
     every angle: instead of storing them, a histogram of ``num_bins`` equal bins over [0, 180] degrees
     (default 18000, i.e. 0.01-degree bins; int64 on the device, 144 KB) is kept, and the median is the
     midpoint of the bin holding the middle angle (the mean of the two middle ones for an even count),
@@ -338,9 +298,8 @@ class NormalsMeter:
         ValueError: bad ``num_bins``; (update) non-tensor inputs, shapes not ``[N,3,H,W]`` or not
             equal, non-floating dtypes.
 
-    Source: Vandenhende et al. / ASTMT ``evaluation/eval_normals.py`` (used by MT-CP,
-    reference-implementations §2.9; that code also quantises predictions to 8-bit PNGs, which is not
-    reproduced here).
+    Source: Vandenhende et al. / ASTMT ``evaluation/eval_normals.py`` (the MT-CP evaluation; that code
+    also quantises predictions to 8-bit PNGs, which is not reproduced here).
     """
 
     THRESHOLDS = (11.25, 22.5, 30.0)
@@ -425,11 +384,11 @@ class SaliencyMeter:
 
     For every image and threshold ``tau``: the prediction mask ``prob > tau`` against the ground truth
     ``target >= 0.5`` over the image's valid pixels (``target >= 0``; -1 = ignored, the "void pixels"
-    of the reference), with ``tp, fp, fn`` counted there:
+    of Vandenhende's code), with ``tp, fp, fn`` counted there:
     ``precision = tp / (tp + fp + 1e-12)``, ``recall = tp / (tp + fn + 1e-12)`` and
     ``IoU = tp / (tp + fp + fn)`` (1 when the ground truth and the prediction are both empty).
     These are **averaged over images** per threshold (images without any valid pixel are skipped; the
-    reference has no ignored pixels and counts every image); then ``F(tau) = 2 P R / (P + R + 1e-12)``
+    reference code has no ignored pixels and counts every image); then ``F(tau) = 2 P R / (P + R + 1e-12)``
     of the averages, ``maxF = max_tau F(tau)`` and ``mIoU = max_tau mean IoU(tau)``.
 
     ``update(pred, target)``:
@@ -445,22 +404,26 @@ class SaliencyMeter:
     NaN (empty lists kept at their length, NaN values) if no image was seen.
 
     Args:
-        thresholds: 1-D thresholds on the probability (default ``torch.linspace(0.2, 0.9, 15)``,
-            the reference's).
+        thresholds: 1-D thresholds on the probability, kept in float64 (default 15 thresholds
+            ``linspace(0.2, 0.9, 15)`` built in float64, as Vandenhende's NumPy ``linspace``: a
+            float32 build would compare against 0.60000002 instead of 0.6).
         from_logits: apply ``sigmoid`` to ``pred``.
 
     Raises:
         ValueError: empty, non-1-D or non-finite thresholds; (update) non-tensor inputs, shapes not
             ``[N,1,H,W]`` or not equal, non-floating dtypes.
 
+    ``mIoU`` is the "max-mIoU" of Vandenhende's ``calculate_multi_task_performance``, the saliency metric
+    of the multi-task performance Delta_MTL on PASCAL-Context (docs/fidelity.md, "Metrics").
+
     Source: Vandenhende et al. ``evaluation/eval_sal.py`` and ``jaccard.py`` (from ASTMT), used by
-    MT-CP (reference-implementations §2.9). The MT-CP evaluation reads the probabilities back from
-    8-bit PNGs (a quantisation of at most 1/255 that is not reproduced here).
+    MT-CP. The MT-CP evaluation reads the probabilities back from 8-bit PNGs (a quantisation of at most
+    1/255 that is not reproduced here).
     """
 
     def __init__(self, thresholds: Optional[Union[torch.Tensor, Sequence[float]]] = None,
                  from_logits: bool = True) -> None:
-        th = torch.linspace(0.2, 0.9, 15) if thresholds is None else thresholds
+        th = torch.linspace(0.2, 0.9, 15, dtype=torch.float64) if thresholds is None else thresholds
         th = torch.as_tensor(th).detach().to("cpu", torch.float64)
         if th.dim() != 1 or th.numel() == 0 or not bool(torch.isfinite(th).all()):
             raise ValueError(f"thresholds must be a non-empty 1-D sequence of finite values, got {th}")
@@ -524,5 +487,3 @@ class SaliencyMeter:
                 "precision": prec.tolist(), "recall": rec.tolist(), "IoU": iou.tolist(),
                 "thresholds": thresholds}
 
-
-__all__ += ["NormalsMeter", "SaliencyMeter"]

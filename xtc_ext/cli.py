@@ -1,0 +1,335 @@
+"""The command line of ``python -m xtc_ext.train``: options, YAML configs, resume defaults, checks.
+
+Options come from three places: the common ones below (data, optimisation, outputs), the datasets of the
+registry (:mod:`xtc_ext.data`: ``--dataset`` choices and their defaults) and the recipes (:mod:`xtc_ext.recipes`:
+each adds its own option group). Precedence: options on the command line > ``--config`` file > the arguments
+stored in the ``--resume`` checkpoint > built-in defaults.
+
+A YAML config is a mapping of option names (dashes or underscores, without the leading ``--``) to values:
+numbers, strings, lists (``size: [96, 128]``) and booleans for switches (``augment: false``). It is turned into
+command-line tokens and parsed by the same argparse parser, so types, choices and counts are checked exactly
+as on the command line, and every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from xtc_ext.data import DATASETS, DEPTH_SCALINGS, DatasetSpec, get_dataset
+from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, CheckpointError, load_checkpoint
+from xtc_ext.losses import LOSS_IMPLS
+from xtc_ext.recipes import RECIPE_CLASSES, RECIPES
+from xtc_ext.weighting import WEIGHTINGS
+
+__all__ = ["CONFIG_DIR", "build_parser", "list_configs", "config_path", "load_config", "parse_args",
+           "finalize_args", "recipe_options"]
+
+log = logging.getLogger("xtc_ext.train")
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The shipped YAML configs (one per row of the papers' tables), usable as ``--config NAME``."""
+
+_NOT_CONFIGURABLE = {"help", "config", "resume"}
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=tuple(DATASETS), default="frames",
+                   help="; ".join(f"'{name}': {spec.summary}" for name, spec in DATASETS.items()))
+    g.add_argument("--data-root", default=None,
+                   help="dataset folder (default for 'frames': the ten real NYUv2 frames shipped in the package; "
+                   "required for the others)")
+    classes = sorted({c for spec in DATASETS.values() for c in spec.classes})
+    g.add_argument("--classes", type=int, choices=classes, default=None,
+                   help="label set (default: the dataset's first): "
+                   + "; ".join(f"{n}: {' or '.join(map(str, s.classes))}" for n, s in DATASETS.items()))
+    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="resize to H W (multiples of 32): "
+                   + "; ".join(f"{n}: default {s.default_size[0]} {s.default_size[1]}"
+                               for n, s in DATASETS.items() if s.default_size)
+                   + "; the other datasets keep their stored size")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random scale crop (1, 1.2, 1.5) and horizontal flip of the training samples")
+    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="ImageNet-normalise the input images (XTasC-Net paper §V-A; the authors' NYUv2 code does not)")
+    g.add_argument("--depth-scaling", choices=("auto",) + tuple(DEPTH_SCALINGS), default="auto",
+                   help="depth rescaling under the scale crop: 'auto' = the dataset's default (NYUv2 metres: divide "
+                   "by the scale; Cityscapes disparity: none, as the authors)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="fraction of the TRAIN split held out for validation and checkpoint selection, in [0, 1) "
+                   "(default 0.1; 0 for 'frames'); 0 disables validation and selection (the test uses the last epoch)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split (independent of --seed)")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and loss")
+    g.add_argument("--model", choices=tuple(RECIPES), default="xtasc",
+                   help="; ".join(f"'{m}': {cls.models[m]}" for m, cls in RECIPES.items())
+                   + " (each family's options are in its own group below)")
+    g.add_argument("--weighting", choices=sorted(WEIGHTINGS), default=None,
+                   help="task weighting of the task losses (XTasC-Net paper Eq. 16): the XTasC-Net family takes "
+                   "equal, uncertainty (default), dwa, gradnorm (ignored by stnet); mtcp takes the MT-CP Table 4 loss "
+                   "schemes equal (EW), lps-log (log smoothing), lps-prio (prioritization without the log), lps "
+                   "(default, full LPS), and uncertainty, dwa")
+    g.add_argument("--dwa-temperature", type=float, default=2.0, help="DWA temperature (MTAN: 2)")
+    g.add_argument("--loss-impl", choices=sorted(LOSS_IMPLS), default="fused", help="fused xtc_ext ops or the eager references")
+    g.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="stop",
+                   help="a non-finite training loss: 'stop' the run at that step (exit code 1, the last checkpoint "
+                   "stays the last finite one) or 'skip' that step's update (counted in the log)")
+
+
+def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=100, help="training epochs (paper: NYUv2 100, Cityscapes 250)")
+    g.add_argument("--batch-size", type=int, default=6, help="training batch size (paper: NYUv2 6, Cityscapes 8)")
+    g.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam",
+                   help="optimizer (XTasC-Net paper: Adam; the MT-CP authors: AdamW lr 5e-5, weight decay 1e-4, "
+                   "betas 0.9 0.999, poly schedule)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the optimizer (MT-CP authors: 1e-4 with AdamW)")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate (XTasC-Net paper: 1e-4; MT-CP authors: 5e-5)")
+    g.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), default=(0.9, 0.99),
+                   help="Adam betas (XTasC-Net authors' multi-task code: 0.9 0.99; their Base ST-Net and the MT-CP "
+                   "authors: 0.9 0.999)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step",
+                   help="'step': multiply the learning rate by --lr-gamma every --lr-step epochs (XTasC-Net paper); "
+                   "'poly': lr * (1 - epoch / epochs) ** 0.9 (the MT-CP authors' schedule)")
+    g.add_argument("--lr-step", type=int, default=60, help="step schedule: multiply the learning rate by --lr-gamma "
+                   "every this many epochs (paper: NYUv2 60, Cityscapes 80)")
+    g.add_argument("--lr-gamma", type=float, default=0.5, help="step schedule factor (paper: 0.5, halving)")
+    g.add_argument("--max-steps", type=int, default=0,
+                   help="stop after this many optimizer steps in all (0: no limit; for smoke tests, a partial last epoch)")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("validation, test and outputs")
+    g.add_argument("--eval-every", type=int, default=1, help="validate every this many epochs (and after the last one)")
+    g.add_argument("--select-by", choices=("score", "loss"), default="score",
+                   help="best.pt criterion: 'score' = the method's validation score, higher is better (XTasC-Net "
+                   "family: mean(mIoU, pixel_acc) - mean(abs_err/abs_err0, rel_err/rel_err0) with the errors of the first "
+                   "validation; mtcp: the mean over tasks of the improvement of one metric per task against the first "
+                   "validation); 'loss' = sum of the unweighted task losses on validation, lower is better")
+    g.add_argument("--baseline", nargs="+", default=None, metavar="METRICS_JSON",
+                   help="metrics.json files of baseline runs (e.g. the single-task runs): the test metrics then "
+                   "include delta_m (percent) against their merged metrics")
+    g.add_argument("--num-figures", type=int, default=3, help="PNG figures of this many test samples")
+    g.add_argument("--checkpoint-every", type=int, default=1, help="write last.pt every this many epochs (and after the last)")
+    g.add_argument("--output-dir", default="runs/xtasc_nyuv2", help="where checkpoints, logs, metrics and figures go")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="write TensorBoard scalars to OUTPUT_DIR/tb")
+    g.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+    g.add_argument("--seed", type=int, default=0, help="seed of Python, NumPy, torch, model init, data order and augmentation")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
+
+
+def build_parser(parser_class: type = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The parser of ``python -m xtc_ext.train`` (every option has a help text), an instance of ``parser_class``."""
+    p = parser_class(
+        prog="python -m xtc_ext.train",
+        description="Train a multi-task dense-prediction model (XTasC-Net and its baselines, MT-CP), select the "
+        "checkpoint on a held-out part of the training split and test it once on the test split.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default=None,
+                   help="YAML file, or the name of one in xtc_ext/configs/ (e.g. nyuv2_xtasc); its keys are option names "
+                   "(dashes or underscores) and set the defaults, options given on the command line override them")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue a run from its last.pt (or best.pt): restores model, optimizer, scheduler, weighting, "
+                   "RNG states and history; the stored arguments are the defaults, options given now override them")
+    _add_data_options(p)
+    _add_method_options(p)
+    for cls in RECIPE_CLASSES:
+        cls.add_arguments(p)
+    _add_optimisation_options(p)
+    _add_output_options(p)
+    return p
+
+
+def recipe_options(parser: argparse.ArgumentParser) -> Dict[str, Tuple[str, Any, Tuple[str, ...]]]:
+    """dest -> (option string, default, the ``--model`` values it applies to) of every recipe-specific option."""
+    common = build_parser_without_recipes()
+    common_dests = {a.dest for a in common._actions}
+    out = {}
+    for cls in RECIPE_CLASSES:
+        probe = argparse.ArgumentParser(add_help=False)
+        cls.add_arguments(probe)
+        for a in probe._actions:
+            if a.dest not in common_dests:
+                out[a.dest] = (a.option_strings[0], a.default, tuple(cls.models))
+    return out
+
+
+def build_parser_without_recipes() -> argparse.ArgumentParser:
+    """The common options only (used to tell which options belong to a recipe)."""
+    p = argparse.ArgumentParser(add_help=False)
+    for add in (_add_data_options, _add_method_options, _add_optimisation_options, _add_output_options):
+        add(p)
+    return p
+
+
+# --------------------------------------------------------------------------- configs
+def list_configs() -> List[str]:
+    """Names of the YAML configs shipped in ``xtc_ext/configs/`` (usable as ``--config NAME``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(name_or_path: str) -> Path:
+    """Resolve ``--config``: an existing file path, or a NAME of ``xtc_ext/configs/NAME.yaml``.
+
+    Raises:
+        SystemExit: neither exists (the message lists the shipped configs).
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
+        raise SystemExit(f"error: config file not found: {p}")
+    named = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not named.is_file():
+        raise SystemExit(f"error: unknown config {name_or_path!r} (no file {named}); shipped configs: {', '.join(list_configs())}")
+    return named
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse calls this for every parse error
+        raise ValueError(message)
+
+
+def _config_tokens(raw: Dict[str, Any], actions: Dict[str, argparse.Action], where: str) -> List[str]:
+    tokens: List[str] = []
+    for key, value in raw.items():
+        dest = str(key).replace("-", "_")
+        if dest in _NOT_CONFIGURABLE or dest not in actions:
+            raise SystemExit(f"error: config {where}: unknown key {key!r} (keys are the options of "
+                             f"`python -m xtc_ext.train --help` without the dashes)")
+        action = actions[dest]
+        opt = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise SystemExit(f"error: config {where}: key {key!r}: expected true or false, got {value!r}")
+            tokens.append(opt if value else "--no-" + opt[2:])
+        elif isinstance(value, (list, tuple)):
+            tokens += [opt] + [str(v) for v in value]
+        elif value is None or isinstance(value, (bool, dict)):
+            raise SystemExit(f"error: config {where}: key {key!r}: expected a number or a string, got {value!r}")
+        else:
+            tokens += [opt, str(value)]
+    return tokens
+
+
+def load_config(name_or_path: str, parser: Optional[argparse.ArgumentParser] = None) -> Dict[str, Any]:
+    """Read a YAML config into ``{option dest: value}``, checked by the options of :func:`build_parser`
+    (``parser``: an already built one, to look the keys up in).
+
+    Raises:
+        SystemExit: missing file, invalid YAML, a top level that is not a mapping, an unknown key, or a
+            value of the wrong type, count or outside the choices (the message names the file and the key).
+    """
+    parser = parser or build_parser()
+    path = config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SystemExit(f"error: config {path}: invalid YAML: {e}") from e
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise SystemExit(f"error: config {path}: the top level must be a mapping of option names to values")
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    tokens = _config_tokens(raw, actions, str(path))
+    try:
+        parsed = build_parser(_RaisingParser).parse_args(tokens)
+    except ValueError as e:
+        raise SystemExit(f"error: config {path}: {e}") from e
+    return {str(k).replace("-", "_"): getattr(parsed, str(k).replace("-", "_")) for k in raw}
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line (precedence: explicit options > ``--config`` > ``--resume`` arguments > defaults).
+
+    Raises:
+        SystemExit: parse errors (argparse, exit code 2), config errors, an unreadable ``--resume`` checkpoint
+            (exit code 2, one line naming the file).
+    """
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(argv)
+    defaults: Dict[str, Any] = {}
+    if known.resume:
+        try:
+            stored = load_checkpoint(known.resume)["args"]
+        except CheckpointError as e:
+            parser.exit(2, f"error: --resume: {e}\n")
+        dests = {a.dest for a in parser._actions}
+        defaults.update({k: v for k, v in stored.items() if k in dests and k not in _NOT_CONFIGURABLE})
+    if known.config:
+        defaults.update(load_config(known.config, parser))
+    parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- checks and defaults
+def _finalize_data(args: argparse.Namespace, spec: DatasetSpec) -> None:
+    if args.data_root is None:
+        if spec.default_root is None:
+            raise SystemExit(f"error: --data-root is required for --dataset {args.dataset}")
+        args.data_root = spec.default_root
+    args.data_root = str(args.data_root)
+    if args.classes is None:
+        args.classes = spec.classes[0]
+    if args.classes not in spec.classes:
+        raise SystemExit(f"error: --classes {args.classes} is not available for --dataset {args.dataset} "
+                         f"(choose {' or '.join(map(str, spec.classes))})")
+    if args.size is None:
+        args.size = spec.default_size
+    elif spec.default_size is None:
+        raise SystemExit(f"error: --size does not apply to --dataset {args.dataset} (the files keep their stored size)")
+    args.size = None if args.size is None else [int(s) for s in args.size]
+    if args.val_fraction is None:
+        args.val_fraction = spec.val_fraction
+
+
+def _check_recipe_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for dest, (option, default, models) in recipe_options(parser).items():
+        if args.model not in models and getattr(args, dest) != default:
+            raise SystemExit(f"error: {option} applies to --model {', '.join(models)} only (got --model {args.model})")
+
+
+def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the dataset- and method-dependent defaults in place and check every value.
+
+    Raises:
+        SystemExit: an invalid value or combination (the message names the option).
+    """
+    spec = get_dataset(args.dataset)
+    _finalize_data(args, spec)
+    _check_recipe_options(args, build_parser())
+    RECIPES[args.model].finalize_args(args, spec)
+    args.betas = [float(b) for b in args.betas]
+    checks = [
+        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
+        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
+        (args.lr_step >= 1, f"--lr-step must be >= 1, got {args.lr_step}"),
+        (0 < args.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {args.lr_gamma}"),
+        (all(0 <= b < 1 for b in args.betas), f"--betas must be in [0, 1), got {args.betas}"),
+        (0.0 <= args.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
+        (args.size is None or all(s > 0 and s % 32 == 0 for s in args.size),
+         f"--size must be positive multiples of 32, got {args.size}"),
+        (args.dwa_temperature > 0, f"--dwa-temperature must be > 0, got {args.dwa_temperature}"),
+        (args.eval_every >= 1, f"--eval-every must be >= 1, got {args.eval_every}"),
+        (args.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {args.checkpoint_every}"),
+        (args.workers >= 0 and args.max_steps >= 0 and args.num_figures >= 0,
+         "--workers, --max-steps and --num-figures must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SystemExit(f"error: {message}")
+    return args

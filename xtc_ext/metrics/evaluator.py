@@ -1,0 +1,129 @@
+"""One evaluator for every multi-task model: the meter of each task plus the mean loss of each task.
+
+:class:`MultiTaskEvaluator` is what the evaluation loop (:func:`xtc_ext.engine.evaluation.evaluate`) feeds
+batch by batch with a model's predictions and the batch's targets, both keyed by the canonical task names
+(``semseg``, ``depth``, ``normals``, ``human_parts``, ``sal``); it needs no knowledge of the model.
+
+Metric names of :meth:`MultiTaskEvaluator.compute` (fractions unless stated):
+
+========  ==========================================================================================
+task      keys
+========  ==========================================================================================
+semseg    ``mIoU``, ``pixel_acc``, ``iou_per_class`` (list)
+human     ``parts_mIoU``, ``parts_pixel_acc``
+depth     ``abs_err`` (depth unit), ``rel_err`` (ratio), ``rmse`` (depth unit)
+normals   ``normals_mean``, ``normals_median``, ``normals_rmse`` (degrees), ``normals_11.25``,
+          ``normals_22.5``, ``normals_30`` (percent of valid pixels)
+sal       ``sal_maxF``, ``sal_mIoU`` (max-mIoU over thresholds)
+========  ==========================================================================================
+
+plus one mean loss per task (the key given in ``loss_keys``, default ``<task>_loss``), their sum ``loss``
+(unweighted: the ``--select-by loss`` criterion) and ``num_samples``. Losses are batch means averaged with
+the batch sizes as weights, accumulated in float64 on the device (no host synchronisation per batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from xtc_ext.metrics.meters import DepthMeter, NormalsMeter, SaliencyMeter, SegmentationMeter
+
+__all__ = ["MultiTaskEvaluator", "TASK_METRIC_PREFIX"]
+
+TASK_METRIC_PREFIX = {"semseg": "", "human_parts": "parts_", "depth": "", "normals": "normals_", "sal": "sal_"}
+"""Prefix of each task's metric names in :meth:`MultiTaskEvaluator.compute`."""
+
+LossFn = Callable[[str, Tensor, Mapping[str, Tensor]], Tensor]
+
+
+class MultiTaskEvaluator:
+    """Accumulate the metrics and mean losses of a multi-task model over a dataset.
+
+    Args:
+        task_channels: canonical task name -> output channels (semseg / human_parts: classes), in the
+            order the metrics are reported.
+        loss_fn: ``loss_fn(task, prediction, targets) -> scalar tensor``, the task's unweighted training
+            loss of one batch (a mean over its valid pixels); ``None``: no losses.
+        loss_keys: task -> name of its mean loss in the result (default ``f"{task}_loss"``).
+        ignore_index: void label of the semseg / human_parts targets.
+        depth_min_prediction: :class:`~xtc_ext.metrics.meters.DepthMeter` ``min_prediction`` (MT-CP runs:
+            1e-9, Vandenhende's RMSE convention; ``None``: raw predictions).
+
+    Raises:
+        ValueError: an unknown task name (the known ones listed) or an empty ``task_channels``.
+    """
+
+    def __init__(self, task_channels: Mapping[str, int], loss_fn: Optional[LossFn] = None, *,
+                 loss_keys: Optional[Mapping[str, str]] = None, ignore_index: int = -1,
+                 depth_min_prediction: Optional[float] = None) -> None:
+        if not task_channels:
+            raise ValueError("MultiTaskEvaluator: task_channels is empty")
+        unknown = [t for t in task_channels if t not in TASK_METRIC_PREFIX]
+        if unknown:
+            raise ValueError(f"MultiTaskEvaluator: unknown task {unknown[0]!r}; known: {list(TASK_METRIC_PREFIX)}")
+        self.tasks = tuple(task_channels)
+        self.loss_fn = loss_fn
+        self.loss_keys = {t: (loss_keys or {}).get(t, f"{t}_loss") for t in self.tasks}
+        self.meters: Dict[str, Any] = {}
+        for t, channels in task_channels.items():
+            if t in ("semseg", "human_parts"):
+                self.meters[t] = SegmentationMeter(int(channels), ignore_index)
+            elif t == "depth":
+                self.meters[t] = DepthMeter(depth_min_prediction)
+            elif t == "normals":
+                self.meters[t] = NormalsMeter()
+            else:
+                self.meters[t] = SaliencyMeter()
+        self._loss_sums: Optional[Tensor] = None
+        self.num_samples = 0
+
+    @torch.no_grad()
+    def update(self, predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:
+        """Accumulate one batch.
+
+        Args:
+            predictions: task -> prediction ``[N, C_t, H, W]`` (any float dtype; evaluated in float32).
+            targets: task -> target as the task's meter and loss expect (semseg / human_parts ``[N, H, W]``
+                int64; depth ``[N, 1, H, W]``; normals ``[N, 3, H, W]``; sal ``[N, 1, H, W]``), plus any
+                extra entries ``loss_fn`` needs (e.g. ``depth_valid``).
+
+        Raises:
+            KeyError: a task missing from ``predictions`` or ``targets``; the meters' ValueErrors.
+        """
+        n = None
+        losses: List[Tensor] = []
+        for t in self.tasks:
+            if t not in predictions or t not in targets:
+                raise KeyError(f"MultiTaskEvaluator: task {t!r} missing from the predictions or the targets")
+            pred = predictions[t].float()
+            self.meters[t].update(pred, targets[t])
+            n = pred.shape[0]
+            if self.loss_fn is not None:
+                losses.append(self.loss_fn(t, pred, targets).detach().to(torch.float64))
+        if losses:
+            batch = torch.stack(losses) * n
+            self._loss_sums = batch if self._loss_sums is None else self._loss_sums + batch
+        self.num_samples += int(n or 0)
+
+    def compute(self) -> Dict[str, Any]:
+        """The metrics (module docstring), as Python floats; NaN metrics for tasks without valid pixels."""
+        out: Dict[str, Any] = {}
+        for t in self.tasks:
+            m = self.meters[t].compute()
+            prefix = TASK_METRIC_PREFIX[t]
+            if t == "sal":
+                m = {"maxF": m["maxF"], "mIoU": m["mIoU"]}
+            elif t == "human_parts":
+                m = {"mIoU": m["mIoU"], "pixel_acc": m["pixel_acc"]}
+            out.update({prefix + k: v for k, v in m.items()})
+        if self.loss_fn is not None:
+            count = max(self.num_samples, 1)
+            sums = self._loss_sums.tolist() if self._loss_sums is not None else [0.0] * len(self.tasks)
+            means = [s / count for s in sums]
+            out.update({self.loss_keys[t]: v for t, v in zip(self.tasks, means)})
+            out["loss"] = float(sum(means))
+        out["num_samples"] = self.num_samples
+        return out

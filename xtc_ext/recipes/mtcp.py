@@ -1,0 +1,219 @@
+"""MT-CP (``--model mtcp``): multi-task coherence and prioritization (MT-CP paper §3-4).
+
+Tasks: those of the dataset (NYUD-v2 ``--dataset nyudmt`` or the ten frames: semseg, depth, normals;
+PASCAL-Context ``--dataset pascal``: semseg, human_parts, sal), or a subset (``--mtcp-tasks``; one task is the
+single-task baseline: no CFM, no coherence loss, equal weighting).
+
+Loss: :class:`~xtc_ext.losses.MTCPLoss` (Eq. 7, reconstructed) with the run's weighting (the Loss
+Prioritization Scheme by default; the epoch means of the final per-task losses feed ``epoch_end``).
+
+Metrics (:class:`~xtc_ext.metrics.MultiTaskEvaluator`): semseg ``mIoU``/``pixel_acc``; depth ``abs_err``/
+``rel_err``/``rmse`` (Vandenhende's RMSE convention: predictions <= 0 count as 1e-9; no depth cap); normals
+``normals_mean``/``normals_median`` (degrees) and ``normals_11.25``/``normals_22.5``/``normals_30`` (percent);
+saliency ``sal_maxF`` and ``sal_mIoU`` (max-mIoU); human parts ``parts_mIoU``; the raw final-prediction loss of
+every task (``<task>_loss``) and their sum ``loss``.
+
+One metric per task (:data:`TASK_METRIC`) drives both the validation score (:func:`mtcp_validation_score`)
+and the multi-task performance Delta_MTL (MT-CP §4 after Vandenhende et al.):
+``Delta_MTL = (100 / T) sum_t (-1)^{l_t} (M_t - M_t^STL) / M_t^STL`` with ``l_t = 1`` for depth RMSE and
+normals mean angle, against the merged test metrics of single-task runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from python_models import MTCP
+from xtc_ext.data import SAMPLE_KEYS, DatasetSpec
+from xtc_ext.engine import StepOutput
+from xtc_ext.losses import NORMALS_KINDS, MTCPLoss, task_loss
+from xtc_ext.metrics import MultiTaskEvaluator
+from xtc_ext.recipes.base import BaseRecipe, option_error
+from xtc_ext.weighting import Weighting, build_weighting
+
+__all__ = ["MTCPRecipe", "TASK_METRIC", "mtcp_validation_score", "select_tasks"]
+
+log = logging.getLogger("xtc_ext.train")
+
+TASK_METRIC = {"semseg": ("mIoU", True), "depth": ("rmse", False), "normals": ("normals_mean", False),
+               "sal": ("sal_mIoU", True), "human_parts": ("parts_mIoU", True)}
+"""Per task: the metric of the validation score and of Delta_MTL, and whether higher is better (saliency:
+max-mIoU, as Vandenhende's ``calculate_multi_task_performance``; maxF is reported too)."""
+
+BACKBONES = ("resnet50_fpn", "resnet34_fpn", "resnet18_fpn", "mask2former")
+
+DEPTH_MIN_PREDICTION = 1e-9
+"""Vandenhende's depth evaluation sets predictions <= 0 to this value before the RMSE (MT-CP reports it)."""
+
+
+def select_tasks(tasks: Mapping[str, int], chosen: Optional[Sequence[str]]) -> Dict[str, int]:
+    """The sub-mapping of ``tasks`` (task -> channels) named in ``chosen``, in the dataset's order
+    (``None``: all).
+
+    Raises:
+        SystemExit: a name that is not a task of the dataset (named, with the valid ones).
+    """
+    if not chosen:
+        return dict(tasks)
+    bad = [t for t in chosen if t not in tasks]
+    if bad:
+        raise option_error(f"--mtcp-tasks: unknown task {bad[0]!r} for this dataset (choose from {', '.join(tasks)})")
+    return {t: c for t, c in tasks.items() if t in set(chosen)}
+
+
+def mtcp_validation_score(metrics: Mapping[str, Any], reference: Mapping[str, float]) -> float:
+    """Checkpoint-selection score (higher is better): the mean over the run's tasks of the improvement of the
+    task's :data:`TASK_METRIC` against the first validation (``reference``): mIoU / max-mIoU as differences
+    (fractions), depth RMSE and normals mean angle as relative reductions ``(ref - m) / ref``. So +0.01 is one
+    point of mIoU or a 1 % error reduction, for every task alike. Non-finite: ``-inf``."""
+    parts = []
+    for key, higher in TASK_METRIC.values():
+        if key not in metrics:
+            continue
+        m, ref = float(metrics[key]), float(reference.get(key, float("nan")))
+        if higher:
+            parts.append(m - (ref if math.isfinite(ref) else 0.0))
+        else:
+            ref = ref if math.isfinite(ref) and ref > 0 else 1.0
+            parts.append((ref - m) / ref)
+    score = sum(parts) / len(parts) if parts else float("nan")
+    return score if math.isfinite(score) else float("-inf")
+
+
+class MTCPRecipe(BaseRecipe):
+    """MT-CP (see the module docstring)."""
+
+    models = {"mtcp": "MT-CP"}
+    weightings = ("equal", "uncertainty", "dwa", "lps", "lps-log", "lps-prio")
+    default_weighting = "lps"
+    delta_m_formula = "MT-CP §4 / Vandenhende Delta_MTL"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The MT-CP options: backbone, task subset, ablations (Table 3), loss factors, LPS beta."""
+        g = parser.add_argument_group("MT-CP (--model mtcp)")
+        g.add_argument("--backbone", choices=BACKBONES, default="resnet50_fpn",
+                       help="MT-CP backbone ('mask2former' = the paper's, needs --mask2former-path)")
+        g.add_argument("--mask2former-path", default=None,
+                       help="local Mask2Former directory (save_pretrained) for --backbone mask2former; nothing is downloaded")
+        g.add_argument("--mtcp-tasks", nargs="+", default=None, metavar="TASK",
+                       help="train MT-CP on these tasks only (default: all of the dataset's; NYUD: semseg depth normals, "
+                       "PASCAL: semseg human_parts sal); one task = the single-task baseline (no CFM, no coherence loss)")
+        g.add_argument("--cfm", action=argparse.BooleanOptionalAction, default=True,
+                       help="Coherence Fusion Modules (--no-cfm: the 'w/o CFM' ablation of MT-CP Table 3, coherence loss 0)")
+        g.add_argument("--srm", action=argparse.BooleanOptionalAction, default=True,
+                       help="Spatial Refinement Modules (--no-srm: the 'w/o SRM' ablation of Table 3, no intermediate "
+                       "predictions)")
+        g.add_argument("--coherence-weight", type=float, default=0.01, help="factor of the CFM coherence loss")
+        g.add_argument("--intermediate-weight", type=float, default=0.5,
+                       help="factor of the intermediate (SRM) prediction losses (authors' code: 0.5)")
+        g.add_argument("--normals-loss", choices=NORMALS_KINDS, default="cosine", help="surface-normals loss")
+        g.add_argument("--lps-beta", type=float, default=2.5, help="LPS spread factor beta (paper: 2.5; authors' NYUD "
+                       "driver 7.5)")
+
+    @classmethod
+    def required_tasks(cls, args: argparse.Namespace, spec: DatasetSpec) -> Tuple[str, ...]:
+        return tuple(args.mtcp_tasks) if args.mtcp_tasks else tuple(spec.tasks)
+
+    @classmethod
+    def finalize_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
+        """Backbone path, task subset (one task: no CFM, equal weighting), value checks."""
+        if args.backbone == "mask2former" and not args.mask2former_path:
+            raise option_error("--backbone mask2former needs --mask2former-path")
+        if args.mtcp_tasks:
+            names = select_tasks(spec.task_channels(int(args.classes)), args.mtcp_tasks)
+            args.mtcp_tasks = list(names)
+            if len(names) == 1:
+                if args.cfm:
+                    log.info("--mtcp-tasks %s: single task, no auxiliary tasks -> --no-cfm", args.mtcp_tasks[0])
+                args.cfm, args.weighting = False, "equal"
+        super().finalize_args(args, spec)
+        if not (args.coherence_weight >= 0 and args.intermediate_weight >= 0):
+            raise option_error("--coherence-weight and --intermediate-weight must be >= 0")
+        if not args.lps_beta >= 0:
+            raise option_error(f"--lps-beta must be >= 0, got {args.lps_beta}")
+
+    def __init__(self, args: argparse.Namespace, spec: DatasetSpec) -> None:
+        super().__init__(args, spec)
+        self.task_channels = select_tasks(spec.task_channels(int(args.classes)), args.mtcp_tasks)
+        self.tasks = tuple(self.task_channels)
+        ablation = "".join(f" w/o {m}" for m, on in (("CFM", args.cfm), ("SRM", args.srm)) if not on)
+        subset = f" ({', '.join(args.mtcp_tasks)})" if args.mtcp_tasks else ""
+        self.name = f"MT-CP {args.backbone}{subset}{ablation}"
+        self.loss_names = (("loss",) + tuple(f"{t}_loss" for t in self.tasks)
+                           + tuple(f"{t}_intermediate" for t in self.tasks) + ("coherence",))
+        self.weighting_slice = slice(1, 1 + len(self.tasks))
+        self.criterion: Optional[MTCPLoss] = None
+
+    def describe(self) -> str:
+        a = self.args
+        return (f"tasks {', '.join(self.tasks)} | weighting {a.weighting} | coherence weight {a.coherence_weight:g} | "
+                f"loss impl {a.loss_impl}")
+
+    def build_model(self) -> nn.Module:
+        a = self.args
+        return MTCP(self.task_channels, backbone=a.backbone, use_cfm=bool(a.cfm) and len(self.tasks) > 1,
+                    use_srm=bool(a.srm), mask2former_path=a.mask2former_path)
+
+    def build_weighting(self, model: nn.Module) -> Weighting:
+        """``--weighting`` over the tasks (LPS with ``--lps-beta``), and the loss that applies it."""
+        a = self.args
+        kwargs: Dict[str, Any] = {}
+        if a.weighting.startswith("lps"):
+            kwargs["beta"] = a.lps_beta
+        elif a.weighting == "dwa":
+            kwargs["temperature"] = a.dwa_temperature
+        weighting = build_weighting(a.weighting, len(self.tasks), **kwargs)
+        self.criterion = MTCPLoss(self.tasks, weighting, coherence_weight=a.coherence_weight,
+                                  intermediate_weight=a.intermediate_weight, normals_kind=a.normals_loss,
+                                  impl=a.loss_impl, ignore_index=self.ignore_index)
+        return weighting
+
+    def targets(self, batch: Mapping[str, Any], device: torch.device) -> Dict[str, Tensor]:
+        """The :class:`~xtc_ext.losses.MTCPLoss` targets of a batch: invalid depth / normals pixels are zeroed
+        (the losses' invalid marker); segmentation and human parts keep -1 as ignored."""
+        out: Dict[str, Tensor] = {}
+        for t in self.tasks:
+            target = batch[SAMPLE_KEYS[t]].to(device, non_blocking=True)
+            valid = batch.get(f"{SAMPLE_KEYS[t]}_valid") if t in ("depth", "normals") else None
+            out[t] = target if valid is None else target * valid.to(device).to(target.dtype)
+        return out
+
+    def training_step(self, model: nn.Module, weighting: Weighting, batch: Mapping[str, Any],
+                      device: torch.device, generator: torch.Generator) -> StepOutput:
+        """Forward and loss of one batch (``generator`` unused)."""
+        if self.criterion is None or self.criterion.weighting is not weighting:
+            raise RuntimeError("MTCPRecipe.training_step: call build_weighting first and pass its weighting")
+        image = batch["image"].to(device, non_blocking=True)
+        terms = self.criterion(model(image), self.targets(batch, device))
+        values = torch.cat([terms.total.reshape(1), terms.per_task_final, terms.per_task_intermediate,
+                            terms.coherence.reshape(1)]).detach()
+        return StepOutput(terms.total, values)
+
+    def predict(self, model: nn.Module, image: Tensor) -> Dict[str, Tensor]:
+        return dict(model(image).predictions)
+
+    def _eval_loss(self, task: str, pred: Tensor, targets: Mapping[str, Tensor]) -> Tensor:
+        a = self.args
+        return task_loss(task, pred, targets[task], a.loss_impl, a.normals_loss, ignore_index=self.ignore_index)
+
+    def evaluator(self) -> MultiTaskEvaluator:
+        return MultiTaskEvaluator(self.task_channels, self._eval_loss, ignore_index=self.ignore_index,
+                                  depth_min_prediction=DEPTH_MIN_PREDICTION)
+
+    def score_reference(self, metrics: Mapping[str, Any]) -> Dict[str, float]:
+        return {key: float(metrics[key]) for key, _ in TASK_METRIC.values() if key in metrics}
+
+    def score(self, metrics: Mapping[str, Any], reference: Mapping[str, float]) -> float:
+        return mtcp_validation_score(metrics, reference)
+
+    def delta_metrics(self) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+        keys = tuple(TASK_METRIC[t][0] for t in self.tasks)
+        lower = tuple(TASK_METRIC[t][0] for t in self.tasks if not TASK_METRIC[t][1])
+        return keys, lower
