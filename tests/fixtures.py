@@ -3,10 +3,17 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 H, W = 48, 64
 IDS = ["0003", "0007", "0011"]
+
+
+def decoded_jpeg(path):
+    """float32 [3,H,W] in [0, 1] of a JPEG as Pillow decodes it (the fixtures' JPEGs are lossy)."""
+    with Image.open(path) as im:
+        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float() / 255.0
 
 
 def _frame_arrays(k):
