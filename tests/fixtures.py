@@ -321,3 +321,32 @@ def write_pascalmt(root: Path, splits=None, h=PM_H, w=PM_W, context_ids=("2008_0
             out[fid] = (rgb, sem, sal, expected)
             k += 1
     return out
+
+
+# --------------------------------------------------------------------------- #
+# one tiny tree per --dataset layout, with a train and (where the layout has one) a val split
+# --------------------------------------------------------------------------- #
+def _write_mtan_nyuv2(root: Path):
+    write_mtan(root, "train", n=4)
+    write_mtan(root, "val", n=2)
+
+
+def _write_cityscapes_files(root: Path):
+    write_cityscapes(root, "train")
+    write_cityscapes(root, "val", frames=CS_FRAMES[:2])
+
+
+def _write_cityscapes_mtan(root: Path):
+    write_mtan_cityscapes(root, "train", n=4)
+    write_mtan_cityscapes(root, "val", n=2)
+
+
+#: ``--dataset`` name -> writer of a tiny tree in its on-disk layout (``writer(root)``).
+DATASET_WRITERS = {
+    "frames": write_frames,
+    "nyuv2": _write_mtan_nyuv2,
+    "cityscapes": _write_cityscapes_files,
+    "cityscapes-mtan": _write_cityscapes_mtan,
+    "nyudmt": write_nyudmt,
+    "pascal": write_pascalmt,
+}

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from xtc_ext.data import CityscapesFiles, split_indices, split_train_val
+from xtc_ext.data import CityscapesFiles, build_splits, get_dataset, split_indices, split_train_val
 
-from fixtures import write_cityscapes
+from fixtures import DATASET_WRITERS, write_cityscapes, write_frames
 
 
 @pytest.fixture
@@ -74,3 +74,75 @@ def test_split_train_val_never_augments_val(cs_root):
     # a non-augmenting dataset is used as is
     tr3, va3 = split_train_val(twin, 0.34)
     assert va3.dataset is twin and tr3.dataset is twin
+
+
+# --------------------------------------------------------------------------- #
+# build_splits: the three parts of a run
+# --------------------------------------------------------------------------- #
+def _splits(name, root, **overrides):
+    spec = get_dataset(name)
+    kw = dict(classes=spec.classes[0], size=None if spec.default_size is None else (32, 48), augment=False,
+              normalize=False, depth_scaling="auto", tasks=("semseg", "depth"), val_fraction=0.0, split_seed=0)
+    kw.update(overrides)
+    return build_splits(spec, root, **kw)
+
+
+def test_build_splits_single_split_layout_tests_on_the_training_frames(tmp_path):
+    root = tmp_path / "frames"
+    DATASET_WRITERS["frames"](root)
+    sp = _splits("frames", root, augment=True)
+    assert sp.val is None and sp.train.augment and not sp.test.augment
+    assert sp.test.frames == sp.train.frames and len(sp.test) == 3
+    assert sp.describe == {
+        "train": "3 samples of the frames (augmented)",
+        "val": "none (--val-fraction 0: no validation, no selection)",
+        "test": "3 samples: the training frames",
+    }
+    sp = _splits("frames", root, val_fraction=0.34, split_seed=5)
+    t_idx, v_idx = split_indices(3, 0.34, 5)
+    assert sp.train.indices == t_idx and sp.val.indices == v_idx
+    assert sp.val.dataset is sp.test  # the non-augmenting twin over the same frames
+    assert sp.describe["train"] == "2 samples of the frames"
+    assert sp.describe["val"] == "1 held-out samples of the frames (fraction 0.34, split seed 5)"
+
+
+def test_build_splits_validation_comes_from_train_and_test_from_val(tmp_path):
+    root = tmp_path / "nyuv2"
+    DATASET_WRITERS["nyuv2"](root)  # train: 4 items, val: 2 items
+    sp = _splits("nyuv2", root, augment=True, val_fraction=0.25, split_seed=1)
+    t_idx, v_idx = split_indices(4, 0.25, 1)
+    assert sp.train.indices == t_idx and sp.val.indices == v_idx and not set(t_idx) & set(v_idx)
+    assert sp.train.dataset.augment and not sp.val.dataset.augment and not sp.test.augment
+    assert sp.train.dataset.split == sp.val.dataset.split == "train" and sp.test.split == "val"
+    assert [sp.test[i]["name"] for i in range(len(sp.test))] == ["val/0", "val/1"]
+    assert sp.val[0]["name"] == f"train/{v_idx[0]}"
+    plain = sp.val.dataset[v_idx[0]]
+    for seed in range(3):  # the validation part is never augmented
+        torch.manual_seed(seed)
+        assert torch.equal(sp.val[0]["image"], plain["image"])
+    assert sp.describe == {
+        "train": "3 samples of the train split (augmented)",
+        "val": "1 held-out samples of the train split (fraction 0.25, split seed 1)",
+        "test": "2 samples: val",
+    }
+    other = _splits("nyuv2", root, val_fraction=0.25, split_seed=2)
+    assert other.val.indices == split_indices(4, 0.25, 2)[1]
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, float("nan"), "x", None])
+def test_build_splits_bad_val_fraction_names_the_option(tmp_path, bad):
+    root = tmp_path / "frames"
+    write_frames(root)
+    with pytest.raises(ValueError, match="--val-fraction"):
+        _splits("frames", root, val_fraction=bad)
+
+
+def test_build_splits_too_few_items_names_the_option_and_bad_arguments_propagate(tmp_path):
+    root = tmp_path / "one"
+    write_frames(root, ids=["0001"])
+    with pytest.raises(ValueError, match="--val-fraction 0.5: cannot split"):
+        _splits("frames", root, val_fraction=0.5)
+    with pytest.raises(ValueError, match="classes"):
+        _splits("frames", root, classes=7)
+    with pytest.raises(ValueError, match="tasks"):
+        _splits("frames", root, tasks=("sal",))

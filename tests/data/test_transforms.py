@@ -17,7 +17,7 @@ from xtc_ext.data import (
     normalize_image,
     sample_augment_params,
 )
-from xtc_ext.data.transforms import check_size
+from xtc_ext.data.transforms import check_size, finish_sample, resize_sample
 
 from fixtures import H, W
 
@@ -250,3 +250,42 @@ def test_flip_other_three_channel_maps_only_mirrored():
             augment_sample({"image": img, "normals": bad})
     with pytest.raises(ValueError, match="single string"):
         apply_augmentation(s, p, normals_keys="normals")
+
+
+# --------------------------------------------------------------------------- #
+# normalisation, size check, resizing, the final steps
+# --------------------------------------------------------------------------- #
+def test_normalize_image_values_and_errors():
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, 5, 7, generator=g, dtype=torch.float64)
+    out = normalize_image(img)
+    for c in range(3):
+        expected = (img[:, c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+        assert torch.allclose(out[:, c], expected, atol=1e-12)
+    assert out.dtype == torch.float64 and torch.equal(normalize_image(img[0]), out[0])
+    for bad in (torch.zeros(4, 5, 7), torch.zeros(5, 7), torch.zeros(1, 1, 3, 5, 7)):
+        with pytest.raises(ValueError, match="normalize_image"):
+            normalize_image(bad)
+
+
+def test_check_size():
+    assert check_size(None) is None
+    assert check_size((3, 4)) == (3, 4) and check_size([np.int64(5), 6]) == (5, 6)
+    for bad in ((0, 4), (3, -1), (3.0, 4), (3,), "ab", 7, (True, 4)):
+        with pytest.raises(ValueError, match="size"):
+            check_size(bad)
+
+
+def test_resize_sample_and_finish_sample():
+    g = torch.Generator().manual_seed(1)
+    s = {"image": torch.rand(3, 8, 12, generator=g), "seg": torch.arange(96).view(8, 12),
+         "depth_valid": torch.rand(1, 8, 12, generator=g) > 0.5, "name": "r"}
+    assert resize_sample(s, None) is s and resize_sample(s, (8, 12)) is s
+    out = resize_sample(s, (4, 6))
+    assert out["image"].shape == (3, 4, 6) and out["name"] == "r"
+    # nearest-exact 2x downsample: source pixel (2i+1, 2j+1) for every per-pixel map
+    assert torch.equal(out["seg"], s["seg"][1::2, 1::2])
+    assert torch.equal(out["depth_valid"], s["depth_valid"][:, 1::2, 1::2])
+    done = finish_sample(s, augment=False, normalize=True)
+    assert torch.allclose(done["image"], normalize_image(s["image"])) and done["seg"] is s["seg"]
+    assert finish_sample(s, augment=False, normalize=False) is s

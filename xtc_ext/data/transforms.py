@@ -378,7 +378,8 @@ def check_size(size) -> Optional[Tuple[int, int]]:
         h, w = size
     except (TypeError, ValueError):
         raise ValueError(f"size must be (H, W) or None, got {size!r}") from None
-    if not (isinstance(h, (int, np.integer)) and isinstance(w, (int, np.integer))) or h <= 0 or w <= 0:
+    ints = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (h, w))
+    if not ints or h <= 0 or w <= 0:
         raise ValueError(f"size must be two positive ints (H, W), got {size!r}")
     return int(h), int(w)
 
