@@ -15,5 +15,6 @@ sys.path.insert(0, str(ROOT))
 # shared helpers of this folder (``fixtures``, ``conftest``) by name.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# The ten real NYUv2 frames shipped beside the repository (override with XTC_NYUV2_FRAMES).
-REAL_FRAMES = Path(os.environ.get("XTC_NYUV2_FRAMES", ROOT.parent / "shared" / "data" / "nyuv2-test10"))
+# The ten real NYUv2 frames shipped inside the package as package data (the default root of
+# ``--dataset frames``, ``xtc_ext.data.frames.NYUV2_TEST10``); XTC_NYUV2_FRAMES overrides.
+REAL_FRAMES = Path(os.environ.get("XTC_NYUV2_FRAMES", ROOT / "xtc_ext" / "data" / "nyuv2_test10"))

@@ -3,10 +3,17 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 H, W = 48, 64
 IDS = ["0003", "0007", "0011"]
+
+
+def decoded_jpeg(path):
+    """float32 [3,H,W] in [0, 1] of a JPEG as Pillow decodes it (the fixtures' JPEGs are lossy)."""
+    with Image.open(path) as im:
+        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float() / 255.0
 
 
 def _frame_arrays(k):
@@ -314,3 +321,32 @@ def write_pascalmt(root: Path, splits=None, h=PM_H, w=PM_W, context_ids=("2008_0
             out[fid] = (rgb, sem, sal, expected)
             k += 1
     return out
+
+
+# --------------------------------------------------------------------------- #
+# one tiny tree per --dataset layout, with a train and (where the layout has one) a val split
+# --------------------------------------------------------------------------- #
+def _write_mtan_nyuv2(root: Path):
+    write_mtan(root, "train", n=4)
+    write_mtan(root, "val", n=2)
+
+
+def _write_cityscapes_files(root: Path):
+    write_cityscapes(root, "train")
+    write_cityscapes(root, "val", frames=CS_FRAMES[:2])
+
+
+def _write_cityscapes_mtan(root: Path):
+    write_mtan_cityscapes(root, "train", n=4)
+    write_mtan_cityscapes(root, "val", n=2)
+
+
+#: ``--dataset`` name -> writer of a tiny tree in its on-disk layout (``writer(root)``).
+DATASET_WRITERS = {
+    "frames": write_frames,
+    "nyuv2": _write_mtan_nyuv2,
+    "cityscapes": _write_cityscapes_files,
+    "cityscapes-mtan": _write_cityscapes_mtan,
+    "nyudmt": write_nyudmt,
+    "pascal": write_pascalmt,
+}
