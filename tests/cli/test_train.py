@@ -1,7 +1,9 @@
-"""python -m xtc_ext.train: variants, datasets, protocol, configs, resume, outputs, CLI.
+"""python -m xtc_ext.train with the XTasC-Net family: variants, datasets, protocol, resume, outputs, errors.
 
-Every run is tiny (ResNet-18, 32x64 images, a few steps) on fixtures written in the exact on-disk
-formats (tests/fixtures.py), except the fused-vs-eager check, which prefers the ten real frames.
+Every run is tiny (the stand-in models of tests/tiny_models.py, 32x64 images, a few steps; checkpoints of a
+few kilobytes) on fixtures written in the exact on-disk formats (tests/fixtures.py), except the
+fused-vs-eager check, which prefers the ten real frames. The real architectures are tested in tests/models
+and tests/recipes.
 """
 
 import csv
@@ -14,10 +16,16 @@ from PIL import Image
 
 from conftest import REAL_FRAMES
 from fixtures import write_cityscapes, write_frames, write_mtan, write_mtan_cityscapes
-from python_models import BaseSTNet, XTasCNet
+from tiny_models import use_tiny_models
 from xtc_ext import train as train_mod
+from xtc_ext.engine import loop as engine_loop
 
 TIME_KEYS = ("epoch_time_s", "elapsed_s")
+
+
+@pytest.fixture(autouse=True)
+def tiny(monkeypatch):
+    return use_tiny_models(monkeypatch)
 
 
 @pytest.fixture
@@ -73,16 +81,16 @@ def test_fused_and_eager_losses_agree_for_first_steps(frames_dir, tmp_path):
     assert other["step_losses"][0] != pytest.approx(fused["step_losses"][0], rel=1e-4)
 
 
-def test_run_writes_checkpoints_logs_tensorboard_metrics_and_figures(tiny_frames, tmp_path):
+def test_run_writes_checkpoints_logs_tensorboard_metrics_and_figures(tiny_frames, tmp_path, tiny):
     out = tmp_path / "run"
     result = train_mod.main(_argv(tiny_frames, out, "--tensorboard", "--val-fraction", "0.34", "--num-figures", "2",
                                   "--batch-size", "1"))
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(out / name, weights_only=True)  # plain tensors and values only
         assert {"model", "optimizer", "scheduler", "weighting", "rng", "epoch", "step", "args", "history"} <= set(ckpt)
-        assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda", "loader"}
+        assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda", "loader", "regularizer"}
         assert "log_vars" in ckpt["weighting"]
-        XTasCNet(13, encoder_depth=18).load_state_dict(ckpt["model"])  # strict: a complete XTasC-Net
+        tiny.xtasc(13).load_state_dict(ckpt["model"])  # strict: the complete model
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
     history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]
@@ -98,7 +106,7 @@ def test_run_writes_checkpoints_logs_tensorboard_metrics_and_figures(tiny_frames
     for key in ("mIoU", "pixel_acc", "abs_err", "rel_err", "rmse"):
         assert math.isfinite(metrics["test"][key])
     assert 0.0 <= metrics["test"]["mIoU"] <= 1.0
-    assert metrics["num_parameters"] == sum(p.numel() for p in XTasCNet(13, encoder_depth=18).parameters())
+    assert metrics["num_parameters"] == sum(p.numel() for p in tiny.xtasc(13).parameters())
     table = (out / "metrics.md").read_text()
     assert "| mIoU |" in table and "abs_err (m)" in table and "best.pt" in table
     assert len(metrics["figures"]) == 2
@@ -106,21 +114,6 @@ def test_run_writes_checkpoints_logs_tensorboard_metrics_and_figures(tiny_frames
         with Image.open(out / rel) as png:
             assert png.mode in ("RGB", "RGBA") and png.width > 200 and png.height > 100
     assert not list(out.glob("*.tmp"))
-
-
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoint.pt"
-    train_mod.save_checkpoint(path, {"epoch": 1})
-
-    def crash(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(train_mod.torch, "save", crash)
-    with pytest.raises(OSError):
-        train_mod.save_checkpoint(path, {"epoch": 2})
-    assert torch.load(path)["epoch"] == 1  # the checkpoint already written survives
 
 
 # --------------------------------------------------------------------------- #
@@ -155,9 +148,15 @@ def test_resume_continues_exactly(tmp_path, weighting):
         assert a["history"][2]["task_weights"] != [1.0, 1.0]  # DWA state survived the resume
 
 
-def test_resume_missing_checkpoint_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.pt"):
-        train_mod.main(["--resume", str(tmp_path / "nothing.pt")])
+def test_resume_missing_or_corrupt_checkpoint_is_one_line_and_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    for path, what in ((tmp_path / "nothing.pt", "not found"), (bad, "truncated")):
+        with pytest.raises(SystemExit) as exc:
+            train_mod.main(["--resume", str(path)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and path.name in err and what in err and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- #
@@ -174,7 +173,7 @@ def test_resume_missing_checkpoint_names_the_path(tmp_path):
         (["--model", "stnet", "--task", "depth", "--lp", "mse"], "depth"),
     ],
 )
-def test_variants_train_and_test(mtan_root, tmp_path, extra, check):
+def test_variants_train_and_test(mtan_root, tmp_path, extra, check, tiny):
     out = tmp_path / "run"
     result = train_mod.main(_argv(mtan_root, out, "--max-steps", "2", *extra, dataset="nyuv2", size=None))
     assert len(result["step_losses"]) == 2 and all(math.isfinite(v) for v in result["step_losses"])
@@ -190,12 +189,11 @@ def test_variants_train_and_test(mtan_root, tmp_path, extra, check):
         assert int(ckpt["weighting"]["num_steps"]) == 2
         assert sum(ckpt["history"][0]["task_weights"]) == pytest.approx(2.0, rel=1e-5)
     if check in ("segmentation", "depth"):
-        model = BaseSTNet(check, 13 if check == "segmentation" else None, encoder_depth=18)
-        model.load_state_dict(ckpt["model"])
+        tiny.stnet(check, 13).load_state_dict(ckpt["model"])
         present = {"segmentation": ("mIoU", "pixel_acc"), "depth": ("abs_err", "rel_err")}[check]
         absent = {"segmentation": ("abs_err", "rel_err"), "depth": ("mIoU", "pixel_acc")}[check]
         assert all(k in result["test"] for k in present) and not any(k in result["test"] for k in absent)
-        assert ckpt["args"]["lam"] == 0.0 and result["tasks"] == [check]
+        assert ckpt["args"]["lam"] == 0.0 and result["tasks"] == [{"segmentation": "semseg"}.get(check, check)]
         if check == "segmentation":
             assert ckpt["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999) or \
                 list(ckpt["optimizer"]["param_groups"][0]["betas"]) == [0.9, 0.999]
@@ -206,13 +204,13 @@ def test_variants_train_and_test(mtan_root, tmp_path, extra, check):
 # --------------------------------------------------------------------------- #
 def test_mtan_nyuv2_selects_on_train_and_tests_once_on_val(mtan_root, tmp_path, monkeypatch):
     calls = []
-    real = train_mod.evaluate_model
+    real = engine_loop.evaluate
 
     def spy(model, loader, *args, **kwargs):
         calls.append(loader.dataset)
         return real(model, loader, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "evaluate_model", spy)
+    monkeypatch.setattr(engine_loop, "evaluate", spy)
     out = tmp_path / "run"
     result = train_mod.main(_argv(mtan_root, out, "--epochs", "3", "--val-fraction", "0.25",
                                   dataset="nyuv2", size=None))
@@ -277,105 +275,15 @@ def test_reader_error_names_the_file(tiny_frames, tmp_path):
         train_mod.main(_argv(tiny_frames, tmp_path / "run"))
 
 
-def test_missing_data_root_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+def test_missing_data_root_names_the_path(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
         train_mod.main(_argv(tmp_path / "nowhere", tmp_path / "run"))
+    assert exc.value.code == 1 and "nowhere" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- #
-# configs and command line
+# bad arguments
 # --------------------------------------------------------------------------- #
-def test_no_argument_defaults_are_the_ten_frames_demo():
-    args = train_mod.finalize_args(train_mod.parse_args([]))
-    assert (args.dataset, args.data_root, args.classes, args.size) == ("frames", train_mod.DEFAULT_DATA_ROOT, 13, [96, 128])
-    assert (args.model, args.encoder_depth, args.epochs, args.batch_size, args.lr) == ("xtasc", 34, 100, 6, 1e-4)
-    assert (args.betas, args.lr_step, args.lr_gamma, args.lam, args.weighting) == ([0.9, 0.99], 60, 0.5, 1e-4, "uncertainty")
-    assert args.val_fraction == 0.0 and args.augment and args.normalize
-
-
-PAPER = {
-    "cityscapes": dict(epochs=250, batch_size=8, lr_step=80, lam=0.01, classes=7, size=[128, 256]),
-    "nyuv2": dict(epochs=100, batch_size=6, lr_step=60, lam=1e-4),
-}
-
-
-@pytest.mark.parametrize("name", train_mod.list_configs())
-def test_shipped_configs_hold_the_paper_protocol(name):
-    cfg = train_mod.load_config(name)
-    dataset = name.split("_")[0]
-    args = train_mod.finalize_args(train_mod.parse_args(["--config", name, "--data-root", "DATA"]))
-    assert args.dataset == dataset and args.lr == 1e-4 and args.lr_gamma == 0.5 and args.encoder_depth == 34
-    assert args.val_fraction == 0.1 and args.output_dir == f"runs/{name}"
-    for key, value in PAPER[dataset].items():
-        if key == "lam" and args.model in ("mtnet", "stnet"):
-            value = 0.0
-        assert getattr(args, key) == value, (name, key)
-    assert args.betas == ([0.9, 0.999] if args.model == "stnet" else [0.9, 0.99])
-    if name.endswith("_equal"):
-        assert args.weighting == "equal"
-    elif name.endswith("_gradnorm"):
-        assert args.weighting == "gradnorm" and cfg["gradnorm_alpha"] == 0.16
-    elif args.model != "stnet":
-        assert args.weighting == "uncertainty"
-
-
-def test_every_table_row_has_a_config():
-    names = set(train_mod.list_configs())
-    for dataset in ("cityscapes", "nyuv2"):
-        for row in ("stnet_seg", "stnet_depth", "mtnet", "align", "xtasc",
-                    "mtnet_equal", "xtasc_equal", "xtasc_gradnorm", "mtnet_gradnorm"):
-            assert f"{dataset}_{row}" in names
-
-
-def test_command_line_overrides_config(tmp_path):
-    args = train_mod.parse_args(["--config", "nyuv2_xtasc", "--epochs", "3", "--lam", "0.5", "--no-augment"])
-    assert (args.epochs, args.lam, args.augment, args.lr_step, args.batch_size) == (3, 0.5, False, 60, 6)
-    path = tmp_path / "mine.yml"
-    path.write_text("model: stnet\ntask: depth\nlr: 2e-4\nsize: [64, 96]\naugment: false\nlr-step: 7\n")
-    args = train_mod.parse_args(["--config", str(path), "--augment"])
-    assert (args.model, args.task, args.lr, args.size, args.augment, args.lr_step) == ("stnet", "depth", 2e-4, [64, 96], True, 7)
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("epochs: 3\nbogus_key: 1\n", "bogus_key"),
-        ("epochs: three\n", "epochs"),
-        ("size: [64]\n", "size"),
-        ("model: resnet\n", "model"),
-        ("augment: 1\n", "augment"),
-        ("resume: last.pt\n", "resume"),
-        ("- a list\n", "mapping"),
-    ],
-)
-def test_bad_config_exits_naming_the_key(tmp_path, text, message):
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(SystemExit, match=message):
-        train_mod.parse_args(["--config", str(path)])
-
-
-def test_unknown_config_name_lists_the_shipped_ones():
-    with pytest.raises(SystemExit, match="nyuv2_xtasc"):
-        train_mod.parse_args(["--config", "no_such_config"])
-
-
-def test_help_documents_every_option(capsys):
-    parser = train_mod.build_parser()
-    for action in parser._actions:
-        if action.option_strings and action.dest != "help":
-            assert action.help, f"{action.option_strings} has no help text"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--help"])
-    text = capsys.readouterr().out
-    for option in ("--config", "--resume", "--dataset", "--data-root", "--classes", "--size", "--val-fraction",
-                   "--model", "--task", "--lam", "--seg-consistency", "--lp", "--weighting", "--gradnorm-alpha",
-                   "--eval-every", "--select-by", "--baseline", "--epochs", "--batch-size", "--lr", "--betas",
-                   "--lr-step", "--encoder-depth", "--loss-impl", "--device", "--seed", "--output-dir", "--no-augment",
-                   "--no-tensorboard", "--no-progress"):
-        assert option in text
-
-
 @pytest.mark.parametrize(
     "extra, message",
     [
