@@ -64,6 +64,7 @@ import pkgutil
 
 from .registry import (
     DATASETS,
+    BuildRequest,
     FIXED_TASK_CHANNELS,
     IGNORE_INDEX,
     SAMPLE_KEYS,
@@ -121,6 +122,7 @@ __all__ = [
     "SAMPLE_KEYS",
     "FIXED_TASK_CHANNELS",
     "IGNORE_INDEX",
+    "BuildRequest",
     "DatasetSpec",
     "DATASETS",
     "register_dataset",
