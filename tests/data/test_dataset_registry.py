@@ -256,7 +256,8 @@ def test_register_a_new_dataset(tmp_path):
                                        depth_scaling="none", tasks=("sal",))
         assert spec.task_channels(3) == {"semseg": 3, "sal": 1} and spec.class_names(3) is None
         # defaults of the optional fields
-        assert (spec.val_fraction, spec.test_description, spec.depth_unit, spec.default_root) == (0.1, "test", None, None)
+        defaults = (spec.val_fraction, spec.test_description, spec.depth_unit, spec.default_root)
+        assert defaults == (0.1, "test", None, None)
     finally:
         DATASETS.pop("toy", None)
     with pytest.raises(TypeError):
@@ -271,6 +272,7 @@ def test_register_a_new_dataset(tmp_path):
     ({"tasks": ()}, "tasks"),
     ({"default_size": (8, -1)}, "size"),
     ({"val_fraction": 1.0}, "val_fraction"),
+    ({"val_fraction": "0.1"}, "val_fraction"),
     ({"depth_unit": "m"}, "depth_unit"),
     ({"tasks": ("semseg", "depth"), "default_depth_scaling": "divide"}, "depth_unit"),
     ({"tasks": ("semseg", "depth"), "depth_unit": "m"}, "default_depth_scaling"),

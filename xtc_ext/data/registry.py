@@ -6,9 +6,10 @@ its depth target, its class names, and how to build it. Training, evaluation and
 registry (:func:`get_dataset`, :data:`DATASETS`) and never test a dataset's name.
 
 **To add a dataset, add one module to this package** (``xtc_ext/data/<family>.py``) holding its
-``torch.utils.data.Dataset`` class and one :func:`register_dataset` call with its spec, nothing else:
-``xtc_ext/data/__init__.py`` imports every module of the package, so the spec is registered on
-``import xtc_ext.data``. The dataset's ``__getitem__`` must return the common sample dict (see
+``torch.utils.data.Dataset`` class (usually a :class:`xtc_ext.data.base.FolderDataset`), a factory
+``factory(root, split, request: BuildRequest) -> Dataset`` and one :func:`register_dataset` call
+with its :class:`DatasetSpec`, nothing else: ``xtc_ext/data/__init__.py`` imports every module of
+the package, so the spec is registered on ``import xtc_ext.data``. The dataset's ``__getitem__`` must return the common sample dict (see
 :mod:`xtc_ext.data`): ``"image"`` float32 [3,H,W], ``"name"`` str, and the target of each task under
 its :data:`SAMPLE_KEYS` key, with :data:`IGNORE_INDEX` for void label pixels.
 """
@@ -148,8 +149,9 @@ class DatasetSpec:
             fail(f"tasks must be distinct names from {TASK_NAMES}, got {self.tasks!r}")
         if self.default_size is not None:
             object.__setattr__(self, "default_size", check_size(self.default_size))
-        if not 0.0 <= float(self.val_fraction) < 1.0:  # also rejects NaN
-            fail(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
+                or not 0.0 <= self.val_fraction < 1.0:  # also rejects NaN
+            fail(f"val_fraction must be a number in [0, 1), got {self.val_fraction!r}")
         if self.test_split is not None and (not isinstance(self.test_split, str) or not self.test_split):
             fail(f"test_split must be None or a split name, got {self.test_split!r}")
         if self.test_description is None:
