@@ -29,8 +29,6 @@ from fixtures import CS_FRAMES, CS_H, CS_W, cityscapes_paths, write_cityscapes, 
 # --------------------------------------------------------------------------- #
 # label tables and the disparity target
 # --------------------------------------------------------------------------- #
-
-
 CS7_HAND = {0: -1, 1: -1, 2: -1, 3: -1, 4: -1, 5: -1, 6: -1,
             7: 0, 8: 0, 9: 0, 10: 0,
             11: 1, 12: 1, 13: 1, 14: 1, 15: 1, 16: 1,
@@ -85,11 +83,10 @@ def test_cityscapes_disparity_to_depth():
     with pytest.raises(ValueError):
         cityscapes_disparity_to_depth(np.array([70000]))
 
+
 # --------------------------------------------------------------------------- #
 # official files
 # --------------------------------------------------------------------------- #
-
-
 @pytest.fixture
 def cs_root(tmp_path):
     root = tmp_path / "cityscapes"
@@ -277,11 +274,10 @@ def test_cityscapes_bad_files(cs_root, which, writer, needle):
         ds[2]
     assert str(p) in str(ei.value) and needle in str(ei.value)
 
+
 # --------------------------------------------------------------------------- #
 # MTAN .npy layout
 # --------------------------------------------------------------------------- #
-
-
 @pytest.mark.parametrize("chw", [False, True])
 def test_mtan_cityscapes_reads(tmp_path, chw):
     root = tmp_path / "mcs"

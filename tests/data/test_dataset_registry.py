@@ -21,6 +21,7 @@ from xtc_ext.data import (
     PASCAL_SEMSEG_CLASS_NAMES,
     SAMPLE_KEYS,
     TASK_NAMES,
+    BuildRequest,
     DatasetSpec,
     NYUv2Frames,
     get_dataset,
@@ -229,13 +230,12 @@ class _Toy(torch.utils.data.Dataset):
 
 
 def _toy_spec(calls, **changes):
-    def factory(root, split, **kw):
-        calls.append((root, split, kw))
+    def factory(root, split, request):
+        calls.append((root, split, request))
         return _Toy(2)
 
     fields = dict(name="toy", summary="a toy layout", classes=(3, 5), tasks=("semseg", "sal"),
-                  default_size=(8, 8), val_fraction=0.2, test_split="test", test_description="test",
-                  depth_unit=None, default_depth_scaling=None, default_root=None, factory=factory)
+                  default_size=(8, 8), factory=factory, test_split="test")
     fields.update(changes)
     return DatasetSpec(**fields)
 
@@ -250,11 +250,14 @@ def test_register_a_new_dataset(tmp_path):
         ds = spec.build(str(tmp_path), "train", classes=5, size=[4, 6], augment=1, normalize=0,
                         depth_scaling="auto", tasks=["sal"])
         assert isinstance(ds, _Toy)
-        root, split, kw = calls[-1]
+        root, split, request = calls[-1]
         assert root == tmp_path and split == "train"
-        assert kw == {"classes": 5, "size": (4, 6), "augment": True, "normalize": False,
-                      "depth_scaling": "none", "tasks": ("sal",)}
+        assert request == BuildRequest(classes=5, size=(4, 6), augment=True, normalize=False,
+                                       depth_scaling="none", tasks=("sal",))
         assert spec.task_channels(3) == {"semseg": 3, "sal": 1} and spec.class_names(3) is None
+        # defaults of the optional fields
+        defaults = (spec.val_fraction, spec.test_description, spec.depth_unit, spec.default_root)
+        assert defaults == (0.1, "test", None, None)
     finally:
         DATASETS.pop("toy", None)
     with pytest.raises(TypeError):
@@ -269,12 +272,14 @@ def test_register_a_new_dataset(tmp_path):
     ({"tasks": ()}, "tasks"),
     ({"default_size": (8, -1)}, "size"),
     ({"val_fraction": 1.0}, "val_fraction"),
+    ({"val_fraction": "0.1"}, "val_fraction"),
     ({"depth_unit": "m"}, "depth_unit"),
     ({"tasks": ("semseg", "depth"), "default_depth_scaling": "divide"}, "depth_unit"),
     ({"tasks": ("semseg", "depth"), "depth_unit": "m"}, "default_depth_scaling"),
     ({"tasks": ("semseg", "depth"), "depth_unit": "m", "default_depth_scaling": "halve"},
      "default_depth_scaling"),
     ({"test_split": ""}, "test_split"),
+    ({"test_split": None}, "test_description"),
     ({"factory": None}, "factory"),
     ({"class_name_tables": {3: ("a", "b")}}, "class_name_tables"),
     ({"class_name_tables": {4: ("a", "b", "c", "d")}}, "class_name_tables"),

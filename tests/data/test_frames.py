@@ -32,17 +32,9 @@ def frames_root(tmp_path):
     return root, arrays
 
 
-@pytest.fixture
-def mtan_root(tmp_path):
-    root = tmp_path / "mtan"
-    arrays = write_mtan(root)
-    return root, arrays
-
 # --------------------------------------------------------------------------- #
 # NYUv2Frames: conversions
 # --------------------------------------------------------------------------- #
-
-
 def test_frames_label_depth_image_conversion(frames_root):
     root, arrays = frames_root
     ds = NYUv2Frames(root, size=None, normalize=False)
@@ -117,11 +109,10 @@ def test_frames_explicit_list(frames_root):
     assert ds.frames == ["0011", "0003"]
     assert ds[0]["name"] == "0011"
 
+
 # --------------------------------------------------------------------------- #
 # NYUv2Frames: error paths
 # --------------------------------------------------------------------------- #
-
-
 def test_frames_bad_classes(frames_root):
     with pytest.raises(ValueError, match="13 or 40"):
         NYUv2Frames(frames_root[0], classes=20)
@@ -207,11 +198,10 @@ def test_frames_corrupt_png(frames_root):
     with pytest.raises(ValueError, match=re.escape(str(p))):
         NYUv2Frames(root)[0]
 
+
 # --------------------------------------------------------------------------- #
 # NYUv2Frames: augmentation
 # --------------------------------------------------------------------------- #
-
-
 def test_dataset_augment_then_normalise(tmp_path):
     # constant colour frames: after augmentation + normalisation every pixel
     # equals the normalised colour, and depth is constant / scale
@@ -247,9 +237,10 @@ def write_mtan_and_root(tmp_path):
     return root
 
 
-def test_nyu_datasets_mask_follows_augmented_depth(frames_root, mtan_root):
+def test_nyu_datasets_mask_follows_augmented_depth(tmp_path, frames_root):
+    write_mtan(tmp_path / "mtan")
     ds = NYUv2Frames(frames_root[0], size=None, augment=True, normalize=False)
-    mds = MTANNYUv2(mtan_root[0], augment=True, normalize=False)
+    mds = MTANNYUv2(tmp_path / "mtan", augment=True, normalize=False)
     assert ds.depth_scaling == "divide" and mds.depth_scaling == "divide"
     for seed in range(8):
         torch.manual_seed(seed)
@@ -257,11 +248,10 @@ def test_nyu_datasets_mask_follows_augmented_depth(frames_root, mtan_root):
             assert s["depth_valid"].dtype == torch.bool
             assert torch.equal(s["depth_valid"], s["depth"] > 0)
 
+
 # --------------------------------------------------------------------------- #
 # NYUv2Frames: normals from depth
 # --------------------------------------------------------------------------- #
-
-
 def test_frames_with_normals_fixture(tmp_path):
     root = tmp_path / "frames"
     write_frames(root)
@@ -280,11 +270,10 @@ def test_frames_with_normals_fixture(tmp_path):
     # without the option, no normals keys
     assert "normals" not in NYUv2Frames(root, size=(24, 32))[0]
 
+
 # --------------------------------------------------------------------------- #
 # the ten packaged real NYUv2 frames
 # --------------------------------------------------------------------------- #
-
-
 @pytest.mark.parametrize("classes", [13, 40])
 def test_real_frames(classes):
     ds = NYUv2Frames(REAL, size=(240, 320), classes=classes, normalize=False)

@@ -19,11 +19,10 @@ def test_renormalize_normals():
     with pytest.raises(ValueError):
         renormalize_normals(torch.zeros(3, 4, 4, dtype=torch.int64))
 
+
 # --------------------------------------------------------------------------- #
 # normals from depth
 # --------------------------------------------------------------------------- #
-
-
 def _plane_depth(n0, d, H, W, fx, fy, cx, cy):
     """Depth of the plane n0 . P = d (camera frame) seen by a pinhole camera."""
     u = torch.arange(W, dtype=torch.float64)

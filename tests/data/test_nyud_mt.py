@@ -27,11 +27,10 @@ def nyud_root(tmp_path):
     root = tmp_path / "NYUD_MT"
     return root, write_nyudmt(root)
 
+
 # --------------------------------------------------------------------------- #
 # conversions
 # --------------------------------------------------------------------------- #
-
-
 def test_nyudmt_reads_and_converts(nyud_root):
     root, arrays = nyud_root
     ds = NYUDMT(root, "train", size=None, normalize=False)
@@ -119,11 +118,10 @@ def test_nyudmt_resize_nearest_and_renormalised(tmp_path):
         assert torch.equal(s["depth"], exp_d)
         assert torch.equal(s["depth_valid"], exp_d > 0)
 
+
 # --------------------------------------------------------------------------- #
 # augmentation
 # --------------------------------------------------------------------------- #
-
-
 def test_flip_negates_normal_x(nyud_root):
     root, _ = nyud_root
     s = NYUDMT(root, size=None, normalize=False)[0]
@@ -166,11 +164,10 @@ def test_nyudmt_dataset_augmentation_matches_params(nyud_root):
             assert torch.equal(got[k], exp[k]), (seed, k)
     assert 0 < flips < 8
 
+
 # --------------------------------------------------------------------------- #
 # errors name the file
 # --------------------------------------------------------------------------- #
-
-
 def test_nyudmt_missing_paths(tmp_path, nyud_root):
     root, _ = nyud_root
     with pytest.raises(FileNotFoundError, match="nope"):

@@ -117,11 +117,10 @@ def test_augment_rejects_bad_sample():
     with pytest.raises(ValueError, match="seg"):
         augment_sample(s)
 
+
 # --------------------------------------------------------------------------- #
 # depth validity mask and other per-pixel maps under augmentation (masks are cropped with the data)
 # --------------------------------------------------------------------------- #
-
-
 def _marked_sample(h=H, w=W, seed=0):
     """seg = unique pixel id (tells which source pixel each output pixel came from),
     depth random with a zero block, depth_valid independent of depth."""
@@ -220,11 +219,10 @@ def test_augment_rejects_bad_mask():
     with pytest.raises(ValueError, match="depth_valid"):
         augment_sample(s)
 
+
 # --------------------------------------------------------------------------- #
 # surface normals under the flip
 # --------------------------------------------------------------------------- #
-
-
 def test_flip_other_three_channel_maps_only_mirrored():
     g = torch.Generator().manual_seed(0)
     img = torch.rand(3, 8, 10, generator=g)

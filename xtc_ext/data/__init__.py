@@ -21,7 +21,8 @@
 Shared modules: :mod:`.registry` (:class:`DatasetSpec`, :func:`get_dataset`, :data:`DATASETS`: every
 fact about a dataset, used by training and evaluation), :mod:`.transforms` (normalisation,
 augmentation, resizing), :mod:`.io` (file readers), :mod:`.normals` (surface normals),
-:mod:`.splits` (train / validation / test), :mod:`.mtan` (the shared MTAN ``.npy`` reader).
+:mod:`.splits` (train / validation / test), :mod:`.base` (the datasets' shared options),
+:mod:`.mtan` (the shared MTAN ``.npy`` reader).
 Every name of these modules that the project used from ``xtc_ext.data`` is re-exported here.
 
 Sample format, a ``dict`` returned by every ``__getitem__``:
@@ -64,6 +65,7 @@ import pkgutil
 
 from .registry import (
     DATASETS,
+    BuildRequest,
     FIXED_TASK_CHANNELS,
     IGNORE_INDEX,
     SAMPLE_KEYS,
@@ -121,6 +123,7 @@ __all__ = [
     "SAMPLE_KEYS",
     "FIXED_TASK_CHANNELS",
     "IGNORE_INDEX",
+    "BuildRequest",
     "DatasetSpec",
     "DATASETS",
     "register_dataset",

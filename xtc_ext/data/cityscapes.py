@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .base import FolderDataset
 from .io import check_same_size, read_label_png, read_rgb_png, read_uint16_png, rgb_tensor
 from .mtan import MTANNpyDataset
-from .registry import IGNORE_INDEX, DatasetSpec, PathLike, register_dataset
-from .transforms import Sample, check_depth_scaling, check_size, finish_sample, resize_sample
+from .registry import IGNORE_INDEX, BuildRequest, DatasetSpec, PathLike, register_dataset
+from .transforms import Sample, resize_sample
 
 __all__ = [
     "CITYSCAPES7_CLASS_NAMES",
@@ -174,7 +175,7 @@ def cityscapes_disparity_to_depth(disparity: np.ndarray) -> Tuple[np.ndarray, np
 # --------------------------------------------------------------------------- #
 # the official files
 # --------------------------------------------------------------------------- #
-class CityscapesFiles(torch.utils.data.Dataset):
+class CityscapesFiles(FolderDataset):
     """Cityscapes read from the official files, as the XTasC-Net Cityscapes loader does.
 
     Layout under ``root``::
@@ -242,7 +243,6 @@ class CityscapesFiles(torch.utils.data.Dataset):
     ``dataloader.py::CityscapesDataset``; docs/fidelity.md, "Data and augmentation".
     """
 
-    ignore_index: int = IGNORE_INDEX
     depth_max: float = CITYSCAPES_DEPTH_MAX
 
     _IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -254,17 +254,11 @@ class CityscapesFiles(torch.utils.data.Dataset):
                  normalize: bool = True, depth_scaling: str = "none") -> None:
         self._lut = cityscapes_label_table(classes)  # validates classes
         self.num_classes = int(classes)
-        self.root = Path(root)
-        self.split = str(split)
-        self.size = check_size(size)
-        self.augment = bool(augment)
-        self.normalize = bool(normalize)
-        self.depth_scaling = check_depth_scaling(depth_scaling)
+        super().__init__(root, split=split, size=size, augment=augment, normalize=normalize,
+                         depth_scaling=depth_scaling)
         self.image_dir = self.root / "leftImg8bit" / self.split
         self.label_dir = self.root / "gtFine" / self.split
         self.disparity_dir = self.root / "disparity" / self.split
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root not found: {self.root}")
         for d in (self.image_dir, self.label_dir, self.disparity_dir):
             if not d.is_dir():
                 raise FileNotFoundError(f"dataset folder not found: {d}")
@@ -307,7 +301,7 @@ class CityscapesFiles(torch.utils.data.Dataset):
             "name": self.frames[index][1],
         }
         sample = resize_sample(sample, self.size)
-        return finish_sample(sample, self.augment, self.normalize, self.depth_scaling)
+        return self.finish(sample)
 
     def __repr__(self) -> str:
         return (f"CityscapesFiles(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
@@ -386,16 +380,14 @@ class MTANCityscapes(MTANNpyDataset):
 # --------------------------------------------------------------------------- #
 # registry entries
 # --------------------------------------------------------------------------- #
-def _build_files(root: Path, split: str, *, classes: int, size: Optional[Tuple[int, int]], augment: bool,
-                 normalize: bool, depth_scaling: str, tasks: Tuple[str, ...]) -> Dataset:
-    return CityscapesFiles(root, split=split, classes=classes, size=size, augment=augment,
-                           normalize=normalize, depth_scaling=depth_scaling)
+def _build_files(root: Path, split: str, request: BuildRequest) -> Dataset:
+    return CityscapesFiles(root, split=split, classes=request.classes, size=request.size, augment=request.augment,
+                           normalize=request.normalize, depth_scaling=request.depth_scaling)
 
 
-def _build_mtan(root: Path, split: str, *, classes: int, size: Optional[Tuple[int, int]], augment: bool,
-                normalize: bool, depth_scaling: str, tasks: Tuple[str, ...]) -> Dataset:
-    return MTANCityscapes(root, split=split, classes=classes, augment=augment, normalize=normalize,
-                          depth_scaling=depth_scaling)
+def _build_mtan(root: Path, split: str, request: BuildRequest) -> Dataset:
+    return MTANCityscapes(root, split=split, classes=request.classes, augment=request.augment,
+                          normalize=request.normalize, depth_scaling=request.depth_scaling)
 
 
 _CLASS_NAMES = {7: CITYSCAPES7_CLASS_NAMES, 19: CITYSCAPES19_CLASS_NAMES}
@@ -407,12 +399,8 @@ CITYSCAPES = register_dataset(DatasetSpec(
     classes=(7, 19),
     tasks=("semseg", "depth"),
     default_size=(128, 256),
-    val_fraction=0.1,
-    test_split="val",
-    test_description="val",
     depth_unit="disparity/256",
     default_depth_scaling="none",
-    default_root=None,
     factory=_build_files,
     class_name_tables=_CLASS_NAMES,
 ))
@@ -426,12 +414,8 @@ CITYSCAPES_MTAN = register_dataset(DatasetSpec(
     classes=(7, 19),
     tasks=("semseg", "depth"),
     default_size=None,
-    val_fraction=0.1,
-    test_split="val",
-    test_description="val",
     depth_unit="disparity/256",
     default_depth_scaling="none",
-    default_root=None,
     factory=_build_mtan,
     class_name_tables=_CLASS_NAMES,
 ))

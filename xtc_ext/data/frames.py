@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .base import FolderDataset
 from .io import check_same_size, read_label_png, read_rgb_png, read_uint16_png, rgb_tensor
 from .normals import normals_from_depth, resize_sample_with_normals
-from .registry import IGNORE_INDEX, DatasetSpec, PathLike, register_dataset
-from .transforms import Sample, check_depth_scaling, check_size, finish_sample, resize_sample
+from .registry import BuildRequest, DatasetSpec, PathLike, register_dataset
+from .transforms import Sample, resize_sample
 
 __all__ = ["NYU13_CLASS_NAMES", "NYUV2_TEST10", "NYUv2Frames", "FRAMES"]
 
@@ -37,7 +38,7 @@ NYU13_CLASS_NAMES: Tuple[str, ...] = (
 )
 
 
-class NYUv2Frames(torch.utils.data.Dataset):
+class NYUv2Frames(FolderDataset):
     """NYUv2 frames stored as PNG files (the layout of the packaged :data:`NYUV2_TEST10`).
 
     Layout under ``root``::
@@ -93,26 +94,18 @@ class NYUv2Frames(torch.utils.data.Dataset):
     and depth 0 are masked out).
     """
 
-    ignore_index: int = IGNORE_INDEX
-
     def __init__(self, root: PathLike, size: Optional[Tuple[int, int]] = (240, 320),
                  classes: int = 13, augment: bool = False, normalize: bool = True,
                  frames: Optional[Sequence[str]] = None, depth_scaling: str = "divide",
                  with_normals: bool = False) -> None:
         if classes not in (13, 40):
             raise ValueError(f"classes must be 13 or 40, got {classes!r}")
-        self.root = Path(root)
-        self.size = check_size(size)
+        super().__init__(root, size=size, augment=augment, normalize=normalize, depth_scaling=depth_scaling)
         self.num_classes = int(classes)
-        self.augment = bool(augment)
-        self.normalize = bool(normalize)
-        self.depth_scaling = check_depth_scaling(depth_scaling)
         self.with_normals = bool(with_normals)
         self.rgb_dir = self.root / "rgb"
         self.depth_dir = self.root / "depth"
         self.label_dir = self.root / f"label{self.num_classes}"
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root not found: {self.root}")
         for d in (self.rgb_dir, self.depth_dir, self.label_dir):
             if not d.is_dir():
                 raise FileNotFoundError(f"dataset folder not found: {d}")
@@ -164,7 +157,7 @@ class NYUv2Frames(torch.utils.data.Dataset):
             sample = resize_sample_with_normals(sample, self.size)
         else:
             sample = resize_sample(sample, self.size)
-        return finish_sample(sample, self.augment, self.normalize, self.depth_scaling)
+        return self.finish(sample)
 
     def __repr__(self) -> str:
         return (f"NYUv2Frames(root={str(self.root)!r}, n={len(self)}, size={self.size}, "
@@ -172,11 +165,11 @@ class NYUv2Frames(torch.utils.data.Dataset):
                 + (", with_normals=True)" if self.with_normals else ")"))
 
 
-def _build(root: Path, split: str, *, classes: int, size: Optional[Tuple[int, int]], augment: bool,
-           normalize: bool, depth_scaling: str, tasks: Tuple[str, ...]) -> Dataset:
+def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
     # one split: ``split`` is not used; normals are derived from depth only when asked for
-    return NYUv2Frames(root, size=size, classes=classes, augment=augment, normalize=normalize,
-                       depth_scaling=depth_scaling, with_normals="normals" in tasks)
+    return NYUv2Frames(root, size=request.size, classes=request.classes, augment=request.augment,
+                       normalize=request.normalize, depth_scaling=request.depth_scaling,
+                       with_normals="normals" in request.tasks)
 
 
 FRAMES = register_dataset(DatasetSpec(

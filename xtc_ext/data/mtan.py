@@ -9,20 +9,20 @@ fix the label folder, the classes and the depth unit.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .base import FolderDataset
 from .io import check_depth_array, load_npy
 from .registry import IGNORE_INDEX, PathLike
-from .transforms import Sample, check_depth_scaling, finish_sample
+from .transforms import Sample
 
 __all__ = ["MTANNpyDataset"]
 
 
-class MTANNpyDataset(torch.utils.data.Dataset):
+class MTANNpyDataset(FolderDataset):
     """Reader of MTAN's preprocessed layout ``root/{split}/{image,<label>,depth}/{i}.npy``.
 
     Subclasses fix the label folder, the number of classes, the depth units
@@ -45,22 +45,15 @@ class MTANNpyDataset(torch.utils.data.Dataset):
         ValueError: bad ``depth_scaling``; (at ``__getitem__``) see the subclasses.
     """
 
-    ignore_index: int = IGNORE_INDEX
     #: Largest accepted depth value (None: unbounded); checked with a 1e-4 tolerance.
     depth_max: Optional[float] = None
     _depth_unit: str = "metres"
 
     def __init__(self, root: PathLike, split: str, label_folder: str, num_classes: int,
                  augment: bool, normalize: bool, depth_scaling: str) -> None:
-        self.root = Path(root)
-        self.split = str(split)
+        super().__init__(root, split=split, augment=augment, normalize=normalize, depth_scaling=depth_scaling)
         self.num_classes = int(num_classes)
-        self.augment = bool(augment)
-        self.normalize = bool(normalize)
-        self.depth_scaling = check_depth_scaling(depth_scaling)
         self.split_dir = self.root / self.split
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root not found: {self.root}")
         if not self.split_dir.is_dir():
             raise FileNotFoundError(f"split folder not found: {self.split_dir}")
         self.dirs = {"image": self.split_dir / "image", "label": self.split_dir / label_folder,
@@ -141,7 +134,7 @@ class MTANNpyDataset(torch.utils.data.Dataset):
             "depth_valid": depth_t > 0,
             "name": f"{self.split}/{index}",
         }
-        return finish_sample(sample, self.augment, self.normalize, self.depth_scaling)
+        return self.finish(sample)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "

@@ -11,16 +11,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .base import FolderDataset
 from .io import (check_depth_array, check_same_size, load_npy, read_id_file, read_label_png, read_rgb_image,
                  rgb_tensor)
 from .normals import resize_sample_with_normals, unit_normals_hw3
-from .registry import IGNORE_INDEX, DatasetSpec, PathLike, register_dataset
-from .transforms import Sample, check_depth_scaling, check_size, finish_sample
+from .registry import BuildRequest, DatasetSpec, PathLike, register_dataset
+from .transforms import Sample
 
 __all__ = ["NYUDMT", "NYUD_MT"]
 
 
-class NYUDMT(torch.utils.data.Dataset):
+class NYUDMT(FolderDataset):
     """NYUD-v2 in Vandenhende's ``NYUD_MT`` layout, the MT-CP NYUD data.
 
     Layout under ``root``::
@@ -85,19 +86,12 @@ class NYUDMT(torch.utils.data.Dataset):
     """
 
     num_classes: int = 40
-    ignore_index: int = IGNORE_INDEX
 
     def __init__(self, root: PathLike, split: str = "train",
                  size: Optional[Tuple[int, int]] = (480, 640), augment: bool = False,
                  normalize: bool = True, depth_scaling: str = "divide") -> None:
-        self.root = Path(root)
-        self.split = str(split)
-        self.size = check_size(size)
-        self.augment = bool(augment)
-        self.normalize = bool(normalize)
-        self.depth_scaling = check_depth_scaling(depth_scaling)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root not found: {self.root}")
+        super().__init__(root, split=split, size=size, augment=augment, normalize=normalize,
+                         depth_scaling=depth_scaling)
         self.split_file = self.root / "gt_sets" / f"{self.split}.txt"
         ids = read_id_file(self.split_file)
         self.dirs = {"image": self.root / "images", "seg": self.root / "segmentation",
@@ -155,17 +149,16 @@ class NYUDMT(torch.utils.data.Dataset):
             "name": self.frames[index],
         }
         sample = resize_sample_with_normals(sample, self.size)
-        return finish_sample(sample, self.augment, self.normalize, self.depth_scaling)
+        return self.finish(sample)
 
     def __repr__(self) -> str:
         return (f"NYUDMT(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
                 f"size={self.size}, augment={self.augment}, normalize={self.normalize})")
 
 
-def _build(root: Path, split: str, *, classes: int, size: Optional[Tuple[int, int]], augment: bool,
-           normalize: bool, depth_scaling: str, tasks: Tuple[str, ...]) -> Dataset:
-    return NYUDMT(root, split=split, size=size, augment=augment, normalize=normalize,
-                  depth_scaling=depth_scaling)
+def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
+    return NYUDMT(root, split=split, size=request.size, augment=request.augment, normalize=request.normalize,
+                  depth_scaling=request.depth_scaling)
 
 
 NYUD_MT = register_dataset(DatasetSpec(
@@ -175,12 +168,8 @@ NYUD_MT = register_dataset(DatasetSpec(
     classes=(40,),
     tasks=("semseg", "depth", "normals"),
     default_size=(480, 640),
-    val_fraction=0.1,
-    test_split="val",
-    test_description="val",
     depth_unit="m",
     default_depth_scaling="divide",
-    default_root=None,
     factory=_build,
 ))
 """The ``--dataset nyudmt`` spec: ``val`` (654 images) is the NYUD-v2 test split MT-CP reports on;

@@ -7,13 +7,12 @@ Its labels are the NYU-13 classes of the packaged frames
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
 
 from torch.utils.data import Dataset
 
 from .frames import NYU13_CLASS_NAMES
 from .mtan import MTANNpyDataset
-from .registry import DatasetSpec, PathLike, register_dataset
+from .registry import BuildRequest, DatasetSpec, PathLike, register_dataset
 
 __all__ = ["MTANNYUv2", "NYUV2"]
 
@@ -76,9 +75,9 @@ class MTANNYUv2(MTANNpyDataset):
         super().__init__(root, split, "label", 13, augment, normalize, depth_scaling)
 
 
-def _build(root: Path, split: str, *, classes: int, size: Optional[Tuple[int, int]], augment: bool,
-           normalize: bool, depth_scaling: str, tasks: Tuple[str, ...]) -> Dataset:
-    return MTANNYUv2(root, split=split, augment=augment, normalize=normalize, depth_scaling=depth_scaling)
+def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
+    return MTANNYUv2(root, split=split, augment=request.augment, normalize=request.normalize,
+                     depth_scaling=request.depth_scaling)
 
 
 NYUV2 = register_dataset(DatasetSpec(
@@ -88,12 +87,8 @@ NYUV2 = register_dataset(DatasetSpec(
     classes=(13,),
     tasks=("semseg", "depth"),
     default_size=None,
-    val_fraction=0.1,
-    test_split="val",
-    test_description="val",
     depth_unit="m",
     default_depth_scaling="divide",
-    default_root=None,
     factory=_build,
     class_name_tables={13: NYU13_CLASS_NAMES},
 ))

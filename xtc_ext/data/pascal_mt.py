@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .base import FolderDataset
 from .io import check_same_size, open_image, read_id_file, read_label_png, read_rgb_image, rgb_tensor
-from .registry import IGNORE_INDEX, DatasetSpec, PathLike, register_dataset
-from .transforms import Sample, check_size, finish_sample, resize_sample
+from .registry import IGNORE_INDEX, BuildRequest, DatasetSpec, PathLike, register_dataset
+from .transforms import Sample, check_size, resize_sample
 
 __all__ = [
     "PASCAL_SEMSEG_CLASS_NAMES",
@@ -211,7 +212,7 @@ def read_pascal_human_parts(path: PathLike, image_size: Tuple[int, int]) -> np.n
 # --------------------------------------------------------------------------- #
 # the dataset
 # --------------------------------------------------------------------------- #
-class PASCALMT(torch.utils.data.Dataset):
+class PASCALMT(FolderDataset):
     """PASCAL-Context in Vandenhende's ``PASCAL_MT`` layout, the MT-CP PASCAL data.
 
     Layout under ``root``::
@@ -277,7 +278,6 @@ class PASCALMT(torch.utils.data.Dataset):
     TASKS: Tuple[str, str, str] = ("semseg", "human_parts", "sal")
     num_classes: int = 21
     num_human_parts: int = 7
-    ignore_index: int = IGNORE_INDEX
 
     def __init__(self, root: PathLike, split: str = "train",
                  size: Optional[Tuple[int, int]] = (512, 512), augment: bool = False,
@@ -295,13 +295,7 @@ class PASCALMT(torch.utils.data.Dataset):
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks contains duplicates: {tasks}")
         self.tasks: Tuple[str, ...] = tasks
-        self.root = Path(root)
-        self.split = str(split)
-        self.size = check_size(size)
-        self.augment = bool(augment)
-        self.normalize = bool(normalize)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root not found: {self.root}")
+        super().__init__(root, split=split, size=size, augment=augment, normalize=normalize)
         self.split_file = self.root / "ImageSets" / "Context" / f"{self.split}.txt"
         #: ids of the split, in file order.
         self.frames: List[str] = read_id_file(self.split_file)
@@ -367,7 +361,7 @@ class PASCALMT(torch.utils.data.Dataset):
                 (sal.astype(np.float32) / 255.0 >= 0.5).astype(np.float32))[None].contiguous()
         sample["name"] = self.frames[index]
         sample = resize_sample(sample, self.size)
-        return finish_sample(sample, self.augment, self.normalize, "none")
+        return self.finish(sample)  # no depth: depth_scaling "none" is not used
 
     def __repr__(self) -> str:
         return (f"PASCALMT(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
@@ -375,10 +369,10 @@ class PASCALMT(torch.utils.data.Dataset):
                 f"normalize={self.normalize})")
 
 
-def _build(root: Path, split: str, *, classes: int, size: Optional[Tuple[int, int]], augment: bool,
-           normalize: bool, depth_scaling: str, tasks: Tuple[str, ...]) -> Dataset:
+def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
     # no depth: ``depth_scaling`` is not used; only the files of the asked tasks are read
-    return PASCALMT(root, split=split, size=size, augment=augment, normalize=normalize, tasks=tasks)
+    return PASCALMT(root, split=split, size=request.size, augment=request.augment, normalize=request.normalize,
+                    tasks=request.tasks)
 
 
 PASCAL = register_dataset(DatasetSpec(
@@ -388,12 +382,6 @@ PASCAL = register_dataset(DatasetSpec(
     classes=(21,),
     tasks=("semseg", "human_parts", "sal"),
     default_size=(512, 512),
-    val_fraction=0.1,
-    test_split="val",
-    test_description="val",
-    depth_unit=None,
-    default_depth_scaling=None,
-    default_root=None,
     factory=_build,
     class_name_tables={21: PASCAL_SEMSEG_CLASS_NAMES},
 ))

@@ -6,9 +6,10 @@ its depth target, its class names, and how to build it. Training, evaluation and
 registry (:func:`get_dataset`, :data:`DATASETS`) and never test a dataset's name.
 
 **To add a dataset, add one module to this package** (``xtc_ext/data/<family>.py``) holding its
-``torch.utils.data.Dataset`` class and one :func:`register_dataset` call with its spec, nothing else:
-``xtc_ext/data/__init__.py`` imports every module of the package, so the spec is registered on
-``import xtc_ext.data``. The dataset's ``__getitem__`` must return the common sample dict (see
+``torch.utils.data.Dataset`` class (usually a :class:`xtc_ext.data.base.FolderDataset`), a factory
+``factory(root, split, request: BuildRequest) -> Dataset`` and one :func:`register_dataset` call
+with its :class:`DatasetSpec`, nothing else: ``xtc_ext/data/__init__.py`` imports every module of
+the package, so the spec is registered on ``import xtc_ext.data``. The dataset's ``__getitem__`` must return the common sample dict (see
 :mod:`xtc_ext.data`): ``"image"`` float32 [3,H,W], ``"name"`` str, and the target of each task under
 its :data:`SAMPLE_KEYS` key, with :data:`IGNORE_INDEX` for void label pixels.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "TASK_NAMES",
     "SAMPLE_KEYS",
     "FIXED_TASK_CHANNELS",
+    "BuildRequest",
     "DatasetSpec",
     "DATASETS",
     "register_dataset",
@@ -62,8 +64,29 @@ def _positive_int(value) -> bool:
 
 
 @dataclass(frozen=True)
+class BuildRequest:
+    """The checked arguments of :meth:`DatasetSpec.build`, handed to the spec's ``factory``.
+
+    Attributes:
+        classes: one of the spec's ``classes``.
+        size: output (H, W), or None for the stored (native) size.
+        augment: apply the training augmentation.
+        normalize: ImageNet-normalise the image.
+        depth_scaling: one of ``DEPTH_SCALINGS`` (``"auto"`` already resolved).
+        tasks: the asked tasks, a non-empty subset of the spec's ``tasks``.
+    """
+
+    classes: int
+    size: Optional[Tuple[int, int]]
+    augment: bool
+    normalize: bool
+    depth_scaling: str
+    tasks: Tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class DatasetSpec:
-    """Everything the project knows about one ``--dataset`` value.
+    """Everything the project knows about one ``--dataset`` value (keyword arguments only).
 
     Attributes:
         name: the ``--dataset`` value (e.g. ``"frames"``, ``"nyuv2"``, ``"cityscapes"``).
@@ -71,21 +94,22 @@ class DatasetSpec:
         classes: the ``--classes`` values offered; ``classes[0]`` is the default.
         tasks: canonical task names (:data:`TASK_NAMES`) whose targets the samples can carry.
         default_size: (H, W) default of ``--size``; None = the stored size (``--size`` refused).
-        val_fraction: default ``--val-fraction``: the part of the TRAIN split held out for
-            validation (docs/fidelity.md, "Protocol and model selection").
-        test_split: the split the final test reads (``"val"``); None = the layout has a single
-            split, whose frames the test reads again (``build`` then ignores ``split``).
-        test_description: what the test reads, in words (shown in the run's description).
+        factory: ``factory(root: Path, split: str, request: BuildRequest) -> Dataset``; called by
+            :meth:`build` with checked arguments.
+        val_fraction: default ``--val-fraction`` (default 0.1): the part of the TRAIN split held
+            out for validation (docs/fidelity.md, "Protocol and model selection").
+        test_split: the split the final test reads (default ``"val"``); None = the layout has a
+            single split, whose frames the test reads again (``build`` then ignores ``split``).
+        test_description: what the test reads, in words (shown in the run's description);
+            default: ``test_split``; required when ``test_split`` is None.
         depth_unit: unit of the depth target and errors (``"m"``, ``"disparity/256"``); None
-            when the dataset has no depth.
+            (default) when the dataset has no depth.
         default_depth_scaling: what ``--depth-scaling auto`` means (``"divide"`` for metric depth,
             ``"none"`` for the Cityscapes disparity target, see
-            :class:`xtc_ext.data.transforms.AugmentParams`); None when the dataset has no depth.
-        default_root: folder of data shipped inside the package (the ten NYUv2 frames), else None:
-            the caller must give the dataset's folder (``--data-root``).
-        factory: ``factory(root: Path, split: str, *, classes, size, augment, normalize,
-            depth_scaling, tasks) -> Dataset``; called by :meth:`build` with checked arguments
-            (``depth_scaling`` already resolved from ``"auto"``, ``tasks`` a tuple).
+            :class:`xtc_ext.data.transforms.AugmentParams`); None (default) when the dataset has
+            no depth.
+        default_root: folder of data shipped inside the package (the ten NYUv2 frames); None
+            (default): the caller must give the dataset's folder (``--data-root``).
         class_name_tables: ``{classes: names}`` legends for figures; a class count without an
             entry has no names (:meth:`class_names` returns None).
 
@@ -98,13 +122,13 @@ class DatasetSpec:
     classes: Tuple[int, ...]
     tasks: Tuple[str, ...]
     default_size: Optional[Tuple[int, int]]
-    val_fraction: float
-    test_split: Optional[str]
-    test_description: str
-    depth_unit: Optional[str]
-    default_depth_scaling: Optional[str]
-    default_root: Optional[Path]
-    factory: Callable[..., Dataset] = field(repr=False, compare=False)
+    factory: Callable[[Path, str, BuildRequest], Dataset] = field(repr=False, compare=False)
+    val_fraction: float = 0.1
+    test_split: Optional[str] = "val"
+    test_description: Optional[str] = None
+    depth_unit: Optional[str] = None
+    default_depth_scaling: Optional[str] = None
+    default_root: Optional[Path] = None
     class_name_tables: Mapping[int, Tuple[str, ...]] = field(default_factory=dict, repr=False,
                                                              compare=False)
 
@@ -125,10 +149,15 @@ class DatasetSpec:
             fail(f"tasks must be distinct names from {TASK_NAMES}, got {self.tasks!r}")
         if self.default_size is not None:
             object.__setattr__(self, "default_size", check_size(self.default_size))
-        if not 0.0 <= float(self.val_fraction) < 1.0:  # also rejects NaN
-            fail(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
+                or not 0.0 <= self.val_fraction < 1.0:  # also rejects NaN
+            fail(f"val_fraction must be a number in [0, 1), got {self.val_fraction!r}")
         if self.test_split is not None and (not isinstance(self.test_split, str) or not self.test_split):
             fail(f"test_split must be None or a split name, got {self.test_split!r}")
+        if self.test_description is None:
+            if self.test_split is None:
+                fail("test_description is required when test_split is None")
+            object.__setattr__(self, "test_description", self.test_split)
         has_depth = "depth" in self.tasks
         if has_depth != (self.depth_unit is not None):
             fail("depth_unit must be given exactly when 'depth' is one of the tasks")
@@ -267,8 +296,9 @@ class DatasetSpec:
             if self.default_root is None:
                 raise ValueError(f"root: dataset {self.name!r} ships no data; give its folder (--data-root)")
             root = self.default_root
-        return self.factory(Path(root), split, classes=classes, size=size, augment=bool(augment),
-                            normalize=bool(normalize), depth_scaling=scaling, tasks=tasks)
+        request = BuildRequest(classes=classes, size=size, augment=bool(augment), normalize=bool(normalize),
+                               depth_scaling=scaling, tasks=tasks)
+        return self.factory(Path(root), split, request)
 
 
 #: name -> spec of every registered dataset, in registration order (filled by the family modules).

@@ -21,6 +21,17 @@ from .registry import DatasetSpec, PathLike
 __all__ = ["split_indices", "split_train_val", "DataSplits", "build_splits"]
 
 
+def _check_fraction(value, name: str) -> float:
+    """``value`` as a float in [0, 1); ValueError naming ``name`` otherwise (NaN included)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}") from None
+    if not 0.0 <= f < 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return f
+
+
 def split_indices(n: int, val_fraction: float = 0.1, seed: int = 0) -> Tuple[List[int], List[int]]:
     """Deterministic random split of ``range(n)`` into train and validation indices.
 
@@ -53,12 +64,7 @@ def split_indices(n: int, val_fraction: float = 0.1, seed: int = 0) -> Tuple[Lis
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     n = int(n)
-    try:
-        f = float(val_fraction)
-    except (TypeError, ValueError):
-        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}") from None
-    if not 0.0 <= f < 1.0:  # also rejects NaN
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    f = _check_fraction(val_fraction, "val_fraction")
     if f == 0.0:
         return list(range(n)), []
     if n < 2:
@@ -170,12 +176,7 @@ def build_splits(spec: DatasetSpec, root: Optional[PathLike], *, classes: int,
             other arguments.
         FileNotFoundError: as :meth:`DatasetSpec.build`.
     """
-    try:
-        fraction = float(val_fraction)
-    except (TypeError, ValueError):
-        raise ValueError(f"--val-fraction must be a number in [0, 1), got {val_fraction!r}") from None
-    if not 0.0 <= fraction < 1.0:  # also rejects NaN
-        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction!r}")
+    fraction = _check_fraction(val_fraction, "--val-fraction")
     kwargs = dict(classes=classes, size=size, normalize=normalize, depth_scaling=depth_scaling, tasks=tasks)
     train_full = spec.build(root, "train", augment=bool(augment), **kwargs)
     train_plain = spec.build(root, "train", augment=False, **kwargs)
