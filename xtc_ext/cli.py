@@ -14,6 +14,7 @@ as on the command line, and every error names the file and the key.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -21,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from xtc_ext.data import DATASETS, DEPTH_SCALINGS, DatasetSpec, get_dataset
-from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, CheckpointError, load_checkpoint
+from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, RUN_ARGS_FILE, CheckpointError, load_checkpoint
 from xtc_ext.losses import LOSS_IMPLS
 from xtc_ext.recipes import RECIPE_CLASSES, RECIPES
 from xtc_ext.weighting import WEIGHTINGS
@@ -261,17 +262,35 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     pre.add_argument("--resume")
     known, _ = pre.parse_known_args(argv)
     defaults: Dict[str, Any] = {}
+    fresh = False
     if known.resume:
-        try:
-            stored = load_checkpoint(known.resume)["args"]
-        except CheckpointError as e:
-            parser.exit(2, f"error: --resume: {e}\n")
+        stored, fresh = _resume_args(known.resume, parser)
         dests = {a.dest for a in parser._actions}
         defaults.update({k: v for k, v in stored.items() if k in dests and k not in _NOT_CONFIGURABLE})
     if known.config:
         defaults.update(load_config(known.config, parser))
     parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if fresh:
+        args.resume = None
+    return args
+
+
+def _resume_args(path: str, parser: argparse.ArgumentParser) -> Tuple[Dict[str, Any], bool]:
+    """The arguments stored in the ``--resume`` checkpoint, and False; or, when the checkpoint does not exist but
+    its folder holds the ``args.json`` of a run killed before its first checkpoint, those arguments and True (the
+    run starts again from scratch). Exits with code 2 and one line naming the file otherwise."""
+    try:
+        return load_checkpoint(path)["args"], False
+    except CheckpointError as e:
+        run_args = Path(path).parent / RUN_ARGS_FILE
+        if not Path(path).exists() and run_args.is_file():
+            log.warning("--resume: %s does not exist yet; restarting the run of %s from scratch", path, run_args)
+            try:
+                return json.loads(run_args.read_text()), True
+            except (OSError, ValueError) as bad:
+                parser.exit(2, f"error: --resume: cannot read {run_args}: {bad}\n")
+        parser.exit(2, f"error: --resume: {e}\n")
 
 
 # --------------------------------------------------------------------------- checks and defaults

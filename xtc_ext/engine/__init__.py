@@ -14,7 +14,7 @@ It knows no model, dataset or task by name: a method plugs in through the :class
 
 from xtc_ext.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xtc_ext.engine.evaluation import evaluate
-from xtc_ext.engine.loop import NONFINITE_POLICIES, NonFiniteLoss, Trainer, fit
+from xtc_ext.engine.loop import NONFINITE_POLICIES, RUN_ARGS_FILE, NonFiniteLoss, Trainer, fit
 from xtc_ext.engine.optim import LR_SCHEDULES, OPTIMIZERS
 from xtc_ext.engine.protocol import Recipe, StepOutput
 from xtc_ext.engine.runtime import resolve_device
@@ -25,6 +25,7 @@ __all__ = [
     "save_checkpoint",
     "evaluate",
     "NONFINITE_POLICIES",
+    "RUN_ARGS_FILE",
     "NonFiniteLoss",
     "Trainer",
     "fit",

@@ -10,7 +10,9 @@
   changes; checkpoints hold everything a resume needs (:meth:`Trainer.checkpoint_state`), so ``--resume``
   continues bitwise like the uninterrupted run (CPU);
 * at the end ``best.pt`` (or the last epoch without validation) is tested once on ``splits.test``; results go
-  to ``metrics.json``, ``metrics.md`` and figures (:mod:`xtc_ext.engine.report`).
+  to ``metrics.json``, ``metrics.md`` and figures (:mod:`xtc_ext.engine.report`);
+* ``args.json`` holds the run's arguments from its start, so that a run killed before its first checkpoint
+  can be resumed (from scratch) like any other.
 
 Failure handling: a non-finite loss stops the run at that step (``--nonfinite stop``, :class:`NonFiniteLoss`)
 or drops that step's update (``skip``, counted in the log); a checkpoint is never written with non-finite
@@ -41,18 +43,22 @@ from xtc_ext.engine.checkpoint import (
     save_checkpoint,
 )
 from xtc_ext.engine.evaluation import evaluate
-from xtc_ext.engine.logs import TensorBoardLog, write_history
+from xtc_ext.engine.logs import TensorBoardLog, write_history, write_json
 from xtc_ext.engine.optim import build_optimizer, build_schedule
 from xtc_ext.engine.protocol import Recipe
 from xtc_ext.engine.report import write_report
 from xtc_ext.engine.runtime import make_loader, resolve_device, seed_everything
 
-__all__ = ["CHECKPOINT_FORMAT", "NONFINITE_POLICIES", "NonFiniteLoss", "TrainState", "Trainer", "fit"]
+__all__ = ["CHECKPOINT_FORMAT", "NONFINITE_POLICIES", "RUN_ARGS_FILE", "NonFiniteLoss", "TrainState", "Trainer", "fit"]
 
 log = logging.getLogger("xtc_ext.train")
 
 CHECKPOINT_FORMAT = 3
 """Version of the checkpoint layout (3: the regularizer generator and the skipped-step count)."""
+
+RUN_ARGS_FILE = "args.json"
+"""Written in the output folder when a run starts: its arguments, so that ``--resume OUTPUT_DIR/last.pt`` of a
+run killed before its first checkpoint starts it again from scratch (``xtc_ext.cli.parse_args``)."""
 
 NONFINITE_POLICIES = ("stop", "skip")
 """``--nonfinite`` choices: stop the run at a non-finite loss, or skip that step's update."""
@@ -331,6 +337,7 @@ def fit(args: argparse.Namespace, recipe: Recipe, splits: DataSplits, *, show_be
     resume_state = load_checkpoint(args.resume) if getattr(args, "resume", None) else None
     trainer = Trainer(args, recipe, splits, show_before=show_before)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(args.output_dir) / RUN_ARGS_FILE, args_dict(args))
     if resume_state is not None:
         trainer.resume(resume_state)
         log.info("resumed %s at epoch %d (step %d)", args.resume, trainer.state.epoch, trainer.state.step)

@@ -1,0 +1,91 @@
+"""A minimal method for engine tests: a 1x1-conv depth regressor on random images.
+
+It implements the engine's Recipe protocol with a model of 4 parameters, so that the training loop,
+checkpoints, resume and failure handling are tested without any real network (checkpoints of ~1 KB).
+``nan_at_step`` makes the loss NaN at that (1-based) step; ``poison_at_step`` writes inf into a weight.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from xtc_ext import cli
+from xtc_ext.data import DataSplits
+from xtc_ext.engine import StepOutput
+from xtc_ext.metrics import MultiTaskEvaluator
+from xtc_ext.weighting import build_weighting
+
+
+class ToyRecipe:
+    name = "toy depth regressor"
+    tasks = ("depth",)
+    loss_names = ("loss", "depth_loss")
+    weighting_slice = slice(1, 2)
+    depth_unit = "m"
+
+    def __init__(self, nan_at_step=None, poison_at_step=None):
+        self.nan_at_step, self.poison_at_step = nan_at_step, poison_at_step
+        self.steps = 0
+
+    def build_model(self):
+        return nn.Conv2d(3, 1, 1)
+
+    def build_weighting(self, model):
+        return build_weighting("uncertainty", 1)
+
+    def describe(self):
+        return "toy"
+
+    def training_step(self, model, weighting, batch, device, generator):
+        self.steps += 1
+        if self.poison_at_step == self.steps:
+            with torch.no_grad():
+                model.weight[0, 0, 0, 0] = float("inf")
+        loss = (model(batch["image"]) - batch["depth"]).abs().mean()
+        if self.nan_at_step == self.steps:
+            loss = loss * float("nan")
+        total = weighting(loss.reshape(1))
+        return StepOutput(total, torch.stack([total.detach(), loss.detach()]))
+
+    def predict(self, model, image):
+        return {"depth": model(image)}
+
+    def targets(self, batch, device):
+        return {"depth": batch["depth"]}
+
+    def evaluator(self):
+        return MultiTaskEvaluator({"depth": 1}, lambda t, p, tg: (p - tg[t]).abs().mean())
+
+    def score_reference(self, metrics):
+        return {}
+
+    def score(self, metrics, reference):
+        return -metrics["abs_err"]
+
+    def delta_m(self, metrics, baseline_files):
+        raise AssertionError("not used")
+
+    def figures(self, model, data, indices, out_dir, title, device):
+        return []
+
+
+def toy_splits(n_train=8, n_val=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def samples(n):
+        return [{"image": torch.randn(3, 4, 4, generator=g), "depth": torch.rand(1, 4, 4, generator=g) + 0.5,
+                 "name": str(i)} for i in range(n)]
+
+    return DataSplits(samples(n_train), samples(n_val), samples(n_val),
+                      {"train": f"{n_train} toy", "val": f"{n_val} toy", "test": f"{n_val} toy"})
+
+
+def toy_args(out_dir, *argv) -> argparse.Namespace:
+    """The training program's arguments (its defaults) for a toy run in ``out_dir``."""
+    args = cli.parse_args(["--output-dir", str(out_dir), "--epochs", "3", "--batch-size", "2", "--no-progress",
+                           "--no-tensorboard", "--num-figures", "0", "--lr", "0.01", *argv])
+    args.classes, args.data_root = 1, "toy"
+    return args
