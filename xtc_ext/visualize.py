@@ -13,6 +13,11 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, NYU13_CLASS_NAMES
 
@@ -50,8 +55,6 @@ def segmentation_palette(num_classes: int) -> np.ndarray:
         ``tab20``, 20..59 ``tab20b`` then ``tab20c``, beyond that evenly spaced
         ``hsv`` hues. The same index always gets the same colour.
     """
-    from matplotlib import colormaps
-
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     cols = []
@@ -137,10 +140,6 @@ def save_prediction_figure(path: Union[str, "os.PathLike[str]"], image: torch.Te
     Raises:
         ValueError: on wrong shapes, mismatched sizes or out-of-range labels.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-    from PIL import Image
 
     image = image.detach().cpu()
     if image.dim() != 3 or image.shape[0] != 3:
@@ -193,8 +192,6 @@ def save_prediction_figure(path: Union[str, "os.PathLike[str]"], image: torch.Te
     if not vmax > vmin:
         vmin, vmax = vmin - 0.5, vmax + 0.5
     abs_txt = f"{np.abs(dpr[valid_d] - dgt[valid_d]).mean():.3f} m" if valid_d.any() else "n/a"
-
-    from matplotlib import colormaps
 
     cmap = colormaps["viridis"].with_extremes(bad="black")
 
@@ -264,9 +261,6 @@ def save_single_task_figure(path: Union[str, "os.PathLike[str]"], image: torch.T
     Raises:
         ValueError: ``task`` is neither ``"semseg"`` nor ``"depth"``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from PIL import Image
 
     if task not in ("semseg", "depth"):
         raise ValueError(f"save_single_task_figure: task must be 'semseg' or 'depth', got {task!r}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -463,8 +464,6 @@ class LPS(Weighting):
 
     @staticmethod
     def _all_reduce_mean(m: Tensor) -> Tensor:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             m = m.clone()
             dist.all_reduce(m, op=dist.ReduceOp.SUM)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import scipy.io as sio
 import torch
 from torch.utils.data import Dataset
 
@@ -163,10 +164,6 @@ def read_pascal_human_parts(path: PathLike, image_size: Tuple[int, int]) -> np.n
     H, W = check_size(image_size)
     if not path.is_file():
         raise FileNotFoundError(f"missing file: {path}")
-    try:
-        import scipy.io as sio
-    except ImportError as e:  # pragma: no cover - scipy is a dependency
-        raise ImportError("reading PASCAL_MT human parts (.mat) needs scipy: pip install scipy") from e
     try:
         mat = sio.loadmat(str(path))
     except Exception as e:  # MatReadError, ValueError, OSError, ... on corrupt files
