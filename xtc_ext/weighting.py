@@ -14,9 +14,9 @@ Methods (``WEIGHTINGS`` / :func:`build_weighting` names):
 - ``"uncertainty"``: :class:`UncertaintyWeighting` (Kendall et al. 2018, LibMTL's form).
 - ``"dwa"``: :class:`DWA`, Dynamic Weight Average (Liu et al., MTAN, CVPR 2019; paper Table IV).
 - ``"gradnorm"``: :class:`GradNorm` (Chen et al., ICML 2018; paper App. C), as published, without
-  the bugs of the XTasC-Net authors' implementation (reference-implementations.md §1.3, §3.1 item 7).
+  the bugs of the XTasC-Net authors' implementation (docs/fidelity.md, "Task weighting").
 - ``"lps"``, ``"lps-log"``, ``"lps-prio"``: :class:`LPS`, the Loss Prioritization Scheme of MT-CP
-  (paper §3.5, Eqs. 3-6, reconstructed in reference-implementations.md §2.8), in full, log projection
+  (paper §3.5, Eqs. 3-6, reconstructed: docs/fidelity.md, "MT-CP losses and LPS"), in full, log projection
   only, and prioritization only (the ablations of MT-CP Table 4; see ``LPS_ABLATIONS``).
 
 The training loop contract: call ``optimizer.zero_grad()`` *before* ``weighting(losses)`` (GradNorm
@@ -86,7 +86,7 @@ class UncertaintyWeighting(Weighting):
     ``total = sum_t L_t / (2 exp(s_t)) + s_t / 2`` with learned log-variances ``s_t`` (parameter
     ``log_vars``, float32 ``[T]``, initialised to 0), optimised with the network. The effective
     weight of task t is ``1 / (2 exp(s_t))``. The XTasC-Net authors' code uses ``+ s_t`` instead of
-    ``+ s_t / 2`` (reference-implementations.md §1.3); the design brief fixes Kendall's form.
+    ``+ s_t / 2``; Kendall's form is kept here (docs/fidelity.md, "Task weighting").
     """
 
     def __init__(self, num_tasks: int) -> None:
@@ -193,7 +193,7 @@ class GradNorm(Weighting):
     ``total.backward()``), or the GradNorm gradient of ``w`` is discarded. Gradient scaling
     (``torch.amp.GradScaler``) is not applied to that gradient.
 
-    Differences from the XTasC-Net authors' code (reference-implementations.md §1.3 / §3.1 item 7),
+    Differences from the XTasC-Net authors' code (docs/fidelity.md, "Task weighting"),
     all deliberate: ``alpha`` is a parameter (their 0.16 is hard-coded), no ½ factors, ``L(0)`` is
     the unweighted loss of the first step (theirs: the weighted loss of the last epoch-1 batch),
     ``L_grad`` does not reach the network parameters (theirs adds second-order terms), and ``w``
@@ -340,9 +340,8 @@ class SeparateGradNorm(GradNorm):
 class LPS(Weighting):
     """Loss Prioritization Scheme of MT-CP (paper §3.5, Eqs. 3-6), reconstructed and actually applied.
 
-    The paper's equations were lost in extraction; this follows the reconstruction of
-    reference-implementations.md §2.8 ("Reconstructed paper-faithful LPS") and the design brief (the
-    paper's method, not the authors' code, which computes the weights and then discards them).
+    This follows the reconstruction of Eqs. 3-6 in docs/fidelity.md, "MT-CP losses and LPS": the paper's
+    method, not the authors' code, which computes the weights and then discards them.
 
     **Loss (Eq. 3 with the weights of Eqs. 4-6).** ``total = sum_t sg(w_t) * Lhat_t`` with the scale
     projection ``Lhat_t = log(1 + L_t + eps)`` (``log_transform=True``; the ``+1`` keeps ``Lhat_t >= 0``
@@ -362,7 +361,7 @@ class LPS(Weighting):
        ``w_t > 1``: the task's share grew, i.e. its loss decreased more slowly than the others', so it
        is treated as harder and prioritised. ``K = 1`` is the authors' code (``w_t = pi_t(e) /
        pi_t(e-1)``, there on raw losses); for ``K > 1`` the paper's exact form is unknown and the mean of
-       the last K shares is an assumption (reference-implementations.md §2.8 item 3);
+       the last K shares is an assumption (docs/fidelity.md, "MT-CP losses and LPS");
     4. spread (Eqs. 5-6): ``wbar = mean_t w_t``, ``w_t <- wbar + beta * (w_t - wbar)`` (``beta = 2.5``,
        the paper's value; the authors' NYUD driver uses 7.5). This keeps the mean and amplifies the
        deviations;
@@ -386,7 +385,7 @@ class LPS(Weighting):
     **Distributed training.** If ``torch.distributed`` is initialised, :meth:`epoch_end` first
     all-reduces (sums, then divides by the world size) the epoch means across ranks, so every rank
     computes identical weights from the global means (the authors' code computes them per rank without
-    synchronisation, reference-implementations.md §3.2 item 16). Every rank must call ``epoch_end``
+    synchronisation). Every rank must call ``epoch_end``
     (a collective); the reduction runs on the device of this module's buffers (move the weighting to
     the training device, e.g. CUDA for NCCL). Validation happens after the reduction, so a bad value on
     one rank makes every rank raise.

@@ -1,4 +1,4 @@
-"""MT-CP losses (paper §3.5 Eq. 7, §4.2; reference-implementations.md §2.6-2.8): per-task losses against
+"""MT-CP losses (paper §3.5 Eq. 7, §4.2; docs/fidelity.md): per-task losses against
 hand values and PyTorch, masking and ignore handling, the Eq. 7 assembly with LPS, fused vs eager."""
 
 import math

@@ -1,4 +1,4 @@
-"""Tests for python_models (XTasC-Net architecture, reference-implementations.md §1.2)."""
+"""Tests for python_models (XTasC-Net architecture, paper §IV-A, the authors' model/xtask_ts.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Parameter counts (verified against the authors' code, reference-implementations §1.2)
+# Parameter counts (verified against the authors' code, model/xtask_ts.py)
 # ---------------------------------------------------------------------------------------
 
 

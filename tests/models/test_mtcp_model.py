@@ -1,6 +1,6 @@
 """Tests for the MT-CP model (python_models/mtcp.py, python_models/mtcp_blocks.py).
 
-Paper §3.1-3.4; reference-implementations.md PART 2 §2.2-2.5.  Everything runs on CPU with tiny
+Paper §3.1-3.4; docs/fidelity.md, "MT-CP model".  Everything runs on CPU with tiny
 inputs; only the NYUD shape test keeps the full width (embed_dim 256).
 """
 

@@ -376,7 +376,7 @@ def test_gradnorm_through_fused_ops_double_backward():
 
 
 # ---------------------------------------------------------------------------------------------
-# LPS (MT-CP §3.5, reconstructed: reference-implementations.md §2.8)
+# LPS (MT-CP §3.5, reconstructed: docs/fidelity.md, "MT-CP losses and LPS")
 
 EPS = 1e-6
 

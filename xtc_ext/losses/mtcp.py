@@ -6,7 +6,7 @@ pixel is valid, never NaN):
 - :func:`segmentation_loss` (``"semseg"``, ``"human_parts"``): cross-entropy, pixels labelled
   ``ignore_index`` (-1, the project's convention; the readers map the datasets' 255 to -1) excluded.
 - :func:`depth_loss` (``"depth"``): L1 over pixels with ``target > 0`` (metres). No depth cap by default:
-  the authors' 6.5535 m cap is a bug (reference-implementations.md §3.2 item 9); ``depth_cap`` offers it.
+  the authors' 6.5535 m cap is a bug (docs/fidelity.md, "MT-CP losses and LPS"); ``depth_cap`` offers it.
 - :func:`normals_loss` (``"normals"``): cosine distance between the unit-normalised prediction and the
   target (``kind="cosine"``, default), or the paper's "L1 with normalisation" (``kind="l1"``), over
   pixels whose target is not the zero vector.
@@ -18,7 +18,7 @@ intermediate (trace-back) predictions and the CFM coherence loss (Eq. 7, reconst
 
 Units: depth losses in metres, cross-entropies in nats, the cosine loss is dimensionless in [0, 2].
 All losses are float32 scalars (float64 for float64 inputs). Source: MT-CP paper §3.5 and §4.2;
-reference-implementations.md §2.6 (losses as implemented), §2.7 (training loss), §2.8 (LPS), §3.2 (bugs).
+docs/fidelity.md, "MT-CP losses and LPS" (the authors' losses, training loss, LPS and their bugs).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = -1, im
     """Cross-entropy over the valid pixels of the batch: semantic segmentation and human parts.
 
     The authors' ``SoftMaxwithLoss`` (``NLLLoss(log_softmax)`` with ``ignore_index=255``,
-    reference-implementations.md §2.6) with the project's ``ignore_index = -1``. A batch whose pixels
+    the MT-CP authors' code) with the project's ``ignore_index = -1``. A batch whose pixels
     are all ignored (e.g. PASCAL images without persons, for human parts) gives 0 with zero gradient,
     where the authors' PyTorch loss returns NaN (§3.2 item 17).
 
@@ -82,7 +82,7 @@ def depth_loss(pred: Tensor, target: Tensor, depth_cap: float | None = None, imp
     """Mean absolute depth error (metres) over valid pixels: ``target > 0`` (and ``target < depth_cap``).
 
     The paper's L1 depth loss (§4.2). The authors' ``DepthLoss('l1')`` also drops pixels at or beyond
-    ``65535 * 0.01 * 0.01 = 6.5535`` m (reference-implementations.md §2.6, a bug: NYUD depth reaches
+    ``65535 * 0.01 * 0.01 = 6.5535`` m (a bug: NYUD depth reaches
     about 10 m); that cap is off by default and available as ``depth_cap=6.5535``. NaN targets are
     invalid (``NaN > 0`` is false).
 
@@ -165,7 +165,7 @@ def balanced_bce(logits: Tensor, target: Tensor) -> Tensor:
         ``loss = (w * sum_{y=1} l + (1 - w) * sum_{y=0} l) / #valid``.
 
     This is Vandenhende's / the MT-CP authors' ``BalancedCrossEntropyLoss(size_average=True)``
-    (reference-implementations.md §2.6) except that it ignores pixels marked -1 (the authors' loss has
+    except that it ignores pixels marked -1 (the authors' loss has
     no ignore handling, so there ``w`` and the denominator count every element); with no ignored pixel
     the two agree. No valid pixel gives 0 with zero gradient. Eager PyTorch (there is no fused op), so
     it is the same for ``impl="fused"`` and ``"eager"``.
@@ -250,7 +250,7 @@ def _field(output: Any, name: str) -> Any:
 
 
 class MTCPLoss:
-    """The MT-CP training loss (paper Eq. 7, reconstructed; reference-implementations.md §2.7-2.8).
+    """The MT-CP training loss (paper Eq. 7, reconstructed; docs/fidelity.md, "MT-CP losses and LPS").
 
         ``total = weighting([L_t(final)]_t) + intermediate_weight * sum_t sum_s L_t^{(s)}
                  + coherence_weight * L_coh``

@@ -8,7 +8,7 @@
 
 Units: depth in metres (the loss of a depth term is in metres for ``"l1"``, square metres for
 ``"mse"``); cross-entropies in nats. All losses are float32 scalars (float64 for float64 inputs).
-Source: XTasC-Net paper §III-A Eq. 8, §IV-B Eqs. 11-16; reference-implementations.md §1.3.
+Source: XTasC-Net paper §III-A Eq. 8, §IV-B Eqs. 11-16; docs/fidelity.md, "XTasC-Net losses".
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class XTasCLoss:
     ``L_seg_group = (1 - lam_seg) * CE(seg, y) + lam_seg * l_{s->d}`` and
     ``L_depth_group = (1 - lam_depth) * l_depth(depth, z) + lam_depth * l_{d->s}``.
     Each group holds the transfer loss of the transfer network fed by that task's prediction,
-    as in the authors' code (reference-implementations.md §1.3; the paper's second argument
+    as in the authors' code (docs/fidelity.md, "XTasC-Net losses"; the paper's second argument
     ``y_t`` of Eq. 11 reads as a typo for ``y_s``). The transfer terms by ``variant``:
 
     - ``"xtasc"`` (default, cross-task consistency): ``l_{s->d} = L1(depth_transfer, sg(depth))``
@@ -238,7 +238,7 @@ def hard_pseudo_labels(seg_logits: Tensor, seg_target: Tensor, ignore_index: int
 
     ``out[n,h,w] = argmax_c seg_logits[n,c,h,w]`` (first maximum on ties), or ``ignore_index`` where
     ``seg_target == ignore_index``. The authors' transferred-segmentation target
-    (reference-implementations.md §1.3, ``LabelSmoothingLoss`` with smoothing 0).
+    (their ``LabelSmoothingLoss`` with smoothing 0; docs/fidelity.md, "XTasC-Net losses").
 
     Args:
         seg_logits: ``[N, C, H, W]`` float logits (no gradient flows through the result).
@@ -267,7 +267,7 @@ def single_task_loss(
     ``"segmentation"``: ``CE(pred, seg_target)`` over non-void pixels (paper Eq. 12).
     ``"depth"``: the direct depth loss ``depth_loss`` (paper Eq. 14 for ``"l1"``) over valid pixels
     (``depth_valid``, or ``depth_target > 0``). The authors' NYU single-task depth loss is unmasked
-    ``nn.L1Loss`` (reference-implementations.md §1.3 "Base ST-Net", §3.1 item 2); this masks, as the
+    ``nn.L1Loss`` (docs/fidelity.md, "XTasC-Net losses"); this masks, as the
     paper says and as :class:`XTasCLoss` does, so ST and MT losses are comparable.
 
     Args:
