@@ -42,16 +42,18 @@ def write_frames(root: Path, ids=IDS):
     return arrays
 
 
-def write_mtan(root: Path, split="train", n=3, h=H, w=W):
+def write_mtan(root: Path, split="train", n=3, h=H, w=W, valid_only=False):
+    """MTAN NYUv2 ``.npy`` files; ``valid_only``: no void label and no invalid depth pixel."""
     arrays = []
     rng = np.random.default_rng(0)
     for d in ("image", "label", "depth"):
         (root / split / d).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         img = rng.random((h, w, 3))  # float64 in [0,1)
-        lab = rng.integers(-1, 13, size=(h, w)).astype(np.float32)
+        lab = rng.integers(0 if valid_only else -1, 13, size=(h, w)).astype(np.float32)
         dep = rng.uniform(0.5, 10.0, size=(h, w, 1)).astype(np.float32)
-        dep[:2, :3] = 0.0
+        if not valid_only:
+            dep[:2, :3] = 0.0
         np.save(root / split / "image" / f"{i}.npy", img)
         np.save(root / split / "label" / f"{i}.npy", lab)
         np.save(root / split / "depth" / f"{i}.npy", dep)

@@ -36,6 +36,12 @@ class ToyRecipe:
     def build_weighting(self, model):
         return build_weighting("uncertainty", 1)
 
+    def build_auxiliary(self, model):
+        return nn.ModuleDict()
+
+    def epoch_log(self):
+        return {}
+
     def describe(self):
         return "toy"
 

@@ -23,6 +23,7 @@ import yaml
 
 from xtc_ext.data import DATASETS, DEPTH_SCALINGS, DatasetSpec, get_dataset
 from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, RUN_ARGS_FILE, CheckpointError, load_checkpoint
+from xtc_ext.engine.runtime import AMP_CHOICES, SWITCH_CHOICES
 from xtc_ext.losses import LOSS_IMPLS
 from xtc_ext.recipes import RECIPE_CLASSES, RECIPES
 from xtc_ext.weighting import WEIGHTINGS
@@ -88,7 +89,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
 def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=100, help="training epochs (paper: NYUv2 100, Cityscapes 250)")
-    g.add_argument("--batch-size", type=int, default=6, help="training batch size (paper: NYUv2 6, Cityscapes 8)")
+    g.add_argument("--batch-size", type=int, default=6,
+                   help="training batch size, GLOBAL under torchrun (each of N processes loads batch-size / N; paper: "
+                   "NYUv2 6, Cityscapes 8)")
     g.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam",
                    help="optimizer (XTasC-Net paper: Adam; the MT-CP authors: AdamW lr 5e-5, weight decay 1e-4, "
                    "betas 0.9 0.999, poly schedule)")
@@ -105,6 +108,19 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-gamma", type=float, default=0.5, help="step schedule factor (paper: 0.5, halving)")
     g.add_argument("--max-steps", type=int, default=0,
                    help="stop after this many optimizer steps in all (0: no limit; for smoke tests, a partial last epoch)")
+
+    g = p.add_argument_group("speed: precision, memory format, compilation, processes")
+    g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                   help="autocast of the forward passes: 'auto' = bf16 on CUDA devices that support it, none "
+                   "elsewhere; 'bf16'; 'fp16' (CUDA, with a gradient scaler whose state is checkpointed); 'none'. "
+                   "The fused losses take the low-precision tensors directly and accumulate in float32")
+    g.add_argument("--channels-last", choices=SWITCH_CHOICES, default="auto",
+                   help="model and images in torch.channels_last: 'auto' = on with CUDA, off on the CPU")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the training model (the fused ops compile without graph breaks; the first "
+                   "steps are slower while it compiles)")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="under torchrun: synchronise the BatchNorm statistics over the processes (SyncBatchNorm)")
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:

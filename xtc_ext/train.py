@@ -27,6 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from xtc_ext.cli import finalize_args, parse_args
 from xtc_ext.data import build_splits, get_dataset
 from xtc_ext.engine import CheckpointError, NonFiniteLoss, fit
+from xtc_ext.engine.distributed import shutdown
 from xtc_ext.recipes import get_recipe
 
 __all__ = ["train", "main"]
@@ -58,15 +59,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
+    finished = False
     try:
         with logging_redirect_tqdm():
-            return train(args)
+            result = train(args)
+        finished = True
+        return result
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except (NonFiniteLoss, FloatingPointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        shutdown(wait=finished)
 
 
 if __name__ == "__main__":

@@ -42,12 +42,20 @@ from xtc_ext.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from xtc_ext.engine.distributed import Dist, gather_objects, init_distributed, run_on_main, sync_gradients
 from xtc_ext.engine.evaluation import evaluate
 from xtc_ext.engine.logs import TensorBoardLog, write_history, write_json
 from xtc_ext.engine.optim import build_optimizer, build_schedule
 from xtc_ext.engine.protocol import Recipe
 from xtc_ext.engine.report import write_report
-from xtc_ext.engine.runtime import make_loader, resolve_device, seed_everything
+from xtc_ext.engine.runtime import (
+    autocast,
+    resolve_amp,
+    resolve_channels_last,
+    resolve_device,
+    seed_everything,
+)
+from xtc_ext.engine.setup import build_loaders, per_rank_batch_size, training_model
 
 __all__ = ["CHECKPOINT_FORMAT", "NONFINITE_POLICIES", "RUN_ARGS_FILE", "NonFiniteLoss", "TrainState", "Trainer", "fit"]
 
@@ -113,55 +121,79 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace, recipe: Recipe, splits: DataSplits, *, show_before: bool) -> None:
         self.args, self.recipe, self.splits, self.show_before = args, recipe, splits, show_before
-        self.device = resolve_device(args.device)
+        self.dist, self.device = init_distributed(resolve_device(args.device))
+        self.batch_per_rank = per_rank_batch_size(args.batch_size, self.dist)
+        self.amp = resolve_amp(args.amp, self.device)
+        self.channels_last = resolve_channels_last(args.channels_last, self.device)
         seed_everything(args.seed)
         self.out_dir = Path(args.output_dir)
         self.generators = {"loader": torch.Generator().manual_seed(args.seed),
                            "regularizer": torch.Generator().manual_seed(args.seed + 1)}
-        self.train_loader = self._loader(splits.train, True, self.generators["loader"])
-        self.val_loader = self._loader(splits.val, False) if splits.val is not None else None
-        self.test_loader = self._loader(splits.test, False)
-        self.model = recipe.build_model().to(self.device)
+        self.loaders = build_loaders(args, splits, self.dist, self.device, self.generators["loader"])
+        model = recipe.build_model()
+        if args.sync_bn and self.dist.enabled:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else
+                              torch.contiguous_format)
         self.weighting = recipe.build_weighting(self.model).to(self.device)
-        params = list(self.model.parameters()) + list(self.weighting.optimizer_parameters())
+        self.auxiliary = recipe.build_auxiliary(self.model).to(self.device)
+        params = (list(self.model.parameters()) + list(self.weighting.optimizer_parameters())
+                  + list(self.auxiliary.parameters()))
         self.optimizer = build_optimizer(args.optimizer, params, lr=args.lr, betas=args.betas,
                                          weight_decay=args.weight_decay)
         self.scheduler = build_schedule(args.lr_schedule, self.optimizer, step_size=args.lr_step,
                                         gamma=args.lr_gamma, epochs=args.epochs)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        if self.dist.world_size > 1:  # one augmentation stream per rank (the initialisations above are identical)
+            seed_everything(args.seed + self.dist.rank)
+        self.train_model = training_model(self.model, args, self.dist, self.device)
         self.state = TrainState()
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self._start = time.perf_counter()
 
-    def _loader(self, dataset, shuffle: bool, generator: Optional[torch.Generator] = None):
-        generator = generator if generator is not None else torch.Generator().manual_seed(self.args.seed)
-        return make_loader(dataset, self.args.batch_size, shuffle=shuffle, workers=self.args.workers,
-                           generator=generator, device=self.device)
+    def _evaluate(self, loader, **kwargs) -> Dict[str, Any]:
+        return evaluate(self.model, loader, self.recipe, self.device, amp=self.amp,
+                        channels_last=self.channels_last, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
     def resume(self, state: Dict[str, Any]) -> None:
-        """Restore model, weighting, optimizer, schedule, progress and every RNG state from a checkpoint."""
+        """Restore model, weighting, training-only modules, optimizer, schedule, gradient scaler, progress and
+        every RNG state (this rank's, when the checkpoint holds one per rank) from a checkpoint."""
         self.model.load_state_dict(state["model"])
         self.weighting.load_state_dict(state["weighting"])
+        self.auxiliary.load_state_dict(state.get("auxiliary", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.state = TrainState.from_checkpoint(state)
-        restore_rng_state(state["rng"], self.generators)
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks) != self.dist.world_size:
+            log.warning("checkpoint written by %d process(es), resumed by %d: the data order and augmentation "
+                        "continue from rank 0's state, not bitwise like the uninterrupted run",
+                        len(ranks), self.dist.world_size)
+        restore_rng_state(ranks[self.dist.rank] if self.dist.rank < len(ranks) else ranks[0], self.generators)
 
     def checkpoint_state(self) -> Dict[str, Any]:
-        """Everything a resume needs, as plain tensors and values (``torch.load(weights_only=True)``)."""
-        st = self.state
+        """Everything a resume needs, as plain tensors and values (``torch.load(weights_only=True)``). Every
+        rank must call it (the RNG states of all ranks are gathered)."""
+        rng = gather_objects(capture_rng_state(self.generators))
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "weighting": self.weighting.state_dict(),
+            "auxiliary": self.auxiliary.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": capture_rng_state(self.generators),
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": rng[0],
+            "rng_ranks": rng if len(rng) > 1 else [],
             "args": args_dict(self.args),
             "num_classes": int(self.args.classes),
             "tasks": list(self.recipe.tasks),
-            **dataclasses.asdict(st),
+            **dataclasses.asdict(self.state),
             "train_time_s": self.elapsed(),
+            "world_size": self.dist.world_size,
             "xtc_ext_version": getattr(xtc_ext, "__version__", None),
         }
 
@@ -170,52 +202,76 @@ class Trainer:
         return self.state.train_time_s + time.perf_counter() - self._start
 
     def save(self, improved: bool) -> None:
-        """Write ``last.pt`` (and copy it to ``best.pt`` when ``improved``), refusing non-finite weights.
+        """Write ``last.pt`` (and copy it to ``best.pt`` when ``improved``) on rank 0, refusing non-finite
+        weights; every rank waits for the write and raises if it failed.
 
         Raises:
-            FloatingPointError: the model or weighting holds a non-finite value (nothing is written).
+            FloatingPointError: the model, weighting or training-only modules hold a non-finite value (nothing
+                is written).
             OSError: the write failed; the previous checkpoint is intact (the message says so).
         """
-        if not (_all_finite(self.model) and _all_finite(self.weighting)):
+        if not all(_all_finite(m) for m in (self.model, self.weighting, self.auxiliary)):
             raise FloatingPointError(f"non-finite weights after epoch {self.state.epoch}: no checkpoint written; "
                                      f"the last checkpoint on disk is the last finite one")
-        last = save_checkpoint(self.out_dir / "last.pt", self.checkpoint_state())
-        if improved:
-            copy_file(last, self.out_dir / "best.pt")
+        state = self.checkpoint_state()
+
+        def write() -> None:
+            last = save_checkpoint(self.out_dir / "last.pt", state)
+            if improved:
+                copy_file(last, self.out_dir / "best.pt")
+
+        run_on_main(self.dist, write)
 
     # ------------------------------------------------------------------ training
     def _check_step(self, values: torch.Tensor, epoch: int) -> bool:
         """True when the step's loss values are finite; else raise (stop) or return False (skip)."""
         if bool(torch.isfinite(values).all()):
             return True
-        bad = [n for n, v in zip(self.recipe.loss_names, values.tolist()) if not math.isfinite(v)]
-        message = (f"non-finite loss at step {self.state.step + 1} (epoch {epoch}): "
-                   f"{', '.join(f'{n}={v}' for n, v in zip(self.recipe.loss_names, values.tolist()) if n in bad)}")
+        listed = ", ".join(f"{n}={v}" for n, v in zip(self.recipe.loss_names, values.tolist()) if not math.isfinite(v))
+        message = f"non-finite loss at step {self.state.step + 1} (epoch {epoch}): {listed}"
         if self.args.nonfinite == "stop":
             raise NonFiniteLoss(message + "; stopping (--nonfinite skip drops such steps instead); the last "
                                 "checkpoint on disk is the last finite one")
         log.warning("%s; update skipped (--nonfinite skip)", message)
         return False
 
+    def _step(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Forward and loss of one batch under autocast; the logged values averaged over the ranks."""
+        batch = dict(batch)
+        batch["image"] = batch["image"].to(self.device, non_blocking=True, memory_format=self._format)
+        with autocast(self.device, self.amp):
+            out = self.recipe.training_step(self.train_model, self.weighting, batch, self.device,
+                                            self.generators["regularizer"])
+        values = out.values.detach().float()
+        if self.dist.enabled:  # one small collective: the global values, and a shared finite/non-finite verdict
+            values = values.clone()
+            torch.distributed.all_reduce(values)
+            values /= self.dist.world_size
+        return out.total, values
+
+    def _update(self, total: torch.Tensor) -> None:
+        self.scaler.scale(total).backward()
+        sync_gradients([self.weighting, self.auxiliary])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
     def train_epoch(self, epoch: int) -> Tuple[Dict[str, Any], List[float], bool]:
         """One epoch of training steps. Returns ``(record, per-step total losses, stop)``; ``stop`` when
         ``--max-steps`` was reached."""
         args, st = self.args, self.state
-        self.model.train()
-        self.weighting.train()
+        for module in (self.model, self.weighting, self.auxiliary):
+            module.train()
+        if self.loaders.train_sampler is not None:
+            self.loaders.train_sampler.set_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         kept: List[torch.Tensor] = []
         totals: List[float] = []
-        skipped = 0
-        stop = False
-        for batch in tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not args.progress):
+        skipped, stop = 0, False
+        for batch in tqdm(self.loaders.train, desc=f"epoch {epoch}", leave=False, disable=not self._progress):
             self.optimizer.zero_grad(set_to_none=True)  # before the weighting: GradNorm writes its gradient there
-            out = self.recipe.training_step(self.model, self.weighting, batch, self.device,
-                                            self.generators["regularizer"])
-            values = out.values.detach().float()
+            total, values = self._step(batch)
             if self._check_step(values, epoch):
-                out.total.backward()
-                self.optimizer.step()
+                self._update(total)
                 kept.append(values)
             else:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -233,18 +289,30 @@ class Trainer:
         record: Dict[str, Any] = {"epoch": epoch, "step": st.step, "lr": lr}
         record.update({name: float(v) for name, v in zip(names, mean.tolist())})
         record["task_weights"] = [float(w) for w in self.weighting.weights().tolist()]
+        record.update(self.recipe.epoch_log())
         if skipped:
             record["skipped_steps"] = skipped
             st.skipped_steps += skipped
+        if self.dist.enabled:
+            record.update(world_size=self.dist.world_size, batch_size_per_rank=self.batch_per_rank,
+                          batch_size_global=args.batch_size)
         return record, totals, stop
+
+    @property
+    def _format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def _progress(self) -> bool:
+        return bool(self.args.progress) and self.dist.is_main
 
     def validate(self, epoch: int, record: Dict[str, Any], last: bool) -> bool:
         """Validate when due (every ``--eval-every`` epochs and after the last), add the ``val_*`` metrics
         and ``val_score`` to ``record``; returns whether the epoch is the best so far."""
-        if self.val_loader is None or not (epoch % self.args.eval_every == 0 or last):
+        if self.loaders.val is None or not (epoch % self.args.eval_every == 0 or last):
             return False
         st = self.state
-        val = evaluate(self.model, self.val_loader, self.recipe, self.device)
+        val = self._evaluate(self.loaders.val)
         if st.val_reference is None:
             st.val_reference = self.recipe.score_reference(val)
         score = self.recipe.score(val, st.val_reference) if self.args.select_by == "score" else -val["loss"]
@@ -265,23 +333,40 @@ class Trainer:
                  " ".join(f"{w:.3f}" for w in record["task_weights"]), val)
 
     def header(self) -> str:
-        """The run's one-line description (model, data, splits, device, method settings)."""
+        """The run's one-line description (model, data, splits, device, processes, precision, method)."""
         a, d = self.args, self.splits.describe
+        procs = (f" | {self.dist.world_size} processes, batch {a.batch_size} = {self.dist.world_size} x "
+                 f"{self.batch_per_rank}" if self.dist.enabled else "")
+        precision = f"amp {str(self.amp).replace('torch.', '') if self.amp else 'none'}"
+        precision += ", channels_last" if self.channels_last else ""
+        precision += ", compiled" if a.compile else ""
         return (f"{self.recipe.name}, {a.classes} classes, {self.num_parameters:,} parameters | dataset {a.dataset} at "
-                f"{a.data_root} | train {d['train']} | val {d['val']} | test {d['test']} | device {self.device} | "
-                f"{self.recipe.describe()} | xtc_ext built with torch {xtc_ext.build_info['torch_version']}")
+                f"{a.data_root} | train {d['train']} | val {d['val']} | test {d['test']} | device {self.device}"
+                f"{procs} | {precision} | {self.recipe.describe()} | xtc_ext built with torch "
+                f"{xtc_ext.build_info['torch_version']}")
+
+    def _finish_epoch(self, record: Dict[str, Any], totals: List[float], tb: TensorBoardLog, improved: bool) -> None:
+        st = self.state
+        st.epoch = record["epoch"]
+        st.history.append(record)
+        st.step_losses.extend(totals)
+        if self.dist.is_main:
+            write_history(self.out_dir, st.history)
+            tb.epoch(record, totals, st.step - len(totals))
+            self._log_epoch(record, improved)
 
     def train(self) -> None:
         """The epochs from the current state to ``--epochs`` (or ``--max-steps``)."""
         args, st = self.args, self.state
         if self.show_before and st.before_training is None:
-            st.before_training = evaluate(self.model, self.test_loader, self.recipe, self.device)
-        tb = TensorBoardLog(args.tensorboard, self.out_dir / "tb", purge_step=st.step + 1 if st.step else None)
-        if st.history:
+            st.before_training = self._evaluate(self.loaders.test)
+        tb = TensorBoardLog(args.tensorboard and self.dist.is_main, self.out_dir / "tb",
+                            purge_step=st.step + 1 if st.step else None)
+        if st.history and self.dist.is_main:
             write_history(self.out_dir, st.history)
         stop = bool(args.max_steps and st.step >= args.max_steps)
         start = st.epoch + 1
-        epochs = tqdm(range(start, args.epochs + 1), desc="epochs", disable=not args.progress or stop,
+        epochs = tqdm(range(start, args.epochs + 1), desc="epochs", disable=not self._progress or stop,
                       dynamic_ncols=True, initial=start - 1, total=args.epochs)
         try:
             for epoch in epochs if not stop else ():
@@ -291,12 +376,7 @@ class Trainer:
                 improved = self.validate(epoch, record, last)
                 record["epoch_time_s"] = time.perf_counter() - epoch_start
                 record["elapsed_s"] = self.elapsed()
-                st.epoch = epoch
-                st.history.append(record)
-                st.step_losses.extend(totals)
-                write_history(self.out_dir, st.history)
-                tb.epoch(record, totals, st.step - len(totals))
-                self._log_epoch(record, improved)
+                self._finish_epoch(record, totals, tb, improved)
                 if epoch % args.checkpoint_every == 0 or last or improved:
                     self.save(improved)
                 if stop:
@@ -313,8 +393,7 @@ class Trainer:
             tested, selection = "best.pt", f"best validation {self.args.select_by} (epoch {st.best['epoch']})"
         else:
             tested, selection = "last.pt", "none: last epoch (no validation set)"
-        test = evaluate(self.model, self.test_loader, self.recipe, self.device, progress=self.args.progress,
-                        desc="test")
+        test = self._evaluate(self.loaders.test, progress=self._progress, desc="test")
         criterion = self.args.select_by if self.splits.val is not None else "none"
         return {"test": test, "selection": {"criterion": criterion, "best_epoch": st.best["epoch"],
                                             "best_score": st.best["score"], "tested_checkpoint": tested,
@@ -336,18 +415,30 @@ def fit(args: argparse.Namespace, recipe: Recipe, splits: DataSplits, *, show_be
     """
     resume_state = load_checkpoint(args.resume) if getattr(args, "resume", None) else None
     trainer = Trainer(args, recipe, splits, show_before=show_before)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(args.output_dir) / RUN_ARGS_FILE, args_dict(args))
+    main = trainer.dist.is_main
+    if main:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.output_dir) / RUN_ARGS_FILE, args_dict(args))
     if resume_state is not None:
         trainer.resume(resume_state)
         log.info("resumed %s at epoch %d (step %d)", args.resume, trainer.state.epoch, trainer.state.step)
         del resume_state
-    log.info("%s", trainer.header())
+    if main:
+        log.info("%s", trainer.header())
     trainer.train()
     tested = trainer.test()
-    figures = recipe.figures(trainer.model, splits.test, range(min(args.num_figures, len(splits.test))),
-                             trainer.out_dir / "figures", figure_title or recipe.name, trainer.device)
-    run = {"num_parameters": trainer.num_parameters, "splits": splits.describe, "train_time_s": trainer.elapsed(),
-           "device": trainer.device}
-    return write_report(args, recipe, progress=dataclasses.asdict(trainer.state), run=run, tested=tested,
-                        figures=figures)
+    result: Dict[str, Any] = {} if main else {"rank": trainer.dist.rank, **tested}
+
+    def report() -> None:  # rank 0 writes the figures and the report; the other ranks wait for it
+        figures = recipe.figures(trainer.model, splits.test, range(min(args.num_figures, len(splits.test))),
+                                 trainer.out_dir / "figures", figure_title or recipe.name, trainer.device)
+        run = {"num_parameters": trainer.num_parameters, "splits": splits.describe, "train_time_s": trainer.elapsed(),
+               "device": trainer.device, "world_size": trainer.dist.world_size,
+               "batch_size_per_rank": trainer.batch_per_rank,
+               "amp": str(trainer.amp).replace("torch.", "") if trainer.amp else "none",
+               "channels_last": trainer.channels_last}
+        result.update(write_report(args, recipe, progress=dataclasses.asdict(trainer.state), run=run, tested=tested,
+                                   figures=figures))
+
+    run_on_main(trainer.dist, report)
+    return result

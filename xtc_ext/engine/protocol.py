@@ -52,6 +52,14 @@ class Recipe(Protocol):
     def build_weighting(self, model: nn.Module) -> Weighting:
         """The task weighting of ``model`` (GradNorm needs the model's shared layer)."""
 
+    def build_auxiliary(self, model: nn.Module) -> nn.Module:
+        """Training-only modules (e.g. a regularizer's projectors): trained and checkpointed with the run, never
+        part of the evaluated or exported model. An empty module when the method has none."""
+
+    def epoch_log(self) -> Dict[str, Any]:
+        """Extra per-epoch entries for the log (e.g. counts of the regularizer's source-task draws); may be
+        empty. Called once at the end of every training epoch."""
+
     def describe(self) -> str:
         """The run's method settings for the header log line (weighting, lambda, loss implementation ...)."""
 

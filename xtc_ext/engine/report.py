@@ -42,7 +42,8 @@ def write_report(args: argparse.Namespace, recipe: Recipe, *, progress: Mapping[
         recipe: the method (name, tasks, depth unit, Δm).
         progress: the :class:`~xtc_ext.engine.loop.TrainState` fields (``history``, ``step``, ``step_losses``,
             ``skipped_steps``, ``before_training``).
-        run: ``num_parameters``, ``splits`` (descriptions), ``train_time_s``, ``device``.
+        run: ``num_parameters``, ``splits`` (descriptions), ``train_time_s``, ``device``, ``world_size``,
+            ``batch_size_per_rank``, ``amp``, ``channels_last``.
         tested: ``test`` (metrics) and ``selection`` (what was tested and why).
         figures: paths of the figures written.
     """
@@ -76,6 +77,11 @@ def write_report(args: argparse.Namespace, recipe: Recipe, *, progress: Mapping[
         "train_time_s": run["train_time_s"],
         "figures": [str(Path(p).relative_to(out_dir)) for p in figures],
         "device": str(run["device"]),
+        "world_size": run["world_size"],
+        "batch_size_per_rank": run["batch_size_per_rank"],
+        "batch_size_global": args.batch_size,
+        "amp": run["amp"],
+        "channels_last": run["channels_last"],
         "torch_version": torch.__version__,
         "args": args_dict(args),
     })

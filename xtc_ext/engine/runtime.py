@@ -1,14 +1,17 @@
-"""Devices, seeding and data loaders of a run."""
+"""Devices, seeding, data loaders and the precision settings of a run (``--amp``, ``--channels-last``)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["resolve_device", "seed_everything", "seed_worker", "make_loader"]
+__all__ = ["resolve_device", "seed_everything", "seed_worker", "make_loader", "AMP_CHOICES", "SWITCH_CHOICES",
+           "resolve_amp", "resolve_channels_last", "autocast"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,8 +47,54 @@ def seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int, generator: torch.Generator,
-                device: torch.device) -> DataLoader:
+                device: torch.device, sampler: Optional[Sampler] = None) -> DataLoader:
     """A DataLoader that owns ``generator``: iterating it never draws from the global torch RNG, so its
-    order (and the workers' seeds) is part of the checkpointed state."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      worker_init_fn=seed_worker, generator=generator, pin_memory=device.type == "cuda")
+    order (and the workers' seeds) is part of the checkpointed state. ``sampler`` (distributed runs)
+    replaces the shuffling."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, worker_init_fn=seed_worker, generator=generator,
+                      pin_memory=device.type == "cuda")
+
+
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+"""``--amp`` choices. ``auto``: bf16 on a CUDA device that supports it, none otherwise (see :func:`resolve_amp`)."""
+
+SWITCH_CHOICES = ("auto", "on", "off")
+"""``--channels-last`` choices. ``auto``: on with CUDA, off on the CPU (see :func:`resolve_channels_last`)."""
+
+
+def resolve_amp(choice: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp`` on ``device`` (``None``: full precision).
+
+    ``auto`` is bf16 on CUDA devices with bf16 support (no gradient scaler needed, the fused ops accumulate
+    in fp32) and full precision elsewhere: on the CPU, bf16 autocast saves time but the speed-up depends on
+    the processor's bf16 support and is measured per machine (benchmarks/RESULTS.md), so it is opt-in there.
+
+    Raises:
+        SystemExit: fp16 on the CPU (no fp16 autocast for CPU convolutions); an unknown choice.
+    """
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if choice == "none":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    if choice == "fp16":
+        if device.type != "cuda":
+            raise SystemExit("error: --amp fp16 needs a CUDA device (use --amp bf16 on the CPU)")
+        return torch.float16
+    raise SystemExit(f"error: --amp must be one of {AMP_CHOICES}, got {choice!r}")
+
+
+def resolve_channels_last(choice: str, device: torch.device) -> bool:
+    """Whether ``--channels-last`` puts the model and the images in ``torch.channels_last`` on ``device``."""
+    if choice == "auto":
+        return device.type == "cuda"
+    return choice == "on"
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``dtype`` on ``device``'s type, or a null context for full precision."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from xtc_ext.metrics.meters import DepthMeter, NormalsMeter, SaliencyMeter, SegmentationMeter
@@ -107,6 +108,21 @@ class MultiTaskEvaluator:
             batch = torch.stack(losses) * n
             self._loss_sums = batch if self._loss_sums is None else self._loss_sums + batch
         self.num_samples += int(n or 0)
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum every meter, the loss sums and the sample count over the ranks of the default process group
+        (no-op without one), so that each rank's :meth:`compute` gives the metrics of the whole dataset
+        (evaluation data sharded without padding: every sample counted once)."""
+        for meter in self.meters.values():
+            meter.all_reduce(device)
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        sums = self._loss_sums if self._loss_sums is not None else torch.zeros(
+            len(self.tasks), dtype=torch.float64, device=device)
+        count = torch.tensor([float(self.num_samples)], dtype=torch.float64, device=sums.device)
+        payload = torch.cat([sums, count])
+        dist.all_reduce(payload)
+        self._loss_sums, self.num_samples = payload[:-1], int(payload[-1].item())
 
     def compute(self) -> Dict[str, Any]:
         """The metrics (module docstring), as Python floats; NaN metrics for tasks without valid pixels."""

@@ -31,11 +31,29 @@ import math
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
+import torch.distributed as dist
 
 __all__ = ["SegmentationMeter", "DepthMeter", "NormalsMeter", "SaliencyMeter"]
 
 
-class SegmentationMeter:
+class _Meter:
+    """What every meter shares: its state tensors are sums, so a distributed evaluation adds them up."""
+
+    def _init_state(self, device: torch.device) -> List[torch.Tensor]:
+        """Allocate the zero state on ``device`` if no update has; return the state tensors."""
+        raise NotImplementedError
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum the state over the ranks of the default process group (no-op without one), after every rank's
+        updates; a rank without any update contributes zeros allocated on ``device``. Every rank then
+        computes the metrics of the whole dataset."""
+        state = self._init_state(device)
+        if dist.is_available() and dist.is_initialized():
+            for t in state:
+                dist.all_reduce(t)
+
+
+class SegmentationMeter(_Meter):
     """Confusion-matrix meter for semantic segmentation.
 
     Args:
@@ -105,9 +123,7 @@ class SegmentationMeter:
             raise ValueError(f"pred must be logits [N,C,H,W] or labels [N,H,W], got shape "
                              f"{tuple(pred.shape)}")
 
-        if self._conf is None:
-            self._conf = torch.zeros(C * C + 1, dtype=torch.int64, device=target.device)
-            self._n_bad = torch.zeros((), dtype=torch.int64, device=target.device)
+        self._init_state(target.device)
         dev = self._conf.device
         t = target.to(device=dev, dtype=torch.int64).reshape(-1)
         p = labels.to(device=dev, dtype=torch.int64).reshape(-1)
@@ -129,6 +145,14 @@ class SegmentationMeter:
         valid = not_ignored & t_ok & p_ok
         idx = torch.where(valid, t * C + p, torch.full_like(t, C * C))
         self._conf.scatter_add_(0, idx, torch.ones_like(idx))
+
+    def _init_state(self, device: torch.device) -> List[torch.Tensor]:
+        if self._conf is None:
+            C = self.num_classes
+            self._conf = torch.zeros(C * C + 1, dtype=torch.int64, device=device)
+            self._n_bad = torch.zeros((), dtype=torch.int64, device=device)
+        return [self._conf, self._n_bad]
+
 
     @property
     def confusion_matrix(self) -> torch.Tensor:
@@ -168,7 +192,7 @@ class SegmentationMeter:
         return {"mIoU": miou, "pixel_acc": acc, "iou_per_class": [float(v) for v in iou]}
 
 
-class DepthMeter:
+class DepthMeter(_Meter):
     """Pooled depth-error meter over valid pixels (target > 0).
 
     ``update(pred, target)``: float tensors ``[N,1,H,W]`` of equal shape, depth in
@@ -219,9 +243,7 @@ class DepthMeter:
         if not pred.is_floating_point() or not target.is_floating_point():
             raise ValueError(f"pred and target must be floating tensors, got {pred.dtype} and "
                              f"{target.dtype}")
-        if self._sums is None:
-            self._sums = torch.zeros(3, dtype=torch.float64, device=target.device)
-            self._count = torch.zeros((), dtype=torch.int64, device=target.device)
+        self._init_state(target.device)
         dev = self._sums.device
         dtype = torch.promote_types(torch.promote_types(target.dtype, pred.dtype), torch.float32)
         t = target.to(device=dev, dtype=dtype)
@@ -239,6 +261,13 @@ class DepthMeter:
         ])
         self._sums += sums
         self._count += valid.sum()
+
+    def _init_state(self, device: torch.device) -> List[torch.Tensor]:
+        if self._sums is None:
+            self._sums = torch.zeros(3, dtype=torch.float64, device=device)
+            self._count = torch.zeros((), dtype=torch.int64, device=device)
+        return [self._sums, self._count]
+
 
     @property
     def count(self) -> int:
@@ -268,7 +297,7 @@ def _check_pair(name: str, pred: torch.Tensor, target: torch.Tensor, channels: i
                          f"{target.dtype}")
 
 
-class NormalsMeter:
+class NormalsMeter(_Meter):
     """Angular error of surface normals, pooled over all valid pixels of the dataset (degrees).
 
     ``update(pred, target)``:
@@ -321,11 +350,7 @@ class NormalsMeter:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Accumulate one batch; see the class docstring for shapes and errors."""
         _check_pair("NormalsMeter", pred, target, 3)
-        if self._hist is None:
-            dev = target.device
-            self._hist = torch.zeros(self.num_bins + 1, dtype=torch.int64, device=dev)
-            self._sums = torch.zeros(2, dtype=torch.float64, device=dev)
-            self._counts = torch.zeros(4, dtype=torch.int64, device=dev)
+        self._init_state(target.device)
         dev = self._hist.device
         dtype = torch.promote_types(torch.promote_types(target.dtype, pred.dtype), torch.float32)
         t_raw = target.to(device=dev, dtype=dtype)
@@ -346,6 +371,14 @@ class NormalsMeter:
         idx = torch.floor(a / self.bin_width).to(torch.int64).clamp_(0, self.num_bins - 1)
         idx = torch.where(counted, idx, torch.full_like(idx, self.num_bins)).reshape(-1)
         self._hist.scatter_add_(0, idx, torch.ones_like(idx))
+
+    def _init_state(self, device: torch.device) -> List[torch.Tensor]:
+        if self._hist is None:
+            self._hist = torch.zeros(self.num_bins + 1, dtype=torch.int64, device=device)
+            self._sums = torch.zeros(2, dtype=torch.float64, device=device)
+            self._counts = torch.zeros(4, dtype=torch.int64, device=device)
+        return [self._hist, self._sums, self._counts]
+
 
     @property
     def count(self) -> int:
@@ -379,7 +412,7 @@ class NormalsMeter:
         return out
 
 
-class SaliencyMeter:
+class SaliencyMeter(_Meter):
     """Saliency maxF and max mIoU over binarisation thresholds (Vandenhende / ASTMT ``eval_sal``).
 
     For every image and threshold ``tau``: the prediction mask ``prob > tau`` against the ground truth
@@ -441,11 +474,7 @@ class SaliencyMeter:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Accumulate one batch; see the class docstring for shapes and errors."""
         _check_pair("SaliencyMeter", pred, target, 1)
-        if self._sums is None:
-            dev = target.device
-            self._sums = torch.zeros(3, self.thresholds.numel(), dtype=torch.float64, device=dev)
-            self._images = torch.zeros((), dtype=torch.int64, device=dev)
-            self._th_dev = self.thresholds.to(dev)
+        self._init_state(target.device)
         dev = self._sums.device
         N = pred.shape[0]
         p = pred.to(dev).reshape(N, -1).to(torch.promote_types(pred.dtype, torch.float32))
@@ -465,6 +494,14 @@ class SaliencyMeter:
         has = valid.any(-1).to(torch.float64)[:, None]  # images with at least one valid pixel
         self._sums += torch.stack([(precision * has).sum(0), (recall * has).sum(0), (iou * has).sum(0)])
         self._images += valid.any(-1).sum()
+
+    def _init_state(self, device: torch.device) -> List[torch.Tensor]:
+        if self._sums is None:
+            self._sums = torch.zeros(3, self.thresholds.numel(), dtype=torch.float64, device=device)
+            self._images = torch.zeros((), dtype=torch.int64, device=device)
+            self._th_dev = self.thresholds.to(device)
+        return [self._sums, self._images]
+
 
     @property
     def count(self) -> int:

@@ -80,6 +80,14 @@ class BaseRecipe:
                                f"needs (its tasks: {', '.join(spec.tasks)})")
 
     # ------------------------------------------------------------------ protocol members shared by all
+    def build_auxiliary(self, model: nn.Module) -> nn.Module:
+        """Training-only modules; none by default (an empty ``ModuleDict``)."""
+        return nn.ModuleDict()
+
+    def epoch_log(self) -> Dict[str, Any]:
+        """Extra per-epoch log entries; none by default."""
+        return {}
+
     @property
     def class_names(self) -> Optional[Sequence[str]]:
         """Class names of the run's segmentation labels (figure legends), or None."""

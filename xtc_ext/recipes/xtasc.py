@@ -125,6 +125,10 @@ class XTasCRecipe(BaseRecipe):
             raise option_error(f"--lam must be in [0, 1], got {args.lam}")
         if not args.gradnorm_alpha >= 0:
             raise option_error(f"--gradnorm-alpha must be >= 0, got {args.gradnorm_alpha}")
+        if args.weighting == "gradnorm" and args.gradnorm_optimizer == "shared" and args.amp == "fp16":
+            # GradNorm writes its (unscaled) gradient during the forward; the fp16 gradient scaler would unscale it
+            raise option_error("--amp fp16 with --weighting gradnorm needs --gradnorm-optimizer separate (or use "
+                               "--amp bf16, which needs no gradient scaler)")
 
     def __init__(self, args: argparse.Namespace, spec: DatasetSpec) -> None:
         super().__init__(args, spec)

@@ -1,0 +1,71 @@
+"""Distributed training under torchrun with 2 gloo processes on the CPU (tests/child_train.py on the tiny
+stand-in models): a 2 x batch-B run equals a 1 x batch-2B run, evaluation counts every sample once, rank 0
+alone writes, and resume under torchrun is exact."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures import write_mtan
+
+CHILD = Path(__file__).resolve().parents[1] / "child_train.py"
+
+
+def _torchrun(nproc, argv, tmp):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "--rdzv-endpoint", "localhost:0", str(CHILD), *argv]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    data = base / "mtan"
+    write_mtan(data, "train", n=11, h=32, w=32, valid_only=True)  # every pixel valid: per-rank means average exactly
+    write_mtan(data, "val", n=5, h=32, w=32, valid_only=True)  # odd: shards of 3 and 2, no padding
+    return data
+
+
+def _argv(root, out, *extra):
+    return ["--dataset", "nyuv2", "--data-root", str(root), "--batch-size", "4", "--epochs", "2", "--lam", "0.1",
+            "--val-fraction", "0.3", "--no-augment", "--lr", "1e-3", "--output-dir", str(out), "--no-progress",
+            "--num-figures", "1", *extra]
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(root, tmp_path):
+    _torchrun(2, _argv(root, tmp_path / "two"), tmp_path)
+    _torchrun(1, _argv(root, tmp_path / "one"), tmp_path)
+    a = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    assert a["world_size"] == 2 and b["world_size"] == 1 and a["step"] == b["step"] == 4
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("two", "one"))
+    assert ma["step_losses"] == pytest.approx(mb["step_losses"], rel=1e-5)
+    assert ma["test"]["num_samples"] == mb["test"]["num_samples"] == 5  # val split, 3 + 2 shards, no padding
+    for key in ("mIoU", "pixel_acc", "abs_err", "rel_err", "rmse", "loss"):
+        assert ma["test"][key] == pytest.approx(mb["test"][key], rel=1e-4), key
+    assert (ma["world_size"], ma["batch_size_per_rank"], ma["batch_size_global"]) == (2, 2, 4)
+    record = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
+    assert (record["world_size"], record["batch_size_per_rank"]) == (2, 2) and "val_mIoU" in record
+    assert len(ma["figures"]) == 1 and not list((tmp_path / "two").glob(".*.tmp"))
+
+
+def test_resume_under_torchrun_is_exact(root, tmp_path):
+    _torchrun(2, _argv(root, tmp_path / "straight"), tmp_path)
+    _torchrun(2, _argv(root, tmp_path / "split", "--epochs", "1"), tmp_path)
+    _torchrun(2, ["--resume", str(tmp_path / "split" / "last.pt"), "--epochs", "2"], tmp_path)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    assert len(b["rng_ranks"]) == 2
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("straight", "split"))
+    assert ma["step_losses"] == mb["step_losses"] and ma["test"] == mb["test"]
