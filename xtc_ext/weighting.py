@@ -31,6 +31,7 @@ from typing import Any, Dict, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn as dist_nn
 from torch import Tensor, nn
 
 
@@ -170,6 +171,18 @@ class DWA(Weighting):
         self.num_epochs += 1
 
 
+def _rank_mean(t: Tensor, differentiable: bool = False) -> Tensor:
+    """Mean of ``t`` over the ranks of the default process group (``t`` itself without one); with
+    ``differentiable``, through ``torch.distributed.nn`` so that gradients flow back to every rank's ``t``."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    if differentiable:
+        return dist_nn.all_reduce(t) / dist.get_world_size()
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
 class GradNorm(Weighting):
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018), as published.
 
@@ -198,6 +211,11 @@ class GradNorm(Weighting):
     the unweighted loss of the first step (theirs: the weighted loss of the last epoch-1 batch),
     ``L_grad`` does not reach the network parameters (theirs adds second-order terms), and ``w``
     itself is renormalised (theirs reparametrises and never renormalises the leaves).
+
+    Under ``torch.distributed`` (DDP), ``G_k`` is the norm of the gradient averaged over the ranks (the
+    synchronised gradient, through a differentiable all-reduce) and ``L(0)`` and ``r`` use the losses averaged
+    over the ranks; the task weights' gradient is averaged over the ranks by the training loop. A run on N
+    processes then follows the one-process run of the same global batch.
 
     Requirements: every op between the losses and ``W`` must be twice differentiable, in particular
     its backward must be differentiable with respect to the upstream gradient (the double-backward
@@ -262,10 +280,11 @@ class GradNorm(Weighting):
         if not (self.training and torch.is_grad_enabled()):
             return (self._normalized().detach().to(losses.dtype) * losses).sum()
         w = self.task_weights
+        global_losses = _rank_mean(losses.detach())  # under torch.distributed: the losses of the global batch
         with torch.no_grad():
             w.copy_(self._normalized())
             first = self.num_steps == 0
-            self.initial_losses.copy_(torch.where(first, losses.detach().to(self.initial_losses), self.initial_losses))
+            self.initial_losses.copy_(torch.where(first, global_losses.to(self.initial_losses), self.initial_losses))
             self.num_steps += 1
 
         W = self.shared_parameter
@@ -276,10 +295,11 @@ class GradNorm(Weighting):
             )
             if g is None:
                 raise ValueError(f"GradNorm: the losses do not depend on shared_parameter (task {k})")
+            g = _rank_mean(g, differentiable=True)  # the synchronised gradient, as DDP's
             norms.append(torch.linalg.vector_norm(g.float() if g.dtype != torch.float64 else g))
         G = torch.stack(norms)
         with torch.no_grad():
-            ratio = losses.detach().to(G.dtype) / self.initial_losses.to(G.dtype)
+            ratio = global_losses.to(G.dtype) / self.initial_losses.to(G.dtype)
             r = ratio / ratio.mean()
             target = G.mean() * r.pow(self.alpha)
         grad_loss = (G - target).abs().sum()
@@ -324,7 +344,7 @@ class SeparateGradNorm(GradNorm):
         return iter(())
 
     def _apply_weight_gradient(self, grad: Tensor) -> None:
-        self.task_weights.grad = grad.clone()
+        self.task_weights.grad = _rank_mean(grad).clone()  # every rank takes the same step
         self._adam.step()
         self.task_weights.grad = None
 

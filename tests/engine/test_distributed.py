@@ -40,14 +40,20 @@ def _argv(root, out, *extra):
             "--num-figures", "1", *extra]
 
 
-def test_two_processes_equal_one_process_with_the_same_global_batch(root, tmp_path):
-    _torchrun(2, _argv(root, tmp_path / "two"), tmp_path)
-    _torchrun(1, _argv(root, tmp_path / "one"), tmp_path)
+@pytest.mark.parametrize("weighting", [("--weighting", "gradnorm", "--gradnorm-alpha", "0.5"),
+                                       ("--weighting", "dwa", "--epochs", "3")], ids=["gradnorm", "dwa"])
+def test_two_processes_equal_one_process_with_the_same_global_batch(root, tmp_path, weighting):
+    _torchrun(2, _argv(root, tmp_path / "two", *weighting), tmp_path)
+    _torchrun(1, _argv(root, tmp_path / "one", *weighting), tmp_path)
     a = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
-    assert a["world_size"] == 2 and b["world_size"] == 1 and a["step"] == b["step"] == 4
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6)
+    assert a["world_size"] == 2 and b["world_size"] == 1 and a["step"] == b["step"] == 2 * a["epoch"]
+    for part in ("model", "weighting"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-5, atol=1e-6, msg=f"{part}.{k}")
+    wa = [w for r in a["history"] for w in r["task_weights"]]
+    wb = [w for r in b["history"] for w in r["task_weights"]]
+    assert wa[-2:] != [1.0, 1.0] and wa == pytest.approx(wb, rel=1e-5)
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("two", "one"))
     assert ma["step_losses"] == pytest.approx(mb["step_losses"], rel=1e-5)
     assert ma["test"]["num_samples"] == mb["test"]["num_samples"] == 5  # val split, 3 + 2 shards, no padding
