@@ -271,6 +271,8 @@ class CrossTaskContrastive(nn.Module):
         self.ignore_index = int(ignore_index)
         self.binary_threshold = float(binary_threshold)
         self.source_kinds: Dict[str, str] = dict(source_kinds)
+        for kind in ("depth", "normals"):  # check both pairs, also when no source uses them
+            make_criterion(kind, depth_thresholds, normals_thresholds_deg)
         self.criteria: Dict[str, Criterion] = {
             s: make_criterion(k, depth_thresholds, normals_thresholds_deg) for s, k in self.source_kinds.items()
         }
