@@ -412,11 +412,10 @@ class CrossTaskContrastive(nn.Module):
         z = self.project(t, s, rows.transpose(1, 2).reshape(N * R, C), in_stats.view(-1)).view(N, R, -1)
         inverse = torch.empty_like(perm).scatter_(1, perm, torch.arange(R, device=perm.device).expand(N, R))
         z = z.gather(1, inverse.unsqueeze(-1).expand(N, R, z.shape[-1]))
-        parts = z.split(K, dim=1)  # split, not slices: one gradient buffer instead of one per slice
-        za, zp, zn = parts[:3]
+        # split, not slices: one gradient buffer for z instead of one per slice
+        za, zp, zn, *zpool = z.split([K, K, K] + ([R - 3 * K] if R > 3 * K else []), dim=1)
         if self.mining == "semihard":
-            zpool = torch.cat(parts[3:], dim=1) if len(parts) > 4 else parts[3]
-            zn, trip = self._semihard(grid, self.criteria[s], trip, za, zp, zn, zpool, pool, pool_ok)
+            zn, trip = self._semihard(grid, self.criteria[s], trip, za, zp, zn, zpool[0], pool, pool_ok)
         loss, count = triplet_margin_loss(za, zp, zn, trip.valid, self.margin)
         return loss, count, trip
 
@@ -458,9 +457,9 @@ class CrossTaskContrastive(nn.Module):
             if t not in features:
                 raise ValueError(f"features has no entry for target {t!r} (got {list(features)})")
             f = features[t]
-            if not isinstance(f, Tensor) or f.dim() != 4 or not f.is_floating_point():
+            if not isinstance(f, Tensor) or f.dim() != 4 or not f.is_floating_point() or 0 in (f.shape[0], *f.shape[2:]):
                 raise ValueError(
-                    f"features[{t!r}] must be a floating [N, C, h, w] tensor, got "
+                    f"features[{t!r}] must be a floating [N, C, h, w] tensor with N, h, w >= 1, got "
                     f"{tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__}"
                 )
             if f.shape[1] != self.feature_channels[t]:

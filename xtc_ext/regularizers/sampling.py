@@ -250,8 +250,9 @@ def to_source_grid(
     else:
         finite = torch.isfinite(lab).all(dim=1, keepdim=True)
         lab = torch.where(finite, lab, torch.zeros_like(lab))
-        ok = finite & (lab != 0).any(dim=1, keepdim=True)
-        key = F.normalize(lab, dim=1)
+        scale = lab.abs().amax(dim=1, keepdim=True)  # scale first: tiny vectors normalise exactly
+        ok = finite & (scale > 0)
+        key = F.normalize(lab / torch.where(ok, scale, torch.ones_like(scale)), dim=1)
     if valid is not None:
         ok = ok & _nearest(_spatial(valid, 1, name).float(), (h, w)).bool()
     ok = ok.reshape(n, h * w)
