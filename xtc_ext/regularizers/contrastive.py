@@ -29,6 +29,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .sampling import (
     SOURCE_KINDS,
@@ -123,6 +124,32 @@ def triplet_margin_loss(
     hinge = torch.where(valid, hinge, torch.zeros((), dtype=hinge.dtype, device=hinge.device))
     count = valid.sum()
     return hinge.sum() / count.clamp_min(1).to(hinge.dtype), count
+
+
+class _GatherPixels(torch.autograd.Function):
+    """``[N, C, h, w]`` features at pixel indices ``[N, R]`` -> ``[N, C, R]``.
+
+    As ``feat.reshape(N, C, h * w).gather(2, index)``, but the backward returns a fresh contiguous
+    ``[N, C, h, w]`` gradient (zeros, then ``scatter_add_``), not a view of one: autograd can then add
+    the prediction head's gradient on the same map into it in place instead of allocating a third
+    full-size tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, feat: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        N, C = feat.shape[:2]
+        expanded = index.unsqueeze(1).expand(N, C, index.shape[1])
+        ctx.save_for_backward(expanded)
+        ctx.feat_shape = feat.shape
+        return feat.reshape(N, C, -1).gather(2, expanded)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+        (expanded,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.feat_shape)
+        out.view(expanded.shape[0], expanded.shape[1], -1).scatter_add_(2, expanded, grad)
+        return out, None
 
 
 class MaskedBatchNorm1d(nn.Module):
@@ -405,7 +432,7 @@ class CrossTaskContrastive(nn.Module):
         # gather then reads each channel row of the map forward), then put back in sampling order.
         sorted_idx, perm = torch.sort(torch.cat(index, dim=1), dim=1)  # [N, R]
         R = perm.shape[1]
-        rows = feat.reshape(N, C, h * w).gather(2, sorted_idx.unsqueeze(1).expand(N, C, R))
+        rows = _GatherPixels.apply(feat, sorted_idx)  # [N, C, R]
         in_stats = torch.zeros_like(perm, dtype=torch.bool)  # BatchNorm statistics: valid triplets' rows
         in_stats[:, :3 * K] = trip.valid.repeat(1, 3)
         in_stats = in_stats.gather(1, perm)
