@@ -106,6 +106,18 @@ def test_masked_batch_norm_matches_batch_norm_of_the_masked_rows():
     assert torch.allclose(bn(x), F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False))
 
 
+def test_masked_batch_norm_gradcheck():
+    g = torch.Generator().manual_seed(1)
+    bn = MaskedBatchNorm1d(3).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    x = torch.randn(9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)
+    # gradcheck perturbs the parameters in place, so bn sees the perturbed weight and bias
+    assert torch.autograd.gradcheck(lambda x_, w_, b_: bn(x_, mask), (x, bn.weight, bn.bias))
+
+
 def _reference_loss(reg, features, labels, out):
     """float64 S3 on the module's triplets, projector re-implemented (eval-free, batch statistics)."""
     losses = []

@@ -152,6 +152,42 @@ class _GatherPixels(torch.autograd.Function):
         return out, None
 
 
+class _MaskedBatchNorm(torch.autograd.Function):
+    """Training-mode BatchNorm of ``x`` ``[R, C]`` with statistics over the rows where ``m`` ``[R]`` is 1.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with ``mean`` and biased ``var`` over the
+    masked rows; returns ``(y, mean, var)`` (``mean``/``var`` without gradient).  Backward, with
+    ``xhat`` the normalised rows, ``n = sum(m)``, ``db = sum_rows(dy)`` and
+    ``dw = sum_rows(dy * xhat)`` (sums over all rows: the statistics shift every row)::
+
+        dx = weight / sqrt(var + eps) * (dy - m * (db + xhat * dw) / n)
+
+    so an unmasked row gets ``weight / sqrt(var + eps) * dy``: 0 when its output is unused.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, m: Tensor, weight: Tensor, bias: Tensor, eps: float):  # type: ignore[override]
+        n = m.sum().clamp_min(1)
+        mean = torch.mv(x.t(), m) / n  # two-pass: the mean, then the variance of x - mean
+        xhat = x - mean
+        var = torch.mv(xhat.square().t(), m) / n
+        invstd = torch.rsqrt(var + eps)
+        xhat.mul_(invstd)
+        ctx.save_for_backward(xhat, invstd, weight, m, n)
+        ctx.mark_non_differentiable(mean, var)
+        return torch.addcmul(bias, xhat, weight), mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: Tensor, _mean: Tensor, _var: Tensor):  # type: ignore[override]
+        xhat, invstd, weight, m, n = ctx.saved_tensors
+        db = dy.sum(dim=0)
+        dw = (dy * xhat).sum(dim=0)
+        corr = torch.addcmul(db / n, xhat, dw / n).mul_(m.unsqueeze(1))
+        dx = dy.sub(corr).mul_(weight * invstd)
+        return dx, None, dw, db, None
+
+
 class MaskedBatchNorm1d(nn.Module):
     """BatchNorm over rows ``[R, C]`` whose training statistics use only the rows where ``mask`` is True.
 
@@ -182,19 +218,17 @@ class MaskedBatchNorm1d(nn.Module):
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         m = torch.ones_like(x[:, 0]) if mask is None else mask.to(x.dtype)
-        n = m.sum()
         with torch.autocast(x.device.type, enabled=False):  # statistics in float32 also under autocast
-            mean = torch.mv(x.t(), m) / n.clamp_min(1)  # two-pass: mean, then the variance of x - mean
-            centred = x - mean
-            var = torch.mv(centred.square().t(), m) / n.clamp_min(1)
+            y, mean, var = _MaskedBatchNorm.apply(x, m, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
         with torch.no_grad():
+            n = m.sum()
             seen = n > 0
             unbiased = var * (n / (n - 1).clamp_min(1))
             mom = self.momentum
             self.running_mean.copy_(torch.where(seen, (1 - mom) * self.running_mean + mom * mean, self.running_mean))
             self.running_var.copy_(torch.where(seen, (1 - mom) * self.running_var + mom * unbiased, self.running_var))
             self.num_batches_tracked.add_(seen.long())
-        return torch.addcmul(self.bias, centred, self.weight * torch.rsqrt(var + self.eps))
+        return y
 
 
 class Projector(nn.Module):
