@@ -15,14 +15,6 @@ from python_models import MTCP, XTasCNet
 from xtc_ext.regularizers import DEFAULT_SOURCE_KINDS, CrossTaskContrastive, save_distance_figure
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
