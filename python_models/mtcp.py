@@ -213,6 +213,12 @@ class MTCPOutput(NamedTuple):
             coarse to fine (from SRM ``z0`` at H/16, ``z1`` at H/8); empty lists without SRM.
         coherence_loss: float32 scalar, sum over tasks of the CFM cosine losses
             (mean over pixels of ``1 - cos``, each in [0, 2]); 0 without CFM.
+        features: task -> ``[N, C, H/4, W/4]`` (``C = embed_dim``) pre-head feature map, the input
+            of ``heads[t]`` (the task-feature interface,
+            :class:`~python_models.interface.TaskFeatureHost`): the SRM's last ``z`` (``z2``), or
+            the fused map ``X_t`` without SRM (``E_t`` without CFM either).  References to tensors
+            the forward computes anyway (not detached).  ``None`` when the output is built by hand
+            without them (the default).
 
     Source: paper §3.1 (intermediate predictions kept for the loss, Eq. 7) and §3.3.
     """
@@ -220,6 +226,7 @@ class MTCPOutput(NamedTuple):
     predictions: Dict[str, Tensor]
     intermediate: Dict[str, List[Tensor]]
     coherence_loss: Tensor
+    features: Optional[Dict[str, Tensor]] = None
 
 
 _BACKBONE_RE = re.compile(r"^resnet(\d+)_fpn$")
@@ -267,6 +274,10 @@ class MTCP(nn.Module):
 
     Submodules: ``backbone``, ``decoders[t]`` (TaskDecoder), ``cfms[t]`` (if ``use_cfm``),
     ``srms[t]`` and ``intermediate_heads[t]`` (if ``use_srm``), ``heads[t]``.
+
+    Attributes:
+        feature_channels: task -> ``embed_dim``, the channels of :attr:`MTCPOutput.features`
+            (task-feature interface).
 
     Forward:
         ``x`` float ``[N, 3, H, W]``, ``H`` and ``W`` positive multiples of 32.
@@ -353,6 +364,7 @@ class MTCP(nn.Module):
                 }
             )
         self.heads = nn.ModuleDict({t: PredictionHead(embed_dim, c) for t, c in self.task_channels.items()})
+        self.feature_channels: Dict[str, int] = {t: embed_dim for t in self.tasks}
 
         for name, child in self.named_children():
             if name != "backbone":
@@ -395,12 +407,14 @@ class MTCP(nn.Module):
 
         predictions: Dict[str, Tensor] = {}
         intermediate: Dict[str, List[Tensor]] = {}
+        features: Dict[str, Tensor] = {}
         for t in self.tasks:
             if self.use_srm:
                 zs = self.srms[t](fused[t], reps[t])
                 intermediate[t] = [up(head(z)) for head, z in zip(self.intermediate_heads[t], zs[:-1])]
-                predictions[t] = up(self.heads[t](zs[-1]))
+                features[t] = zs[-1]
             else:
                 intermediate[t] = []
-                predictions[t] = up(self.heads[t](fused[t]))
-        return MTCPOutput(predictions, intermediate, coherence)
+                features[t] = fused[t]
+            predictions[t] = up(self.heads[t](features[t]))
+        return MTCPOutput(predictions, intermediate, coherence, features)

@@ -20,7 +20,7 @@ parameter counts are the same.
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,7 +152,8 @@ class UNetDecoder(nn.Module):
         :class:`~python_models.resnet.ResNetEncoder` (``enc0`` first).
         Returns a float tensor ``[N, out_channels, H, W]`` at the input-image
         resolution with no activation (segmentation logits, or linear depth in
-        metres — it may be negative).
+        metres — it may be negative).  ``forward(f) == head(decode(f))``:
+        :meth:`decode` returns the pre-head map ``d0`` ``[N, mid_channels, H, W]``.
 
     Raises:
         ValueError: ``features`` does not hold exactly five tensors; bad
@@ -185,8 +186,15 @@ class UNetDecoder(nn.Module):
         self.head = nn.Conv2d(m, self.out_channels, kernel_size=1, bias=False)
         _init_xavier(self)
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """Decode ``(enc0, ..., enc4)`` into ``[N, out_channels, H, W]``."""
+    def decode(self, features: Sequence[Tensor]) -> Tensor:
+        """Decode ``(enc0, ..., enc4)`` into the pre-head map ``d0`` ``[N, mid_channels, H, W]``.
+
+        ``d0`` is the input of :attr:`head`: the task feature map that XTasC-Net exposes in
+        :attr:`XTasCOutput.features`.
+
+        Raises:
+            ValueError: ``features`` does not hold exactly five tensors.
+        """
         if len(features) != 5:
             raise ValueError(f"UNetDecoder expects 5 encoder stages, got {len(features)}")
         enc0, enc1, enc2, enc3, enc4 = features
@@ -194,8 +202,11 @@ class UNetDecoder(nn.Module):
         d = self.block2(torch.cat((d, enc3), dim=1))
         d = self.block3(torch.cat((d, enc2), dim=1))
         d = self.block4(torch.cat((d, enc1), dim=1))
-        d = self.block5(torch.cat((d, enc0), dim=1))
-        return self.head(d)
+        return self.block5(torch.cat((d, enc0), dim=1))
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        """Decode ``(enc0, ..., enc4)`` into ``[N, out_channels, H, W]`` (``head(decode(features))``)."""
+        return self.head(self.decode(features))
 
 
 # --------------------------------------------------------------------------------------
@@ -365,9 +376,15 @@ class XTasCOutput(NamedTuple):
             (``direct_only=True`` or model built without TTNets).
         depth_transfer: ``[N, 1, H, W]`` linear depth (metres)
             ``seg_to_depth(log_softmax(seg_logits))``, or ``None``.
+        features: the per-task pre-head feature maps (the task-feature interface,
+            :class:`~python_models.interface.TaskFeatureHost`): ``{"semseg": d0_seg,
+            "depth": d0_depth}``, each ``[N, 128, H, W]``, the last
+            :class:`UNetDecoder` map before its 1x1 ``head`` (references to tensors the
+            forward computes anyway; not detached).  ``None`` when the output is built
+            by hand without them (the default).
 
     The positional order differs from the authors' tuple ``(seg, seg_t, dep, dep_t)``:
-    here it is ``(seg_logits, depth, seg_transfer, depth_transfer)``; access by name.
+    here it is ``(seg_logits, depth, seg_transfer, depth_transfer, features)``; access by name.
 
     Source: reference-implementations.md §1.2 "Forward pass".
     """
@@ -376,6 +393,7 @@ class XTasCOutput(NamedTuple):
     depth: Tensor
     seg_transfer: Optional[Tensor]
     depth_transfer: Optional[Tensor]
+    features: Optional[Dict[str, Tensor]] = None
 
 
 def _check_num_classes(num_classes: object) -> int:
@@ -403,11 +421,14 @@ class XTasCNet(nn.Module):
         seg_to_depth: :class:`TaskTransferNet` (C -> 1, applies log_softmax to its
             input) or ``None``.
         depth_to_seg: :class:`TaskTransferNet` (1 -> C) or ``None``.
+        feature_channels: ``{"semseg": 128, "depth": 128}``, the channels of
+            :attr:`XTasCOutput.features` (task-feature interface).
 
     Forward ``forward(x, direct_only=False)``:
         ``x``: float ``[N, 3, H, W]`` normalised RGB, H and W multiples of 32.
         Returns :class:`XTasCOutput` ``(seg_logits [N,C,H,W], depth [N,1,H,W],
-        seg_transfer [N,C,H,W] | None, depth_transfer [N,1,H,W] | None)``.
+        seg_transfer [N,C,H,W] | None, depth_transfer [N,1,H,W] | None,
+        features {"semseg", "depth"} -> [N,128,H,W])``.
         Transfers are ``None`` when ``direct_only`` is True or the model has
         no TTNets.  TTNet inputs are not detached: transfer losses back-propagate
         through the TTNet into the source decoder and the encoder.
@@ -440,6 +461,10 @@ class XTasCNet(nn.Module):
         ch = self.encoder.channels
         self.seg_decoder = UNetDecoder(ch, self.num_classes, mid_channels=128)
         self.depth_decoder = UNetDecoder(ch, 1, mid_channels=128)
+        self.feature_channels: Dict[str, int] = {
+            "semseg": self.seg_decoder.mid_channels,
+            "depth": self.depth_decoder.mid_channels,
+        }
         self.seg_to_depth: Optional[TaskTransferNet]
         self.depth_to_seg: Optional[TaskTransferNet]
         if with_transfer:
@@ -464,13 +489,14 @@ class XTasCNet(nn.Module):
         """Run the model; see the class docstring for shapes, units and errors."""
         _check_image(x, 32, "XTasCNet", channels=3)
         feats = self.encoder(x)
-        seg = self.seg_decoder(feats)
-        dep = self.depth_decoder(feats)
+        task_features = {"semseg": self.seg_decoder.decode(feats), "depth": self.depth_decoder.decode(feats)}
+        seg = self.seg_decoder.head(task_features["semseg"])
+        dep = self.depth_decoder.head(task_features["depth"])
         if direct_only or self.seg_to_depth is None or self.depth_to_seg is None:
-            return XTasCOutput(seg, dep, None, None)
+            return XTasCOutput(seg, dep, None, None, task_features)
         dep_t = self.seg_to_depth(seg)  # log_softmax applied inside (log_softmax_input=True)
         seg_t = self.depth_to_seg(dep)
-        return XTasCOutput(seg, dep, seg_t, dep_t)
+        return XTasCOutput(seg, dep, seg_t, dep_t, task_features)
 
 
 class BaseSTNet(nn.Module):
