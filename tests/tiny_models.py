@@ -51,9 +51,10 @@ class TinyXTasCNet(nn.Module):
     def forward(self, x, direct_only: bool = False):
         f = self.encoder(x)
         seg, dep = self.seg_head(f), self.depth_head(f)
+        features = {"semseg": f, "depth": f}
         if direct_only or self.seg_to_depth is None:
-            return XTasCOutput(seg, dep, None, None)
-        return XTasCOutput(seg, dep, self.depth_to_seg(dep), self.seg_to_depth(F.log_softmax(seg, dim=1)))
+            return XTasCOutput(seg, dep, None, None, features)
+        return XTasCOutput(seg, dep, self.depth_to_seg(dep), self.seg_to_depth(F.log_softmax(seg, dim=1)), features)
 
 
 class TinySTNet(nn.Module):
@@ -88,7 +89,7 @@ class TinyMTCP(nn.Module):
         predictions = {t: h(f) for t, h in self.heads.items()}
         intermediate = {t: [h(f)] if self.use_srm else [] for t, h in self.inter.items()}
         coherence = (1 - F.cosine_similarity(f, f.roll(1, dims=1), dim=1)).mean() if self.use_cfm else f.new_zeros(())
-        return MTCPOutput(predictions, intermediate, coherence)
+        return MTCPOutput(predictions, intermediate, coherence, {t: f for t in self.tasks})
 
 
 def _xtasc_build_model(self):

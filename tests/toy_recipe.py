@@ -77,6 +77,9 @@ class ToyRecipe:
     def figures(self, model, data, indices, out_dir, title, device):
         return []
 
+    def training_figures(self, model, data, out_dir, device, stage):
+        return []
+
 
 def toy_splits(n_train=8, n_val=4, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -26,6 +26,7 @@ from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, RUN_ARG
 from xtc_ext.engine.runtime import AMP_CHOICES, SWITCH_CHOICES
 from xtc_ext.losses import LOSS_IMPLS
 from xtc_ext.recipes import RECIPE_CLASSES, RECIPES
+from xtc_ext.recipes.regularization import add_contrastive_arguments
 from xtc_ext.weighting import WEIGHTINGS
 
 __all__ = ["CONFIG_DIR", "build_parser", "list_configs", "config_path", "load_config", "parse_args",
@@ -111,11 +112,13 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("speed: precision, memory format, compilation, processes")
     g.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="autocast of the forward passes: 'auto' = bf16 on CUDA devices that support it, none "
-                   "elsewhere; 'bf16'; 'fp16' (CUDA, with a gradient scaler whose state is checkpointed); 'none'. "
+                   help="autocast of the forward passes: 'auto' = bf16 where the device computes it natively (CUDA "
+                   "with bf16, CPUs with AVX-512 BF16 or AMX), none elsewhere; 'bf16'; 'fp16' (CUDA, with a gradient "
+                   "scaler whose state is checkpointed); 'none'. "
                    "The fused losses take the low-precision tensors directly and accumulate in float32")
     g.add_argument("--channels-last", choices=SWITCH_CHOICES, default="auto",
-                   help="model and images in torch.channels_last: 'auto' = on with CUDA, off on the CPU")
+                   help="model and images in torch.channels_last: 'auto' = on with CUDA or bf16 autocast, off for "
+                   "fp32 on the CPU")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the training model (the fused ops compile without graph breaks; the first "
                    "steps are slower while it compiles)")
@@ -162,6 +165,7 @@ def build_parser(parser_class: type = argparse.ArgumentParser) -> argparse.Argum
     _add_method_options(p)
     for cls in RECIPE_CLASSES:
         cls.add_arguments(p)
+    add_contrastive_arguments(p)
     _add_optimisation_options(p)
     _add_output_options(p)
     return p

@@ -13,7 +13,8 @@ from xtc_ext import cli, ops
 from xtc_ext import train as train_mod
 from xtc_ext.data import build_splits, get_dataset
 from xtc_ext.engine import evaluate
-from xtc_ext.engine.runtime import autocast, resolve_amp, resolve_channels_last
+from xtc_ext.engine import runtime
+from xtc_ext.engine.runtime import autocast, native_bf16, resolve_amp, resolve_channels_last
 from xtc_ext.recipes import get_recipe
 
 
@@ -23,10 +24,14 @@ def _recipe(*argv):
     return get_recipe(args.model)(args, get_dataset(args.dataset)), args
 
 
-def test_auto_choices_and_refusals():
+def test_auto_choices_and_refusals(monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu) is None and resolve_amp("bf16", cpu) == torch.bfloat16
+    assert resolve_amp("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else None)
+    assert resolve_amp("bf16", cpu) == torch.bfloat16 and resolve_amp("none", cpu) is None
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    assert resolve_amp("auto", cpu) is None
     assert resolve_channels_last("auto", cpu) is False and resolve_channels_last("on", cpu) is True
+    assert resolve_channels_last("auto", cpu, torch.bfloat16) is True
     with pytest.raises(SystemExit, match="fp16 needs a CUDA device"):
         resolve_amp("fp16", cpu)
     with pytest.raises(SystemExit, match="--gradnorm-optimizer separate"):
@@ -94,7 +99,7 @@ def test_the_losses_compile_without_graph_breaks(model):
 
 def _train(recipe, args, splits, amp, steps):
     torch.manual_seed(0)
-    model = recipe.build_model()
+    model = recipe.build_model().to(memory_format=torch.channels_last)  # oneDNN's fast bf16 layout
     weighting = recipe.build_weighting(model)
     opt = torch.optim.Adam(list(model.parameters()) + list(weighting.parameters()), lr=1e-3)
     loader = torch.utils.data.DataLoader(splits.train, batch_size=5, shuffle=True,
@@ -103,13 +108,15 @@ def _train(recipe, args, splits, amp, steps):
     for _ in range(steps // len(loader)):
         for batch in loader:
             opt.zero_grad()
+            batch["image"] = batch["image"].to(memory_format=torch.channels_last)
             with autocast(torch.device("cpu"), amp):
                 out = recipe.training_step(model.train(), weighting, batch, torch.device("cpu"), torch.Generator())
             out.total.backward()
             opt.step()
             losses.append(float(out.values[0]))
     test_loader = torch.utils.data.DataLoader(splits.test, batch_size=5)
-    return sum(losses[-4:]) / 4, evaluate(model, test_loader, recipe, torch.device("cpu"), amp=amp)["mIoU"]
+    metrics = evaluate(model, test_loader, recipe, torch.device("cpu"), amp=amp, channels_last=True)
+    return sum(losses[-4:]) / 4, metrics["mIoU"]
 
 
 def test_bf16_training_keeps_the_accuracy_of_fp32():

@@ -124,7 +124,7 @@ class Trainer:
         self.dist, self.device = init_distributed(resolve_device(args.device))
         self.batch_per_rank = per_rank_batch_size(args.batch_size, self.dist)
         self.amp = resolve_amp(args.amp, self.device)
-        self.channels_last = resolve_channels_last(args.channels_last, self.device)
+        self.channels_last = resolve_channels_last(args.channels_last, self.device, self.amp)
         seed_everything(args.seed)
         self.out_dir = Path(args.output_dir)
         self.generators = {"loader": torch.Generator().manual_seed(args.seed),
@@ -360,6 +360,8 @@ class Trainer:
         args, st = self.args, self.state
         if self.show_before and st.before_training is None:
             st.before_training = self._evaluate(self.loaders.test)
+        if st.epoch == 0 and self.dist.is_main:
+            self.recipe.training_figures(self.model, self.splits.test, self.out_dir / "figures", self.device, "before")
         tb = TensorBoardLog(args.tensorboard and self.dist.is_main, self.out_dir / "tb",
                             purge_step=st.step + 1 if st.step else None)
         if st.history and self.dist.is_main:
@@ -432,6 +434,8 @@ def fit(args: argparse.Namespace, recipe: Recipe, splits: DataSplits, *, show_be
     def report() -> None:  # rank 0 writes the figures and the report; the other ranks wait for it
         figures = recipe.figures(trainer.model, splits.test, range(min(args.num_figures, len(splits.test))),
                                  trainer.out_dir / "figures", figure_title or recipe.name, trainer.device)
+        figures += recipe.training_figures(trainer.model, splits.test, trainer.out_dir / "figures", trainer.device,
+                                           "after")
         run = {"num_parameters": trainer.num_parameters, "splits": splits.describe, "train_time_s": trainer.elapsed(),
                "device": trainer.device, "world_size": trainer.dist.world_size,
                "batch_size_per_rank": trainer.batch_per_rank,

@@ -90,3 +90,8 @@ class Recipe(Protocol):
     def figures(self, model: nn.Module, data: Dataset, indices: Sequence[int], out_dir: Path, title: str,
                 device: torch.device) -> List[Path]:
         """PNG figures of the model's predictions on ``data[i]``; returns their paths."""
+
+    def training_figures(self, model: nn.Module, data: Dataset, out_dir: Path, device: torch.device,
+                         stage: str) -> List[Path]:
+        """PNG figures of the training-only parts (e.g. the regularizer's embedding distances) at ``stage``
+        ``"before"`` (the first epoch of a run) or ``"after"`` (the end); returns their paths."""

@@ -17,15 +17,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from xtc_ext.data import IGNORE_INDEX, DatasetSpec
+from xtc_ext.engine import StepOutput
 from xtc_ext.metrics import delta_m, load_baselines
+from xtc_ext.recipes.errors import option_error
+from xtc_ext.recipes.regularization import ContrastivePlugin, check_contrastive_args
 from xtc_ext.visualize import save_prediction_figures
 
-__all__ = ["BaseRecipe", "option_error"]
-
-
-def option_error(message: str) -> SystemExit:
-    """The exception a recipe raises for a bad option value or combination (``message`` names the option)."""
-    return SystemExit(f"error: {message}")
+__all__ = ["BaseRecipe"]
 
 
 class BaseRecipe:
@@ -51,6 +49,7 @@ class BaseRecipe:
         self.depth_unit: Optional[str] = spec.depth_unit
         self.ignore_index = IGNORE_INDEX
         self.tasks: Tuple[str, ...] = ()
+        self.contrastive: Optional[ContrastivePlugin] = None
 
     # ------------------------------------------------------------------ command line
     @classmethod
@@ -74,19 +73,49 @@ class BaseRecipe:
         if args.weighting not in cls.weightings:
             raise option_error(f"--model {args.model} supports --weighting {', '.join(cls.weightings)} "
                                f"(got {args.weighting})")
-        missing = [t for t in cls.required_tasks(args, spec) if t not in spec.tasks]
+        tasks = cls.required_tasks(args, spec)
+        missing = [t for t in tasks if t not in spec.tasks]
         if missing:
             raise option_error(f"--dataset {spec.name} has no {missing[0]} targets, which --model {args.model} "
                                f"needs (its tasks: {', '.join(spec.tasks)})")
+        check_contrastive_args(args, tasks)
 
     # ------------------------------------------------------------------ protocol members shared by all
     def build_auxiliary(self, model: nn.Module) -> nn.Module:
-        """Training-only modules; none by default (an empty ``ModuleDict``)."""
-        return nn.ModuleDict()
+        """Training-only modules: the contrastive regularizer's projectors with ``--contrastive``
+        (:mod:`xtc_ext.recipes.regularization`), else none (an empty ``ModuleDict``)."""
+        if not getattr(self.args, "contrastive", False):
+            return nn.ModuleDict()
+        self.contrastive = ContrastivePlugin(self.args, self.tasks)
+        return nn.ModuleDict({"contrastive": self.contrastive.build(model)})
+
+    def regularized(self, output: Any, total: Tensor, values: Tensor, batch: Mapping[str, Any],
+                    device: torch.device, generator: torch.Generator) -> StepOutput:
+        """``StepOutput(total, values)`` of the host's loss, plus the contrastive term when it is on:
+        ``total + term``, with ``values[0]`` the new total and the term appended as ``contrastive``."""
+        if self.contrastive is None:
+            return StepOutput(total, values)
+        term = self.contrastive.term(output, batch, device, generator)
+        total = total + term
+        head = total.detach().reshape(1).to(values.dtype)
+        return StepOutput(total, torch.cat([head, values[1:], term.detach().reshape(1).to(values.dtype)]))
+
+    def regularizer_names(self) -> Tuple[str, ...]:
+        """The logged names the regularizer appends to the host's loss names."""
+        return ("contrastive",) if getattr(self.args, "contrastive", False) else ()
 
     def epoch_log(self) -> Dict[str, Any]:
-        """Extra per-epoch log entries; none by default."""
-        return {}
+        """Extra per-epoch log entries: the regularizer's source draws, if any."""
+        return self.contrastive.epoch_log() if self.contrastive is not None else {}
+
+    def training_figures(self, model: nn.Module, data: Dataset, out_dir: Path, device: torch.device,
+                         stage: str) -> List[Path]:
+        """Figures of the training-only parts at ``stage`` ``"before"`` / ``"after"`` training: the contrastive
+        regularizer's anchor-distance figure of the first sample (``contrastive_<stage>.png``), else none."""
+        if self.contrastive is None or len(data) == 0:
+            return []
+        return self.contrastive.figure(model, data[0], Path(out_dir) / f"contrastive_{stage}.png", device,
+                                       f"{self.name}: contrastive embedding distances, {stage} training")
 
     @property
     def class_names(self) -> Optional[Sequence[str]]:

@@ -31,10 +31,10 @@ from torch import Tensor, nn
 
 from python_models import MTCP
 from xtc_ext.data import SAMPLE_KEYS, DatasetSpec
-from xtc_ext.engine import StepOutput
 from xtc_ext.losses import NORMALS_KINDS, MTCPLoss, task_loss
 from xtc_ext.metrics import MultiTaskEvaluator
-from xtc_ext.recipes.base import BaseRecipe, option_error
+from xtc_ext.recipes.base import BaseRecipe
+from xtc_ext.recipes.errors import option_error
 from xtc_ext.weighting import Weighting, build_weighting
 
 __all__ = ["MTCPRecipe", "TASK_METRIC", "mtcp_validation_score", "select_tasks"]
@@ -147,7 +147,7 @@ class MTCPRecipe(BaseRecipe):
         subset = f" ({', '.join(args.mtcp_tasks)})" if args.mtcp_tasks else ""
         self.name = f"MT-CP {args.backbone}{subset}{ablation}"
         self.loss_names = (("loss",) + tuple(f"{t}_loss" for t in self.tasks)
-                           + tuple(f"{t}_intermediate" for t in self.tasks) + ("coherence",))
+                           + tuple(f"{t}_intermediate" for t in self.tasks) + ("coherence",) + self.regularizer_names())
         self.weighting_slice = slice(1, 1 + len(self.tasks))
         self.criterion: Optional[MTCPLoss] = None
 
@@ -187,14 +187,15 @@ class MTCPRecipe(BaseRecipe):
 
     def training_step(self, model: nn.Module, weighting: Weighting, batch: Mapping[str, Any],
                       device: torch.device, generator: torch.Generator) -> StepOutput:
-        """Forward and loss of one batch (``generator`` unused)."""
+        """Forward and loss of one batch (``generator``: the contrastive regularizer's draws, if on)."""
         if self.criterion is None or self.criterion.weighting is not weighting:
             raise RuntimeError("MTCPRecipe.training_step: call build_weighting first and pass its weighting")
         image = batch["image"].to(device, non_blocking=True)
-        terms = self.criterion(model(image), self.targets(batch, device))
+        output = model(image)
+        terms = self.criterion(output, self.targets(batch, device))
         values = torch.cat([terms.total.reshape(1), terms.per_task_final, terms.per_task_intermediate,
                             terms.coherence.reshape(1)]).detach()
-        return StepOutput(terms.total, values)
+        return self.regularized(output, terms.total, values, batch, device, generator)
 
     def predict(self, model: nn.Module, image: Tensor) -> Dict[str, Tensor]:
         return dict(model(image).predictions)

@@ -29,7 +29,8 @@ from xtc_ext.data import DatasetSpec
 from xtc_ext.engine import StepOutput
 from xtc_ext.losses import DEPTH_LOSSES, SEG_CONSISTENCY, XTasCLoss, single_task_loss
 from xtc_ext.metrics import MultiTaskEvaluator
-from xtc_ext.recipes.base import BaseRecipe, option_error
+from xtc_ext.recipes.base import BaseRecipe
+from xtc_ext.recipes.errors import option_error
 from xtc_ext.weighting import GRADNORM_OPTIMIZERS, Weighting, build_weighting
 
 __all__ = ["XTasCRecipe", "validation_score", "shared_parameter"]
@@ -146,8 +147,8 @@ class XTasCRecipe(BaseRecipe):
                                        variant="align" if args.model == "align" else "xtasc",
                                        seg_consistency=args.seg_consistency, depth_loss=args.lp)
             self.loss_names = ("loss", "seg_loss", "depth_loss", "seg_consistency", "depth_consistency",
-                               "seg_group", "depth_group")
-            self.weighting_slice = slice(-2, None)
+                               "seg_group", "depth_group") + self.regularizer_names()
+            self.weighting_slice = slice(5, 7)
 
     def describe(self) -> str:
         a = self.args
@@ -186,7 +187,7 @@ class XTasCRecipe(BaseRecipe):
 
     def training_step(self, model: nn.Module, weighting: Weighting, batch: Mapping[str, Any],
                       device: torch.device, generator: torch.Generator) -> StepOutput:
-        """Forward and loss of one batch (``generator`` unused: the loss draws nothing)."""
+        """Forward and loss of one batch (``generator``: the contrastive regularizer's draws, if on)."""
         image = batch["image"].to(device, non_blocking=True)
         seg, depth, valid = self._batch(batch, device)
         if self.criterion is None:
@@ -194,11 +195,12 @@ class XTasCRecipe(BaseRecipe):
                                          depth_loss=self.args.lp, impl=self.args.loss_impl)
             total = weighting(task_loss.reshape(1))
             return StepOutput(total, torch.stack([total.detach(), task_loss.detach()]))
-        terms = self.criterion(model(image), seg, depth, valid)
+        output = model(image)
+        terms = self.criterion(output, seg, depth, valid)
         total = weighting(terms.groups)
         values = torch.cat([torch.stack([total, terms.seg, terms.depth, terms.seg_consistency,
                                          terms.depth_consistency]), terms.groups]).detach()
-        return StepOutput(total, values)
+        return self.regularized(output, total, values, batch, device, generator)
 
     def predict(self, model: nn.Module, image: Tensor) -> Dict[str, Tensor]:
         """The direct predictions (XTasCNet with ``direct_only=True``: the transfer networks are not run)."""
