@@ -1,10 +1,11 @@
 """MT-CP: Multi-Task Coherence and Prioritization (the model; no training or data code).
 
-Paper: ``shared/papers/mt-cp_multi-task-coherence-and-prioritization.txt`` §3.1-3.4 (the
-equations were lost in extraction).  Authors' code (Klodivio355/MT-CP) as read in
-``shared/docs/reference-implementations.md`` PART 2 §2.2-2.5.  Fidelity decisions
-(``shared/docs/design.md``): the paper's CFM with the cosine coherence loss, trace-back with
-intermediate supervision; the code's structure where the paper is silent.
+Paper: "Optimizing Dense Visual Predictions Through Multi-Task Coherence and Prioritization"
+(MT-CP) §3.1-3.4.  Authors' code (Klodivio355/MT-CP): ``MultiTaskModel_NYUD`` in
+``models/models_nyud_CL.py`` and ``GAAF_module2``, ``SPF``, ``TraceBack`` in ``models/utils.py``.
+Fidelity decisions (``docs/fidelity.md`` section "MT-CP model"): the paper's CFM with the cosine
+coherence loss, trace-back with intermediate supervision; the code's structure where the paper is
+silent.
 
 Pipeline of :class:`MTCP` for an image ``[N, 3, H, W]`` (H, W multiples of 32) and tasks ``T``:
 
@@ -63,7 +64,8 @@ class FPN(nn.Module):
 
     Forward: list of ``[N, in_channels[i], h_i, w_i]`` -> ``[N, out_channels, h_0, w_0]``.
 
-    Source: torchvision ``ops.feature_pyramid_network``; brief for the default MT-CP backbone.
+    Source: torchvision ``ops.feature_pyramid_network``; ``docs/fidelity.md`` section "MT-CP model"
+    (backbone) for the default MT-CP backbone.
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256) -> None:
@@ -105,7 +107,8 @@ class ResNetFPN(nn.Module):
     Raises:
         ValueError: unsupported depth; input not ``[N, 3, H, W]`` (from the encoder).
 
-    Source: brief (default backbone); paper §3.2 for the role (256-ch shared map at H/4).
+    Source: ``docs/fidelity.md`` section "MT-CP model" (default backbone); paper §3.2 for the role
+    (256-ch shared map at H/4).
     """
 
     def __init__(self, depth: int = 50, out_channels: int = 256) -> None:
@@ -140,7 +143,7 @@ class Mask2FormerBackbone(nn.Module):
     - ``projection="paper"`` (default): "multiply the masks with the pixel embeddings, then sum
       over the instances": ``S = einsum("bqhw,bdhw->bdhw", sigmoid(M), F) = F * sum_q sigmoid(M_q)``.
     - ``projection="code"``: the authors' ``einsum`` on the RAW logits, ``S = F * sum_q M_q``
-      (reference §2.2).
+      (``MultiTaskModel_NYUD.forward`` in ``models/models_nyud_CL.py``).
 
     Only the final decoder layer's masks are used, as the code (the paper mentions masks "from
     each layer"; per-layer masks and class logits are unused in the code).  The whole network is
@@ -162,7 +165,8 @@ class Mask2FormerBackbone(nn.Module):
         FileNotFoundError: ``path`` is None or does not exist.
         ValueError: unknown ``projection``.
 
-    Source: paper §3.2 "Shared Backbone"; reference-implementations §2.2.
+    Source: paper §3.2 "Shared Backbone"; authors' ``MultiTaskModel_NYUD`` (``self.backbon``,
+    ``Mask2FormerForUniversalSegmentation``); ``docs/fidelity.md`` section "MT-CP model".
     """
 
     def __init__(self, path: Optional[str], projection: str = "paper") -> None:
@@ -293,8 +297,9 @@ class MTCP(nn.Module):
         ImportError / FileNotFoundError: ``backbone="mask2former"`` without ``transformers`` or
             without local weights.
 
-    Source: paper §3.1-3.4; reference-implementations §2.2-2.5; design.md (MT-CP fidelity).
-    Departures from the authors' code, all following the paper or the brief: ResNet-50-FPN
+    Source: paper §3.1-3.4; authors' ``MultiTaskModel_NYUD`` in ``models/models_nyud_CL.py``;
+    ``docs/fidelity.md`` section "MT-CP model".
+    Departures from the authors' code, all following the paper or ``docs/fidelity.md``: ResNet-50-FPN
     default backbone; sigmoid masks in the Mask2Former projection; learned DFPN fusion weights;
     CFM main-branch ReLU, a single projected auxiliary branch, the cosine coherence loss, 1/sqrt(d)
     affinity scaling, 1x1-spatial output CBAM; one head form for all tasks; no unused modules.

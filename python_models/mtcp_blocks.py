@@ -1,21 +1,22 @@
 """Building blocks of MT-CP (Multi-Task Coherence and Prioritization).
 
-Paper: ``shared/papers/mt-cp_multi-task-coherence-and-prioritization.txt`` §3.1-3.4.
-Authors' code, read line by line: ``shared/docs/reference-implementations.md`` PART 2
-(§2.3 forward pass, §2.4 CFM, §2.5 SRM / trace-back).  Fidelity rule
-(``shared/docs/design.md``): follow the paper; use the code's structure where the paper
-is silent; every departure from the code is named in the docstring that makes it.
+Paper: "Optimizing Dense Visual Predictions Through Multi-Task Coherence and Prioritization"
+(MT-CP) §3.1-3.4.  Authors' code (Klodivio355/MT-CP): ``models/models_nyud_CL.py``
+(``MultiTaskModel_NYUD``, ``DynamicFPNFusionModule``), ``models/swim_transformer2.py`` (``forward2``),
+``models/utils.py`` (``GAAF_module2`` = CFM, ``SPF`` / ``TraceBack`` = SRM).  Fidelity rule
+(``docs/fidelity.md`` section "MT-CP model"): follow the paper; use the code's structure where the
+paper is silent; every departure from the code is named in the docstring that makes it.
 
 Blocks, in the order data flows through them:
 
 - :class:`CBAM` - convolutional block attention (Woo et al. 2018), used by CFM and SRM.
 - :class:`WindowAttention`, :class:`SwinBlock`, :class:`PatchMerging`, :class:`SwinStage`,
   :class:`SwinPyramid` - the per-task hierarchical ("pyramid") transformer, Swin-style
-  W-MSA / SW-MSA without patch embedding (reference §2.3 step 2).
+  W-MSA / SW-MSA without patch embedding (authors' ``SwinTransformer.forward2``).
 - :class:`DynamicFPN` - top-down pyramid fusion with learned adaptive weights (paper §3.2 DFPN).
 - :class:`TaskDecoder` - :class:`SwinPyramid` + :class:`DynamicFPN`.
-- :class:`CoherenceFusionModule` - CFM (paper §3.3, reference §2.4).
-- :class:`SPF`, :class:`SpatialRefinementModule` - SRM / trace-back (paper §3.4, reference §2.5).
+- :class:`CoherenceFusionModule` - CFM (paper §3.3; authors' ``GAAF_module2``).
+- :class:`SPF`, :class:`SpatialRefinementModule` - SRM / trace-back (paper §3.4; ``TraceBack``).
 - :class:`PredictionHead` - per-task 1x1 conv heads.
 
 Initialisation (applied by :func:`init_mtcp_weights`): every ``Conv2d`` kaiming-normal
@@ -68,8 +69,8 @@ def init_mtcp_weights(module: nn.Module) -> None:
     - ``nn.Conv2d``: ``kaiming_normal_(mode="fan_in", nonlinearity="relu")``, bias 0.  ``fan_in``
       (PyTorch's default mode) keeps the un-normalised outputs of the 1x1 prediction convs at
       unit scale; ``fan_out`` would give a 256->1 depth conv a weight std of sqrt(2).
-    - ``nn.Linear``: ``trunc_normal_(std=0.02)``, bias 0 (Swin's ``_init_weights``; the authors
-      never call it, reference §2.3 step 2, so their decoders keep PyTorch defaults).
+    - ``nn.Linear``: ``trunc_normal_(std=0.02)``, bias 0 (Swin's ``_init_weights``; the authors'
+      ``models/swim_transformer2.py`` never calls it, so their decoders keep PyTorch defaults).
     - ``BatchNorm2d`` / ``LayerNorm``: weight 1, bias 0.
     - :class:`WindowAttention` relative-position tables: ``trunc_normal_(std=0.02)`` (Swin).
     - :class:`DynamicFPN` fusion weights: 1.
@@ -128,7 +129,7 @@ class CBAM(nn.Module):
     Raises:
         ValueError: non-positive ``channels``/``reduction`` or even/non-positive ``spatial_kernel``.
 
-    Source: Woo et al. 2018 Eqs. 2-3; MT-CP paper §3.3-3.4; reference-implementations §2.4-2.5.
+    Source: Woo et al. 2018 Eqs. 2-3; MT-CP paper §3.3-3.4; ``docs/fidelity.md`` "MT-CP model" (CBAM).
     """
 
     def __init__(self, channels: int, reduction: int = 16, spatial_kernel: int = 7) -> None:
@@ -215,7 +216,7 @@ class WindowAttention(nn.Module):
     Raises:
         ValueError: ``dim`` not divisible by ``num_heads``.
 
-    Source: Swin (Liu et al. 2021) ``WindowAttention``; reference-implementations §2.3 step 2.
+    Source: Swin (Liu et al. 2021) ``WindowAttention``; authors' ``models/swim_transformer2.py``.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True) -> None:
@@ -294,7 +295,7 @@ class SwinBlock(nn.Module):
     Raises:
         ValueError: ``shift`` outside ``[0, w)``.
 
-    Source: Swin (Liu et al. 2021) ``SwinTransformerBlock``; reference-implementations §2.3 step 2.
+    Source: Swin (Liu et al. 2021) ``SwinTransformerBlock``; authors' ``models/swim_transformer2.py``.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift: int = 0, mlp_ratio: float = 4.0) -> None:
@@ -339,7 +340,7 @@ class PatchMerging(nn.Module):
 
     Shapes: ``[B, H, W, C]`` -> ``[B, ceil(H/2), ceil(W/2), 2C]``.
 
-    Source: Swin ``PatchMerging``; reference-implementations §2.3 step 2.
+    Source: Swin ``PatchMerging``; authors' ``models/swim_transformer2.py``.
     """
 
     def __init__(self, dim: int) -> None:
@@ -364,7 +365,7 @@ class SwinStage(nn.Module):
     Forward: ``x`` ``[B, H, W, C]`` -> ``(out [B, H, W, C], down)`` where ``down`` is the merged
     ``[B, ceil(H/2), ceil(W/2), 2C]`` map, or None without downsampling.
 
-    Source: Swin ``BasicLayer``; reference-implementations §2.3 step 2.
+    Source: Swin ``BasicLayer``; authors' ``models/swim_transformer2.py``.
     """
 
     def __init__(
@@ -415,8 +416,9 @@ class SwinPyramid(nn.Module):
         ValueError: ``depths``/``num_heads`` empty or of different lengths, non-positive entries, or
             a width not divisible by its heads.
 
-    Source: paper §3.2; reference-implementations §2.3 step 2 (code: 3 stages, 2 downsamplings,
-    although the paper says "3 down-sampling stages").
+    Source: paper §3.2; authors' ``SwinTransformer.forward2`` in ``models/swim_transformer2.py``
+    (code: 3 stages, 2 downsamplings, although the paper says "3 down-sampling stages");
+    ``docs/fidelity.md`` section "MT-CP model" (task decoders).
     """
 
     def __init__(
@@ -474,7 +476,7 @@ class DynamicFPN(nn.Module):
     - ``"sum"``: ``w = 1`` (the authors' code, which has no adaptive weights).
 
     Output ``E = conv3x3(f_0)`` (with bias).  Only the finest level's 3x3 conv is built (the code
-    computes and discards the coarser ones, reference §2.3 step 3).
+    computes and discards the coarser ones, authors' ``DynamicFPNFusionModule.forward``).
 
     Args:
         in_channels: channels of the levels, finest first (MT-CP ``[256, 512, 1024]``).
@@ -489,8 +491,9 @@ class DynamicFPN(nn.Module):
     Raises:
         ValueError: empty ``in_channels``, unknown ``fusion``; in forward, wrong number of levels.
 
-    Source: paper §3.2; reference-implementations §2.3 step 3 (``DynamicFPNFusionModule``).
-    Departure from the code: the learned weights (paper), ``"sum"`` reproduces the code.
+    Source: paper §3.2; authors' ``DynamicFPNFusionModule`` in ``models/models_nyud_CL.py``.
+    Departure from the code (``docs/fidelity.md`` "MT-CP model", DFPN): the learned weights (paper);
+    ``"sum"`` reproduces the code.
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, fusion: str = "fast") -> None:
@@ -533,7 +536,7 @@ class TaskDecoder(nn.Module):
     Forward: ``s`` ``[N, C, h, w]`` (shared representation, ``h = H/4``) ->
     ``(E [N, C, h, w], [R0, R1, R2])`` with the pyramid outputs kept for the trace-back.
 
-    Source: paper §3.1-3.2; reference-implementations §2.3 steps 2-3.
+    Source: paper §3.1-3.2; authors' ``MultiTaskModel_NYUD.forward`` (``models/models_nyud_CL.py``).
     """
 
     def __init__(
@@ -572,7 +575,7 @@ class CoherenceFusionModule(nn.Module):
     3. auxiliary branch ``a = ReLU(BN(CBAM(conv1x1_{K*C -> C}(U))))``: one representation with
        ``C`` channels so that it is comparable with ``m`` (``coherence="projected"``).  The code
        has ``U = ReLU(conv1x1_{K*C->K*C}(·))`` and two separate ``K*C``-channel branches (Q, K)
-       that cannot be compared with the ``C``-channel ``m`` (reference §2.4).
+       that cannot be compared with the ``C``-channel ``m`` (authors' ``GAAF_module2``).
     4. coherence loss ``L = xtc_ext.ops.cosine_similarity_loss(m, a)`` = mean over the batch's
        pixels of ``1 - cos(m_p, a_p)`` over channels (paper: "minimise the cosine distance");
        0 with ``coherence="none"`` (the authors' code has no such loss).
@@ -601,7 +604,8 @@ class CoherenceFusionModule(nn.Module):
     Raises:
         ValueError: bad constructor arguments; in forward, wrong number or shape of auxiliaries.
 
-    Source: paper §3.3; reference-implementations §2.4 (``GAAF_module2``).
+    Source: paper §3.3; authors' ``GAAF_module2`` in ``models/utils.py``; ``docs/fidelity.md``
+    section "MT-CP model" (CFM).
     """
 
     def __init__(
@@ -695,7 +699,7 @@ class SPF(nn.Module):
     Forward: ``p`` ``[N, P, hp, wp]``, ``b`` ``[N, B, hb, wb]`` -> ``(z [N, out, hb, wb],
     y [N, B, hb, wb] or None)``.
 
-    Source: paper §3.4; reference-implementations §2.5 (``models/utils.py::SPF``).
+    Source: paper §3.4; authors' ``SPF`` in ``models/utils.py``.
     """
 
     def __init__(self, pred_channels: int, back_channels: int, out_channels: int = 256, carry: bool = True) -> None:
@@ -740,7 +744,7 @@ class SpatialRefinementModule(nn.Module):
     Raises:
         ValueError: in forward, a wrong number of stage outputs.
 
-    Source: paper §3.4; reference-implementations §2.5.
+    Source: paper §3.4; authors' ``TraceBack`` in ``models/utils.py``; ``docs/fidelity.md`` "MT-CP model".
     """
 
     def __init__(self, embed_dim: int, stage_dims: Sequence[int]) -> None:
@@ -772,12 +776,12 @@ class PredictionHead(nn.Sequential):
     No output activation: logits for segmentation/parts/saliency, linear metres for depth,
     unnormalised vectors for normals.  The caller upsamples to the input size.  The code's final
     depth head (``256->128, x2, 128->32, ReLU, 32->1``) and the extra leading conv of its NYUD
-    intermediate heads are not reproduced: one head form for every task and scale (reference §2.3
-    steps 6-7).
+    intermediate heads are not reproduced: one head form for every task and scale
+    (``docs/fidelity.md`` section "MT-CP model", heads).
 
     Shapes: ``[N, C, h, w]`` -> ``[N, out, h, w]``.
 
-    Source: reference-implementations §2.3 steps 6-7 (``project_semseg``/``project_normals``).
+    Source: authors' ``project_semseg``/``project_normals``, ``SemSegPred`` (``models/models_nyud_CL.py``).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:

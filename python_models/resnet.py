@@ -8,8 +8,8 @@ its ``fc.*`` entries are dropped.  The classification head (``avgpool`` and
 ``fc``) is not built.
 
 XTasC-Net uses this network as its shared encoder and splits it into five
-stages (paper §IV-A; ``shared/docs/reference-implementations.md`` §1.2
-"Encoder", authors' ``model/xtask_ts.py`` ``_load_encoder``).
+stages (paper §IV-A; authors' ``model/xtask_ts.py`` ``_load_encoder``;
+``docs/fidelity.md`` section "XTasC-Net model", encoder).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class BasicBlock(nn.Module):
     Shapes: ``x`` float ``[N, C_in, H, W]`` -> ``[N, C_out, ceil(H/stride), ceil(W/stride)]``,
     same dtype.
 
-    Source: He et al. 2016; torchvision ``resnet.py``; reference-implementations §1.2.
+    Source: He et al. 2016; torchvision ``resnet.py`` ``BasicBlock``.
     """
 
     expansion: int = 1
@@ -95,7 +95,7 @@ class Bottleneck(nn.Module):
 
     Shapes: ``x`` float ``[N, C_in, H, W]`` -> ``[N, 4*planes, ceil(H/stride), ceil(W/stride)]``.
 
-    Source: He et al. 2016; torchvision ``resnet.py``; reference-implementations §1.2.
+    Source: He et al. 2016; torchvision ``resnet.py`` ``Bottleneck``.
     """
 
     expansion: int = 4
@@ -177,9 +177,9 @@ class ResNetEncoder(nn.Module):
         ValueError: unsupported ``depth`` (message names the value and the
             allowed ones); in ``forward``, ``x`` not 4-D or not 3 channels.
 
-    Source: paper §IV-A; reference-implementations.md §1.2 "Encoder"
-    (authors' ``model/xtask_ts.py`` ``_load_encoder`` splits torchvision's
-    ResNet the same way).
+    Source: paper §IV-A; authors' ``model/xtask_ts.py`` ``_load_encoder``
+    (splits torchvision's ResNet the same way); ``docs/fidelity.md`` section
+    "XTasC-Net model".
     """
 
     def __init__(self, depth: int = 34) -> None:
@@ -254,8 +254,9 @@ class ResNetEncoder(nn.Module):
                 ``nn.Module.load_state_dict``; e.g. a ResNet-50 dict loaded into a
                 ResNet-34 encoder).
 
-        Source: reference-implementations.md §1.2 "Encoder" (``--use_pretrain``
-        loads torchvision ImageNet weights).
+        Source: authors' ``_load_encoder`` in ``model/xtask_ts.py`` (their
+        ``--use_pretrain`` loads torchvision ImageNet weights); ``docs/fidelity.md``
+        section "XTasC-Net model", encoder.
         """
         filtered: Dict[str, Tensor] = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
         own = self.state_dict()

@@ -1,10 +1,10 @@
 """XTasC-Net (Cross-Task Consistency Network) and its single-task baseline.
 
 Reproduces the architecture of the authors' code (akarimoon/xtask_mt, commit
-``167ee59``: ``model/xtask_ts.py`` and ``model/transfer_net.py``) as written
-down in ``shared/docs/reference-implementations.md`` §1.2 and described in the
-paper (``shared/papers/xtasc-net_cross-task-consistency-learning.txt``
-§IV-A):
+``167ee59``: ``model/xtask_ts.py`` and ``model/transfer_net.py``), described in
+the paper (Nakano et al., "Cross-Task Consistency Learning Framework for
+Multi-Task Learning", §IV-A and Fig. 2); differences are listed in
+``docs/fidelity.md`` section "XTasC-Net model":
 
 - a shared torchvision-style ResNet encoder (:class:`~python_models.resnet.ResNetEncoder`),
 - one U-Net decoder per task (:class:`UNetDecoder`, the authors' ``DecoderSequential``),
@@ -45,7 +45,7 @@ _TASKS = ("segmentation", "depth")
 def _init_xavier(module: nn.Module) -> None:
     """Authors' ``_init_weights``: xavier_normal_ conv weights, zero conv biases, BN weight 1 / bias 0.
 
-    Source: reference-implementations.md §1.2 "Init".
+    Source: authors' ``_init_weights`` of ``XTaskTSNet`` in ``model/xtask_ts.py``.
     """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
@@ -99,7 +99,7 @@ class ConvBlock(nn.Module):
     Init: xavier_normal_ conv weights, zero biases, BN weight 1 / bias 0.
 
     Source: paper §IV-A ("3 layers of 3x3 conv + BN + ReLU ... upsampled by 2");
-    reference-implementations.md §1.2 "Decoders" (authors' ``ConvBlock``).
+    authors' ``ConvBlock`` in ``model/xtask_ts.py``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 128) -> None:
@@ -161,8 +161,8 @@ class UNetDecoder(nn.Module):
 
     Init: xavier_normal_ conv weights, zero biases, BN weight 1 / bias 0.
 
-    Source: paper §IV-A; reference-implementations.md §1.2 "Decoders"
-    (authors' ``DecoderSequential`` and the forward of ``XTaskTSNet``).
+    Source: paper §IV-A; authors' ``DecoderSequential`` and the forward of ``XTaskTSNet``
+    in ``model/xtask_ts.py``.
     """
 
     def __init__(
@@ -233,7 +233,7 @@ class TTDown(nn.Module):
 
     Shapes: float ``[N, C_in, H, W]`` -> ``[N, C_out, H/2, W/2]`` (H, W even).
 
-    Source: paper §IV-A; reference-implementations.md §1.2 "TTNet" (authors' ``TTDown``).
+    Source: paper §IV-A; authors' ``TTDown`` in ``model/transfer_net.py``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = False) -> None:
@@ -257,7 +257,8 @@ class TTUp(nn.Module):
 
     Shapes: float ``[N, C_in, H, W]`` -> ``[N, C_out, 2H, 2W]``.
 
-    Source: paper §IV-A; reference-implementations.md §1.2 "TTNet" (authors' ``TTUp``).
+    Source: paper §IV-A; authors' ``TTUp`` in ``model/transfer_net.py``; ``docs/fidelity.md``
+    section "XTasC-Net model" (TTNet expansive blocks upsample first).
     """
 
     def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = False) -> None:
@@ -314,8 +315,8 @@ class TaskTransferNet(nn.Module):
     Init: xavier_normal_ conv weights, zero biases, BN weight 1 / bias 0.
 
     Source: paper §IV-A ("TTNets ... 3 blocks of contracting path and 3 blocks of
-    expansive path ... 64, 128, 256"); reference-implementations.md §1.2 "TTNet"
-    (authors' ``transfer_net.py`` L98-142).
+    expansive path ... 64, 128, 256"); authors' ``TaskTransferNetWithSkipCN``
+    (``model/transfer_net.py`` L98-142); ``docs/fidelity.md`` section "XTasC-Net model".
     """
 
     def __init__(
@@ -386,7 +387,7 @@ class XTasCOutput(NamedTuple):
     The positional order differs from the authors' tuple ``(seg, seg_t, dep, dep_t)``:
     here it is ``(seg_logits, depth, seg_transfer, depth_transfer, features)``; access by name.
 
-    Source: reference-implementations.md §1.2 "Forward pass".
+    Source: authors' ``XTaskTSNet.forward`` in ``model/xtask_ts.py``.
     """
 
     seg_logits: Tensor
@@ -443,8 +444,9 @@ class XTasCNet(nn.Module):
     31,557,952; R34/C=19 31,562,560; R18/C=7 21,445,184; R50/C=7 40,412,224;
     R34/C=7 without TTNets 27,785,280.
 
-    Source: paper §IV-A and Fig. 2; reference-implementations.md §1.2
-    (authors' ``XTaskTSNet`` in ``model/xtask_ts.py``).
+    Source: paper §IV-A and Fig. 2 (the counts equal the paper's #P column);
+    authors' ``XTaskTSNet`` in ``model/xtask_ts.py``; ``docs/fidelity.md`` section
+    "XTasC-Net model".
     """
 
     def __init__(
@@ -522,8 +524,8 @@ class BaseSTNet(nn.Module):
             positive multiples of 32.
         TypeError: non-floating input.
 
-    Source: reference-implementations.md §1.1-1.2 (authors' ``BaseSTLNet`` in
-    ``model/xtask_ts.py``, driven by ``main_stl.py``).
+    Source: paper §V-D (Base ST-Net); authors' ``BaseSTLNet`` in ``model/xtask_ts.py``,
+    driven by ``main_stl.py``.
     """
 
     def __init__(self, task: str, num_classes: Optional[int] = None, encoder_depth: int = 34) -> None:
