@@ -22,7 +22,9 @@ namespace xtc {
 
 template <typename acc_t>
 struct CosTerms {
-  acc_t cos, na, nb;  // the cosine (eps rule) and the two norms
+  acc_t cos;           // the cosine (eps rule)
+  acc_t inv_a, inv_b;  // 1 / max(|a|, eps), 1 / max(|b|, eps) (representable even where |a| is not)
+  bool a_big, b_big;   // |a| > eps, |b| > eps (else the norm is the constant eps)
 };
 
 // Squared norms in [lo, hi] are exact to rounding without scaling: finite, and far enough above the
@@ -60,7 +62,8 @@ XTC_COS_HD bool cos_sums_in_range(acc_t aa, acc_t bb) {
 template <typename acc_t>
 XTC_COS_HD CosTerms<acc_t> cos_from_sums(acc_t aa, acc_t bb, acc_t ab, acc_t eps) {
   const acc_t na = cos_sqrt(aa), nb = cos_sqrt(bb);
-  return {ab / cos_floor(na, eps) / cos_floor(nb, eps), na, nb};
+  const acc_t da = cos_floor(na, eps), db = cos_floor(nb, eps);
+  return {ab / da / db, acc_t(1) / da, acc_t(1) / db, na > eps, nb > eps};
 }
 
 // The pixel recomputed from its channels, a(c) and b(c) for c < C, each vector divided by its largest
@@ -81,8 +84,15 @@ XTC_COS_HD CosTerms<acc_t> cos_scaled(const LoadA& a, const LoadB& b, int64_t C,
     bb += y * y;
     ab += x * y;
   }
-  const acc_t na = sa * cos_sqrt(aa), nb = sb * cos_sqrt(bb);
-  return {ab * (sa / cos_floor(na, eps)) * (sb / cos_floor(nb, eps)), na, nb};
+  // sa / max(na, eps) and 1 / max(na, eps) without forming na where it matters: the norm itself may
+  // exceed the largest float (inf) while its inverse is a representable (subnormal) number.
+  const acc_t ra = cos_sqrt(aa), rb = cos_sqrt(bb);
+  const bool a_big = sa * ra > eps, b_big = sb * rb > eps;
+  const acc_t fa = a_big ? acc_t(1) / ra : sa / eps;
+  const acc_t fb = b_big ? acc_t(1) / rb : sb / eps;
+  const acc_t inv_a = a_big ? (acc_t(1) / sa) / ra : acc_t(1) / eps;
+  const acc_t inv_b = b_big ? (acc_t(1) / sb) / rb : acc_t(1) / eps;
+  return {ab * fa * fb, inv_a, inv_b, a_big, b_big};
 }
 
 }  // namespace xtc

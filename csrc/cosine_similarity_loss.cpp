@@ -37,7 +37,7 @@ inline void row_lincomb(const scalar_t* __restrict x, const scalar_t* __restrict
 // Per-pixel cosine and norms of a block of L pixels (a, b point at channel 0 of its first pixel).
 template <typename scalar_t, typename acc_t>
 struct BlockCosine {
-  acc_t cos[kPixelBlock], na[kPixelBlock], nb[kPixelBlock];
+  acc_t cos[kPixelBlock], inv_a[kPixelBlock], inv_b[kPixelBlock], ka[kPixelBlock], kb[kPixelBlock];
 
   BlockCosine(const scalar_t* a, const scalar_t* b, int64_t C, int64_t HW, int64_t L, acc_t eps) {
     acc_t aa[kPixelBlock] = {}, bb[kPixelBlock] = {}, ab[kPixelBlock] = {};
@@ -52,8 +52,10 @@ struct BlockCosine {
         t = cos_scaled<acc_t>(load_a, load_b, C, eps);
       }
       cos[i] = t.cos;
-      na[i] = t.na;
-      nb[i] = t.nb;
+      inv_a[i] = t.inv_a;
+      inv_b[i] = t.inv_b;
+      ka[i] = t.a_big ? t.cos * t.inv_a : acc_t(0);  // [|a| > eps] cos / Da
+      kb[i] = t.b_big ? t.cos * t.inv_b : acc_t(0);
     }
   }
 };
@@ -122,22 +124,17 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_loss_in, 
       const int64_t px = blk.n * HW + blk.begin, off = blk.n * C * HW + blk.begin, L = blk.size();
       const BlockCosine<scalar_t, acc_t> bc(ap + off, bp + off, C, HW, L, e);
       // grad_a_c = s / Da * (ka a_c - b_c / Db), ka = [|a| > eps] cos / Da; symmetrically for b.
-      acc_t s[kPixelBlock], inv_a[kPixelBlock], inv_b[kPixelBlock], sa[kPixelBlock], sb[kPixelBlock];
-      acc_t ka[kPixelBlock], kb[kPixelBlock];
+      acc_t s[kPixelBlock], sa[kPixelBlock], sb[kPixelBlock];
       scale.fill(px, s, L);
       for (int64_t i = 0; i < L; ++i) {
         const acc_t si = (!mk || mk[px + i]) ? s[i] : acc_t(0);
-        inv_a[i] = acc_t(1) / cos_floor(bc.na[i], e);
-        inv_b[i] = acc_t(1) / cos_floor(bc.nb[i], e);
-        sa[i] = si * inv_a[i];
-        sb[i] = si * inv_b[i];
-        ka[i] = bc.na[i] > e ? bc.cos[i] * inv_a[i] : acc_t(0);
-        kb[i] = bc.nb[i] > e ? bc.cos[i] * inv_b[i] : acc_t(0);
+        sa[i] = si * bc.inv_a[i];
+        sb[i] = si * bc.inv_b[i];
       }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t o = off + c * HW;
-        row_lincomb(ap + o, bp + o, sa, ka, inv_b, ga + o, L);
-        row_lincomb(bp + o, ap + o, sb, kb, inv_a, gb + o, L);
+        row_lincomb(ap + o, bp + o, sa, bc.ka, bc.inv_b, ga + o, L);
+        row_lincomb(bp + o, ap + o, sb, bc.kb, bc.inv_a, gb + o, L);
       }
     });
   });

@@ -98,13 +98,13 @@ struct CosineBackward {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       const CosTerms<acc_t> t = pixel_cos(a + off + i, b + off + i, C, HW, aa[i], bb[i], dot[i], eps);
-      inv_a[i] = acc_t(1) / cos_floor(t.na, eps);
-      inv_b[i] = acc_t(1) / cos_floor(t.nb, eps);
+      inv_a[i] = t.inv_a;
+      inv_b[i] = t.inv_b;
       const acc_t si = valid[i] ? s[i] : acc_t(0);
       sa[i] = si * inv_a[i];
       sb[i] = si * inv_b[i];
-      ka[i] = t.na > eps ? t.cos * inv_a[i] : acc_t(0);
-      kb[i] = t.nb > eps ? t.cos * inv_b[i] : acc_t(0);
+      ka[i] = t.a_big ? t.cos * inv_a[i] : acc_t(0);
+      kb[i] = t.b_big ? t.cos * inv_b[i] : acc_t(0);
     }
 #pragma unroll 4
     for (int64_t c = 0; c < C; ++c) {

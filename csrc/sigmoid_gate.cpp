@@ -1,15 +1,18 @@
 // sigmoid_gate: CPU kernels of out = x * sigmoid(gate_logits), elementwise (MT-CP coherence fusion gates).
 // With e = exp(-|g|) = p * 2^k (vexp_parts, no clamp of the result) and d = 1 + e:
 //   sigmoid(g) = 1 / d (g >= 0) or e / d (g < 0),  sigmoid(g) (1 - sigmoid(g)) = e / d^2,
-// and every product with e is formed as scale_pow2(t * p, k), so out, grad_x = grad_out * s and
-// grad_gate = grad_out * x * s * (1 - s) are exact to one rounding down to the smallest subnormal
-// (x = 1e30, g = -100 gives 3.72e-14 in fp32, not the 6e-9 of a clamped exp).
+// and every product with e is formed as scale_pow2(t * p, k) (the scaling first where t * p would
+// overflow), so out, grad_x = grad_out * s and grad_gate = grad_out * x * s * (1 - s) are exact to a
+// few roundings down to the smallest subnormal (x = 1e30, g = -100 gives 3.72e-14 in fp32, not the
+// 6e-9 of a clamped exp).
 // Layout: the output keeps x's memory format (channels_last stays channels_last); the kernels run over
 // the raw memory of operands that share the output's dense strides (others are copied into that layout
 // once); an upstream gradient that is one value broadcast everywhere (out.sum()) is read as that value.
 #include "common.h"
 
 #include <torch/library.h>
+
+#include <limits>
 
 namespace xtc {
 namespace {
@@ -29,9 +32,15 @@ struct GateExp {
     positive = g >= acc_t(0);
   }
   // t * sigmoid(g)
-  acc_t times_s(acc_t t) const { return positive ? t / d : scale_pow2(t * p / d, k); }
-  // t * sigmoid(g) * (1 - sigmoid(g))
-  acc_t times_ds(acc_t t) const { return scale_pow2(t * p / (d * d), k); }
+  acc_t times_s(acc_t t) const { return positive ? t / d : mul_pow2(t, p / d, k); }
+  // t * u * sigmoid(g) * (1 - sigmoid(g))
+  acc_t times_ds(acc_t t, acc_t u) const { return mul_pow2(t * (p / (d * d)), u, k); }
+
+  // a * b * 2^k with no intermediate overflow: the scaling goes first where a * b would overflow.
+  static acc_t mul_pow2(acc_t a, acc_t b, int32_t k) {
+    const acc_t ab = a * b;
+    return std::abs(ab) <= std::numeric_limits<acc_t>::max() ? scale_pow2(ab, k) : scale_pow2(a, k) * b;
+  }
 };
 
 template <typename scalar_t, typename acc_t>
@@ -51,7 +60,7 @@ inline void row_gate_grad(const scalar_t* __restrict go, const scalar_t* __restr
     const GateExp<acc_t> ge(static_cast<acc_t>(g[i]));
     const acc_t d = static_cast<acc_t>(go[kScalarGrad ? 0 : i]);
     gx[i] = static_cast<scalar_t>(ge.times_s(d));
-    gg[i] = static_cast<scalar_t>(ge.times_ds(d * static_cast<acc_t>(x[i])));
+    gg[i] = static_cast<scalar_t>(ge.times_ds(d, static_cast<acc_t>(x[i])));
   }
 }
 

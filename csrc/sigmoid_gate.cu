@@ -22,10 +22,12 @@ struct GateConst;
 template <>
 struct GateConst<float> {
   static constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f, min_arg = -200.0f;
+  static constexpr float max_finite = 3.40282347e+38f;
 };
 template <>
 struct GateConst<double> {
   static constexpr double ln2_hi = 0.6931471803691238, ln2_lo = 1.9082149292705877e-10, min_arg = -1500.0;
+  static constexpr double max_finite = 1.7976931348623157e+308;
 };
 
 // exp(-|g|) = p * 2^k and d = 1 + exp(-|g|).
@@ -45,8 +47,16 @@ struct GateExp {
     d = acc_t(1) + gate_ldexp(p, k);
     positive = g >= acc_t(0);
   }
-  XTC_HD acc_t times_s(acc_t t) const { return positive ? t / d : gate_ldexp(t * p / d, k); }
-  XTC_HD acc_t times_ds(acc_t t) const { return gate_ldexp(t * p / (d * d), k); }
+  // t * sigmoid(g)
+  XTC_HD acc_t times_s(acc_t t) const { return positive ? t / d : mul_pow2(t, p / d, k); }
+  // t * u * sigmoid(g) * (1 - sigmoid(g))
+  XTC_HD acc_t times_ds(acc_t t, acc_t u) const { return mul_pow2(t * (p / (d * d)), u, k); }
+
+  // a * b * 2^k with no intermediate overflow: the scaling goes first where a * b would overflow.
+  XTC_HD static acc_t mul_pow2(acc_t a, acc_t b, int k) {
+    const acc_t ab = a * b;
+    return acc_abs(ab) <= GateConst<acc_t>::max_finite ? gate_ldexp(ab, k) : gate_ldexp(a, k) * b;
+  }
 };
 
 template <typename scalar_t, int VEC>
@@ -111,7 +121,7 @@ struct GateBackward {
       acc_t vx[W];
       load_acc<W>(x + i0, vx);
 #pragma unroll
-      for (int i = 0; i < W; ++i) out[i] = GateExp<acc_t>(vg[i]).times_ds(go[i] * vx[i]);
+      for (int i = 0; i < W; ++i) out[i] = GateExp<acc_t>(vg[i]).times_ds(go[i], vx[i]);
       store_acc<W>(grad_gate + i0, out);
     }
   }

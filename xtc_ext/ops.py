@@ -80,7 +80,7 @@ def masked_cross_entropy(
         TypeError: logits or weight not float16/bfloat16/float32/float64, or target not int64/uint8.
         RuntimeError: tensors on different devices.
     """
-    return _lib.masked_cross_entropy(logits, target, ignore_index, weight, label_smoothing, reduction)
+    return _FUNCTIONS["masked_cross_entropy_fwd"].apply(logits, target, weight, ignore_index, label_smoothing, reduction)[0]
 
 
 def masked_l1_loss(
@@ -116,7 +116,7 @@ def masked_l1_loss(
         TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """
-    return _lib.masked_l1_loss(pred, target, mask, invalid_value, reduction)
+    return _FUNCTIONS["masked_l1_loss_fwd"].apply(pred, target, mask, invalid_value, reduction)[0]
 
 
 def soft_cross_entropy(
@@ -143,7 +143,7 @@ def soft_cross_entropy(
         TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """
-    return _lib.soft_cross_entropy(logits, target_logits, mask, reduction)
+    return _FUNCTIONS["soft_cross_entropy_fwd"].apply(logits, target_logits, mask, reduction)[0]
 
 
 def cosine_similarity_loss(
@@ -173,7 +173,15 @@ def cosine_similarity_loss(
         TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """
-    return _lib.cosine_similarity_loss(a, b, mask, eps, reduction, dim)
+    if a.shape != b.shape and isinstance(b, Tensor):
+        try:
+            a, b = torch.broadcast_tensors(a, b)
+        except RuntimeError:
+            raise ValueError(
+                f"cosine_similarity_loss: b must have the shape of a {tuple(a.shape)} or broadcast with it, "
+                f"got {tuple(b.shape)}"
+            ) from None
+    return _FUNCTIONS["cosine_similarity_loss_fwd"].apply(a, b, mask, eps, reduction, dim)[0]
 
 
 def sigmoid_gate(x: Tensor, gate_logits: Tensor) -> Tensor:
@@ -194,16 +202,19 @@ def sigmoid_gate(x: Tensor, gate_logits: Tensor) -> Tensor:
         ValueError: shape mismatch. TypeError: dtypes not float16/bfloat16/float32/float64 or mismatched.
         RuntimeError: devices differ.
     """
-    return _lib.sigmoid_gate(x, gate_logits)
+    return _FUNCTIONS["sigmoid_gate"].apply(x, gate_logits)
 
 
 # ----------------------------------------------------------------------------------------------
-# Autograd registration: a torch.autograd.Function with a separate setup_context (the form torch.func
-# requires; torch.library.register_autograd's generated Function does not support torch.func) is the
-# Autograd kernel of each internal op. Its forward calls the op again with grad disabled, which
+# Autograd: per internal op a torch.autograd.Function with a separate setup_context (the form torch.func
+# requires; torch.library.register_autograd's generated Function has none). The public functions above
+# apply it directly, so torch.func transforms see it (an autograd.Function applied from inside a
+# dispatcher kernel is invisible to them); it is also the op's Autograd kernel, so that
+# torch.ops.xtc_ext.* calls are differentiable too. Its forward calls the op with grad disabled, which
 # dispatches below autograd to the device or Meta kernel.
 
 _autograd_lib = torch.library.Library("xtc_ext", "FRAGMENT")
+_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {}
 
 
 def _register_autograd(name: str, setup_context: Callable, backward: Callable) -> None:
@@ -230,6 +241,16 @@ def _register_autograd(name: str, setup_context: Callable, backward: Callable) -
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
     _autograd_lib.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+    _FUNCTIONS[name] = function
+
+
+def _call(name: str, *args):
+    """The internal op ``name``, differentiable: under torch.func through its autograd.Function applied here
+    (the transforms do not see one applied inside a dispatcher kernel), else through the dispatcher (whose
+    Autograd kernel applies the same Function; what torch.compile traces)."""
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return _FUNCTIONS[name].apply(*args)
+    return getattr(_lib, name)(*args)
 
 
 def _class_dim(x: Tensor) -> int:
@@ -250,51 +271,55 @@ def _valid_pixels(mask: Tensor | None, pixel_shape, cdim: int, device) -> Tensor
 def _ce_setup(ctx, inputs, output):
     logits, target, weight, ignore_index, label_smoothing, reduction = inputs
     _, lse, denom = output
+    ctx.mark_non_differentiable(lse, denom)
     ctx.save_for_backward(logits, target, weight, lse, denom)
     ctx.args = (ignore_index, label_smoothing, reduction)
 
 
 def _ce_backward(ctx, grad_loss, _grad_lse, _grad_denom):
     logits, target, weight, lse, denom = ctx.saved_tensors
-    grad = _lib.masked_cross_entropy_bwd(grad_loss, logits, target, weight, lse, denom, *ctx.args)
+    grad = _call("masked_cross_entropy_bwd", grad_loss, logits, target, weight, lse, denom, *ctx.args)
     return grad, None, None, None, None, None
 
 
 def _soft_ce_setup(ctx, inputs, output):
     logits, target_logits, mask, reduction = inputs
     _, lse, denom = output
+    ctx.mark_non_differentiable(lse, denom)
     ctx.save_for_backward(logits, target_logits, mask, lse, denom)
     ctx.reduction = reduction
 
 
 def _soft_ce_backward(ctx, grad_loss, _grad_lse, _grad_denom):
     logits, target_logits, mask, lse, denom = ctx.saved_tensors
-    grad = _lib.soft_cross_entropy_bwd(grad_loss, logits, target_logits, mask, lse, denom, ctx.reduction)
+    grad = _call("soft_cross_entropy_bwd", grad_loss, logits, target_logits, mask, lse, denom, ctx.reduction)
     return grad, None, None, None
 
 
 def _l1_setup(ctx, inputs, output):
     pred, target, mask, invalid_value, reduction = inputs
+    ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(pred, target, mask, output[1])
     ctx.args = (invalid_value, reduction)
 
 
 def _l1_backward(ctx, grad_loss, _grad_denom):
     pred, target, mask, denom = ctx.saved_tensors
-    grad = _lib.masked_l1_loss_bwd(grad_loss, pred, target, mask, denom, *ctx.args)
+    grad = _call("masked_l1_loss_bwd", grad_loss, pred, target, mask, denom, *ctx.args)
     grad_target = -grad if ctx.needs_input_grad[1] else None
     return grad, grad_target, None, None, None
 
 
 def _cos_setup(ctx, inputs, output):
     a, b, mask, eps, reduction, dim = inputs
+    ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(a, b, mask, output[1])
     ctx.args = (eps, reduction, dim)
 
 
 def _cos_backward(ctx, grad_loss, _grad_denom):
     a, b, mask, denom = ctx.saved_tensors
-    grad_a, grad_b = _lib.cosine_similarity_loss_bwd(grad_loss, a, b, mask, denom, *ctx.args)
+    grad_a, grad_b = _call("cosine_similarity_loss_bwd", grad_loss, a, b, mask, denom, *ctx.args)
     needs = ctx.needs_input_grad
     return grad_a if needs[0] else None, grad_b if needs[1] else None, None, None, None, None
 
@@ -305,7 +330,7 @@ def _gate_setup(ctx, inputs, output):
 
 def _gate_backward(ctx, grad_out):
     x, gate_logits = ctx.saved_tensors
-    grad_x, grad_gate = _lib.sigmoid_gate_bwd(grad_out, x, gate_logits)
+    grad_x, grad_gate = _call("sigmoid_gate_bwd", grad_out, x, gate_logits)
     return grad_x if ctx.needs_input_grad[0] else None, grad_gate if ctx.needs_input_grad[1] else None
 
 
@@ -359,7 +384,7 @@ def _ce_bwd_backward(ctx, v):
     gg = gz = None
     if ctx.needs_input_grad[0]:
         gg = _grad_of_grad_loss(
-            lambda g: _lib.masked_cross_entropy_bwd(g, logits, target, weight, lse, denom, *ctx.args),
+            lambda g: _call("masked_cross_entropy_bwd", g, logits, target, weight, lse, denom, *ctx.args),
             grad_loss,
             v,
             _class_dim(logits),
@@ -393,7 +418,7 @@ def _soft_ce_bwd_backward(ctx, v):
     gg = gz = None
     if ctx.needs_input_grad[0]:
         gg = _grad_of_grad_loss(
-            lambda g: _lib.soft_cross_entropy_bwd(g, logits, target_logits, mask, lse, denom, ctx.reduction),
+            lambda g: _call("soft_cross_entropy_bwd", g, logits, target_logits, mask, lse, denom, ctx.reduction),
             grad_loss,
             v,
             _class_dim(logits),
@@ -415,7 +440,7 @@ def _l1_bwd_backward(ctx, v):
     gg = None
     if ctx.needs_input_grad[0]:
         gg = _grad_of_grad_loss(
-            lambda g: _lib.masked_l1_loss_bwd(g, pred, target, mask, denom, *ctx.args), grad_loss, v, 1
+            lambda g: _call("masked_l1_loss_bwd", g, pred, target, mask, denom, *ctx.args), grad_loss, v, 1
         )
     return gg, None, None, None, None, None, None
 
