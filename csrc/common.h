@@ -120,11 +120,11 @@ inline void row_store(const acc_t* __restrict v, scalar_t* __restrict out, int64
   for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(v[i]);
 }
 
-// out[i] = s[i] * (a[i] - b[i])
+// out[i] = s[i] * (a[i] - b[i]), exactly 0 where s[i] = 0 (masked pixels: NaN or inf there never leaks)
 template <typename scalar_t, typename acc_t>
 inline void row_scaled_diff(const acc_t* __restrict a, const acc_t* __restrict b, const acc_t* __restrict s,
                             scalar_t* __restrict out, int64_t L) {
-  for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(s[i] * (a[i] - b[i]));
+  for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(s[i] != acc_t(0) ? s[i] * (a[i] - b[i]) : acc_t(0));
 }
 
 // Per-pixel max over the C channels of a block of L pixels (x points at channel 0, stride HW).

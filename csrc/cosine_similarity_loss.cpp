@@ -25,12 +25,13 @@ inline void row_dots(const scalar_t* __restrict a, const scalar_t* __restrict b,
   }
 }
 
-// out[i] = g[i] * (kx[i] x[i] - ky[i] y[i])
+// out[i] = g[i] * (kx[i] x[i] - ky[i] y[i]), exactly 0 where g[i] = 0 (masked pixels: NaN there never leaks)
 template <typename scalar_t, typename acc_t>
 inline void row_lincomb(const scalar_t* __restrict x, const scalar_t* __restrict y, const acc_t* __restrict g,
                         const acc_t* __restrict kx, const acc_t* __restrict ky, scalar_t* __restrict out, int64_t L) {
   for (int64_t i = 0; i < L; ++i) {
-    out[i] = static_cast<scalar_t>(g[i] * (kx[i] * static_cast<acc_t>(x[i]) - ky[i] * static_cast<acc_t>(y[i])));
+    const acc_t v = g[i] * (kx[i] * static_cast<acc_t>(x[i]) - ky[i] * static_cast<acc_t>(y[i]));
+    out[i] = static_cast<scalar_t>(g[i] != acc_t(0) ? v : acc_t(0));
   }
 }
 

@@ -57,12 +57,15 @@ inline void row_weighted_gap(const scalar_t* __restrict z, const acc_t* __restri
   for (int64_t i = 0; i < L; ++i) gap[i] += w * (m[i] - static_cast<acc_t>(z[i]));
 }
 
-// g[i] = a[i] * exp((z[i] - m[i]) - log_norm[i]) - b[i]: one class row of the gradient.
+// g[i] = a[i] * exp((z[i] - m[i]) - log_norm[i]) - b[i]: one class row of the gradient; exactly 0 where the
+// pixel's scale s[i] is 0 (ignored pixels: NaN or inf logits there never leak into the gradient).
 template <typename scalar_t, typename acc_t>
 inline void row_grad(const scalar_t* __restrict z, const acc_t* __restrict m, const acc_t* __restrict log_norm,
-                     const acc_t* __restrict a, const acc_t* __restrict b, scalar_t* __restrict g, int64_t L) {
+                     const acc_t* __restrict a, const acc_t* __restrict b, const acc_t* __restrict s,
+                     scalar_t* __restrict g, int64_t L) {
   for (int64_t i = 0; i < L; ++i) {
-    g[i] = static_cast<scalar_t>(a[i] * vexp((static_cast<acc_t>(z[i]) - m[i]) - log_norm[i]) - b[i]);
+    const acc_t v = a[i] * vexp((static_cast<acc_t>(z[i]) - m[i]) - log_norm[i]) - b[i];
+    g[i] = static_cast<scalar_t>(s[i] != acc_t(0) ? v : acc_t(0));
   }
 }
 
@@ -186,7 +189,7 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
           if (ct.eps > 0) {
             for (int64_t i = 0; i < L; ++i) bias[i] = sb[i] * wc;
           }
-          row_grad(zb + c * HW, m, ln, a, bias, gb + c * HW, L);
+          row_grad(zb + c * HW, m, ln, a, bias, s, gb + c * HW, L);
         }
         for (int64_t i = 0; i < L; ++i) {
           if (s[i] == acc_t(0)) continue;
