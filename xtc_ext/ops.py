@@ -526,3 +526,95 @@ for _name, _setup, _backward in (
 ):
     _register_autograd(_name, _setup, _backward)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# vmap batching rules (torch.library.register_vmap; they replace PyTorch's slow per-sample fallback).
+# sigmoid_gate is elementwise: the batch is one more leading dim. A loss sees the vmapped dim as more
+# pixels: merged into N (the class dim stays 1; a per-sample (C,) input becomes (B, C)), or, for
+# cosine_similarity_loss, kept in front with dim shifted by one. Backward calls of mean/sum become
+# reduction="none" calls with each sample's upstream scale (grad_loss / denom) at its pixels. Forward
+# calls of mean/sum (per-sample denominators) and batched class weights run once per sample.
+
+# Per op: the role of each argument (x: an input with a class dim, p: per-pixel, w: class weights,
+# g: grad_loss, d: denom, -: not a tensor) and the position of reduction.
+_VMAP_ROLES = {
+    "masked_cross_entropy_fwd": ("xpw---", 5),
+    "masked_cross_entropy_bwd": ("gxpwpd---", 8),
+    "soft_cross_entropy_fwd": ("xxp-", 3),
+    "soft_cross_entropy_bwd": ("gxxppd-", 6),
+    "masked_l1_loss_fwd": ("xxp--", 4),
+    "masked_l1_loss_bwd": ("gxxpd--", 6),
+    "cosine_similarity_loss_fwd": ("xxp---", 4),
+    "cosine_similarity_loss_bwd": ("gxxpd---", 6),
+}
+
+
+def _vmap_gate(op):
+    def rule(info, in_dims, *args):
+        moved = [a.movedim(d, 0) if d is not None else a.expand(info.batch_size, *a.shape) for a, d in zip(args, in_dims)]
+        out = op(*moved)
+        return out, (0,) * len(out) if isinstance(out, tuple) else 0
+
+    return rule
+
+
+def _vmap_loss(name):
+    op = getattr(_lib, name).default
+    roles, red_at = _VMAP_ROLES[name]
+    cosine = name.startswith("cosine")
+
+    def per_sample(info, in_dims, args):
+        outs = [op(*[a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)])
+                for i in range(info.batch_size)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+        return torch.stack(outs), 0
+
+    def rule(info, in_dims, *args):
+        args, reduction, batch = list(args), args[red_at], info.batch_size
+        weight_batched = any(r == "w" and d is not None for r, d in zip(roles, in_dims))
+        if weight_batched or (roles[0] != "g" and reduction != "none"):
+            return per_sample(info, in_dims, args)
+        for i, (a, d) in enumerate(zip(args, in_dims)):
+            if isinstance(a, Tensor) and roles[i] != "w":
+                args[i] = a.movedim(d, 0) if d is not None else a.expand(batch, *a.shape)
+        x = args[roles.index("x")]
+        if roles[0] == "g":  # a per-pixel upstream gradient; the (unused) denominator one 0-D value
+            g, d = args[0], args[roles.index("d")]
+            if reduction != "none":
+                scale = _mean_scale(g, d, reduction).to(g.dtype)
+                none_shape = x.shape if name.startswith("masked_l1") else _pixel_shape(x, args, cosine)
+                args[0] = scale.view(batch, *[1] * (len(none_shape) - 1)).expand(none_shape)
+                args[red_at] = "none"
+            args[roles.index("d")] = torch.ones((), dtype=d.dtype, device=d.device)
+        scalar_samples = cosine and x.dim() == 1  # per-sample 0-D vectors: one channel each
+        fold = not cosine and x.dim() >= 3  # per-sample (N, C, ...): merge the batch into N
+        if cosine:  # the batch joins the leading dims; dim moves one to the right
+            args = [a.unsqueeze(-1) if r == "x" and scalar_samples else a for a, r in zip(args, roles)]
+            args[-1] = (args[-1] % max(x.dim() - 1, 1)) + 1
+        if fold:
+            args = [a.flatten(0, 1) if isinstance(a, Tensor) and r in "xpg" and a.dim() >= 2 else a
+                    for a, r in zip(args, roles)]
+        out = op(*args)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        if fold:
+            outs = [o.unflatten(0, (batch, -1)) if o.dim() >= 1 else o for o in outs]
+        if scalar_samples and roles[0] == "g":
+            outs = [o.squeeze(-1) for o in outs]
+        outs = [o if o.dim() >= 1 else o.expand(batch) for o in outs]  # a denominator of the whole batch
+        return (tuple(outs), (0,) * len(outs)) if isinstance(out, tuple) else (outs[0], 0)
+
+    return rule
+
+
+def _pixel_shape(x: Tensor, args, cosine: bool) -> tuple:
+    """Batched pixel shape of x (batch first): without its class dim (cosine: without dim)."""
+    cdim = ((args[-1] % max(x.dim() - 1, 1)) + 1) if cosine else (2 if x.dim() >= 3 else 1)
+    return tuple(s for i, s in enumerate(x.shape) if i != cdim)
+
+
+for _name in ("sigmoid_gate", "sigmoid_gate_bwd"):
+    torch.library.register_vmap(f"xtc_ext::{_name}", _vmap_gate(getattr(_lib, _name).default), lib=_autograd_lib)
+for _name in _VMAP_ROLES:
+    torch.library.register_vmap(f"xtc_ext::{_name}", _vmap_loss(_name), lib=_autograd_lib)

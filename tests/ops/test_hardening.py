@@ -550,3 +550,35 @@ def test_16_expanded_upstream_gradient_is_not_materialised(name):
     out = call(x)
     out.backward(torch.full_like(out, 1.5))  # the same gradient, dense
     assert torch.equal(grad, x.grad)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(5,), (4, 5), (2, 5, 3, 4)], ids=str)
+def test_13_vmap_batching_rules(shape, reduction):
+    """vmap and vmap(grad) of every op equal a loop over the samples, through the registered batching rules
+    (PyTorch's per-sample fallback would warn: warnings are errors here)."""
+    B, cd = 3, 1 if len(shape) > 1 else 0
+    z, t = _randn((B, *shape), 190), _randn((B, *shape), 191)
+    pixel = shape[:cd] + shape[cd + 1:]
+    y = torch.randint(0, shape[cd], (B, *pixel), generator=_gen(192))
+    m = torch.rand(B, *pixel, generator=_gen(193)) > 0.3
+    fns = [
+        (lambda a, b, mm: ops.soft_cross_entropy(a, b, mm, reduction), (z, t, m)),
+        (lambda a, b, mm: ops.masked_l1_loss(a, b, mm, 0.0, reduction), (z, t, m)),
+        (lambda a, b, mm: ops.cosine_similarity_loss(a, b, mm, 1e-8, reduction, cd), (z, t, m)),
+        (lambda a, b, mm: ops.sigmoid_gate(a, b), (z, t, m)),
+    ]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fn, xs in fns:
+            for f in (fn, torch.func.grad(lambda *a: fn(*a).sum())):
+                batched = torch.func.vmap(f)(*xs)
+                looped = torch.stack([f(*[x[i] for x in xs]) for i in range(B)])
+                torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-12)
+        for f in (lambda a, yy: ops.masked_cross_entropy(a, yy, -1, None, 0.1, reduction),
+                  torch.func.grad(lambda a, yy: ops.masked_cross_entropy(a, yy, -1, None, 0.1, reduction).sum())):
+            batched = torch.func.vmap(f)(z, y)
+            looped = torch.stack([f(z[i], y[i]) for i in range(B)])
+            torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-12)
