@@ -1,5 +1,6 @@
 // sigmoid_gate: CPU kernels of out = x * sigmoid(gate_logits), elementwise (MT-CP coherence fusion gates).
-// With e = exp(-|g|) = p * 2^k (vexp_parts, no clamp of the result) and d = 1 + e:
+// Pieces of 256 elements whose gates are all moderate (|g| <= 87 in fp32) use the plain vectorised formulas;
+// the others the exact ones: with e = exp(-|g|) = p * 2^k (vexp_parts, no clamp of the result), d = 1 + e:
 //   sigmoid(g) = 1 / d (g >= 0) or e / d (g < 0),  sigmoid(g) (1 - sigmoid(g)) = e / d^2,
 // and every product with e is formed as scale_pow2(t * p, k) (the scaling first where t * p would
 // overflow), so out, grad_x = grad_out * s and grad_gate = grad_out * x * s * (1 - s) are exact to a
@@ -18,8 +19,26 @@ namespace xtc {
 namespace {
 
 constexpr int64_t kGrain = 16384;
+constexpr int64_t kPiece = 256;  // elements whose gates decide together between the two formulas
 
-// d = 1 + exp(-|g|), exp(-|g|) = p * 2^k.
+// The plain formulas (e = vexp(-|g|)), exact while e is a normal number: |g| <= 87 (fp32), 700 (fp64).
+template <typename acc_t>
+struct GateFast {
+  static constexpr acc_t kLimit = std::is_same_v<acc_t, float> ? acc_t(87) : acc_t(700);
+  acc_t e, r;  // exp(-|g|), 1 / (1 + exp(-|g|)): one division per element
+  bool positive;
+
+  explicit GateFast(acc_t g) : e(vexp(-std::abs(g))), r(acc_t(1) / (acc_t(1) + e)), positive(g >= acc_t(0)) {}
+  // t * sigmoid(g)
+  acc_t times_s(acc_t t) const { return t * (positive ? r : e * r); }
+  // t * u * sigmoid(g) * (1 - sigmoid(g)), the product of the large factors first unless it overflows
+  acc_t times_ds(acc_t t, acc_t u) const {
+    const acc_t ds = e * r * r, tu = t * u;
+    return std::abs(tu) <= std::numeric_limits<acc_t>::max() ? tu * ds : (t * ds) * u;
+  }
+};
+
+// The exact formulas for any gate: exp(-|g|) = p * 2^k, d = 1 + exp(-|g|).
 template <typename acc_t>
 struct GateExp {
   acc_t p, d;
@@ -43,21 +62,42 @@ struct GateExp {
   }
 };
 
-template <typename scalar_t, typename acc_t>
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// body(Tag<Math>, offset, n) over pieces of kPiece elements: Math = GateFast where every gate of the piece
+// allows it (vectorised, as cheap as x / (1 + exp(-g))), GateExp where one does not.
+template <typename scalar_t, typename acc_t, typename Body>
+inline void for_each_gate_piece(const scalar_t* __restrict g, int64_t L, const Body& body) {
+  for (int64_t b = 0; b < L; b += kPiece) {
+    const int64_t n = std::min(kPiece, L - b);
+    int32_t large = 0;  // an OR reduction vectorises (a max reduction would not: NaN ordering)
+    for (int64_t i = 0; i < n; ++i) large |= std::abs(static_cast<acc_t>(g[b + i])) > GateFast<acc_t>::kLimit;
+    if (!large) {
+      body(Tag<GateFast<acc_t>>{}, b, n);
+    } else {
+      body(Tag<GateExp<acc_t>>{}, b, n);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t, typename Math>
 inline void row_gate(const scalar_t* __restrict x, const scalar_t* __restrict g, scalar_t* __restrict out,
                      int64_t L) {
   for (int64_t i = 0; i < L; ++i) {
-    const GateExp<acc_t> ge(static_cast<acc_t>(g[i]));
+    const Math ge(static_cast<acc_t>(g[i]));
     out[i] = static_cast<scalar_t>(ge.times_s(static_cast<acc_t>(x[i])));
   }
 }
 
 // kScalarGrad: go points at one upstream value for every element.
-template <typename scalar_t, typename acc_t, bool kScalarGrad>
+template <typename scalar_t, typename acc_t, typename Math, bool kScalarGrad>
 inline void row_gate_grad(const scalar_t* __restrict go, const scalar_t* __restrict x, const scalar_t* __restrict g,
                           scalar_t* __restrict gx, scalar_t* __restrict gg, int64_t L) {
   for (int64_t i = 0; i < L; ++i) {
-    const GateExp<acc_t> ge(static_cast<acc_t>(g[i]));
+    const Math ge(static_cast<acc_t>(g[i]));
     const acc_t d = static_cast<acc_t>(go[kScalarGrad ? 0 : i]);
     gx[i] = static_cast<scalar_t>(ge.times_s(d));
     gg[i] = static_cast<scalar_t>(ge.times_ds(d, static_cast<acc_t>(x[i])));
@@ -74,7 +114,10 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& gate_in) {
     const scalar_t* gp = gate.const_data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     parallel_for_isa(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      row_gate<scalar_t, acc_t>(xp + begin, gp + begin, op + begin, end - begin);
+      for_each_gate_piece<scalar_t, acc_t>(gp + begin, end - begin, [&](auto tag, int64_t b, int64_t n) {
+        using Math = typename decltype(tag)::type;
+        row_gate<scalar_t, acc_t, Math>(xp + begin + b, gp + begin + b, op + begin + b, n);
+      });
     });
   });
   return out;
@@ -96,12 +139,15 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
     scalar_t* gxp = grad_x.data_ptr<scalar_t>();
     scalar_t* ggp = grad_gate.data_ptr<scalar_t>();
     parallel_for_isa(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      const int64_t L = end - begin;
-      if (scalar_grad) {
-        row_gate_grad<scalar_t, acc_t, true>(gop, xp + begin, gp + begin, gxp + begin, ggp + begin, L);
-      } else {
-        row_gate_grad<scalar_t, acc_t, false>(gop + begin, xp + begin, gp + begin, gxp + begin, ggp + begin, L);
-      }
+      for_each_gate_piece<scalar_t, acc_t>(gp + begin, end - begin, [&](auto tag, int64_t b, int64_t n) {
+        using Math = typename decltype(tag)::type;
+        const int64_t o = begin + b;
+        if (scalar_grad) {
+          row_gate_grad<scalar_t, acc_t, Math, true>(gop, xp + o, gp + o, gxp + o, ggp + o, n);
+        } else {
+          row_gate_grad<scalar_t, acc_t, Math, false>(gop + o, xp + o, gp + o, gxp + o, ggp + o, n);
+        }
+      });
     });
   });
   return {grad_x, grad_gate};
