@@ -76,3 +76,17 @@ at::Tensor dense_like(const at::Tensor& t, const at::Tensor& like);
 bool is_broadcast_scalar(const at::Tensor& t);
 
 }  // namespace xtc
+
+// Registers the kernels of the ten device-dispatched ops, functions named like the ops in the current
+// scope (the Meta kernels in meta.cpp, the CUDA glue in cuda_ops.cpp; the CPU kernels register per file).
+#define XTC_REGISTER_KERNELS(m)                                               \
+  m.impl("masked_cross_entropy_fwd", &masked_cross_entropy_fwd);              \
+  m.impl("masked_cross_entropy_bwd", &masked_cross_entropy_bwd);              \
+  m.impl("soft_cross_entropy_fwd", &soft_cross_entropy_fwd);                  \
+  m.impl("soft_cross_entropy_bwd", &soft_cross_entropy_bwd);                  \
+  m.impl("masked_l1_loss_fwd", &masked_l1_loss_fwd);                          \
+  m.impl("masked_l1_loss_bwd", &masked_l1_loss_bwd);                          \
+  m.impl("cosine_similarity_loss_fwd", &cosine_similarity_loss_fwd);          \
+  m.impl("cosine_similarity_loss_bwd", &cosine_similarity_loss_bwd);          \
+  m.impl("sigmoid_gate", &sigmoid_gate);                                      \
+  m.impl("sigmoid_gate_bwd", &sigmoid_gate_bwd)

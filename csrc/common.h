@@ -21,21 +21,25 @@ namespace xtc {
 
 // exp for the softmax inner loops: Cephes expf (range reduction by ln 2, degree-6 polynomial),
 // written without calls or branches so the compiler vectorises the loops that use it.
-// Max relative error ~2 ulp on [-87, 88]; inputs are clamped to that range (exp(-87) ~ 1.6e-38).
-inline float vexp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+// exp_poly(x, kf): x = kf ln 2 + r, returns exp(r) in [0.7, 1.42] (kf an integer-valued float).
+inline float exp_poly(float x, float& kf) {
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float k = (x * 1.44269504088896341f + kMagic) - kMagic;
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  kf = (x * 1.44269504088896341f + kMagic) - kMagic;
+  const float r = (x - kf * 0.693359375f) + kf * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(k) + 127) << 23;
-  return p * std::bit_cast<float>(e);
+  return p * (r * r) + r + 1.0f;
+}
+
+// Max relative error ~2 ulp on [-87, 88]; inputs are clamped to that range (exp(-87) ~ 1.6e-38).
+inline float vexp(float x) {
+  float kf;
+  const float p = exp_poly(std::min(std::max(x, -87.0f), 88.0f), kf);
+  return p * std::bit_cast<float>((static_cast<int32_t>(kf) + 127) << 23);
 }
 inline double vexp(double x) { return std::exp(x); }
 
@@ -44,17 +48,8 @@ inline double vexp(double x) { return std::exp(x); }
 // formed as scale_pow2(t * p, k) with one final rounding. y is clamped to [-200, 0] (fp32: exp(-200)
 // times the largest float is below the smallest subnormal) or [-1500, 0] (fp64).
 inline void vexp_parts(float y, float& p, int32_t& k) {
-  y = std::min(std::max(y, -200.0f), 0.0f);
-  constexpr float kMagic = 12582912.0f;
-  const float kf = (y * 1.44269504088896341f + kMagic) - kMagic;
-  const float r = (y - kf * 0.693359375f) + kf * 2.12194440e-4f;
-  float q = 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  p = q * (r * r) + r + 1.0f;
+  float kf;
+  p = exp_poly(std::min(std::max(y, -200.0f), 0.0f), kf);
   k = std::min(std::max(static_cast<int32_t>(kf), int32_t{-400}), int32_t{0});
 }
 inline void vexp_parts(double y, double& p, int32_t& k) {

@@ -308,18 +308,7 @@ std::tuple<Tensor, Tensor> sigmoid_gate_bwd(const Tensor& grad_out_in, const Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(xtc_ext, CUDA, m) {
-  m.impl("masked_cross_entropy_fwd", &masked_cross_entropy_fwd);
-  m.impl("masked_cross_entropy_bwd", &masked_cross_entropy_bwd);
-  m.impl("soft_cross_entropy_fwd", &soft_cross_entropy_fwd);
-  m.impl("soft_cross_entropy_bwd", &soft_cross_entropy_bwd);
-  m.impl("masked_l1_loss_fwd", &masked_l1_loss_fwd);
-  m.impl("masked_l1_loss_bwd", &masked_l1_loss_bwd);
-  m.impl("cosine_similarity_loss_fwd", &cosine_similarity_loss_fwd);
-  m.impl("cosine_similarity_loss_bwd", &cosine_similarity_loss_bwd);
-  m.impl("sigmoid_gate", &sigmoid_gate);
-  m.impl("sigmoid_gate_bwd", &sigmoid_gate_bwd);
-}
+TORCH_LIBRARY_IMPL(xtc_ext, CUDA, m) { XTC_REGISTER_KERNELS(m); }
 
 }  // namespace xtc
 
