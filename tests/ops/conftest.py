@@ -13,3 +13,9 @@ _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Healt
 settings.register_profile("ci", max_examples=30, derandomize=True, print_blob=True, **_COMMON)
 settings.register_profile("thorough", max_examples=600, print_blob=True, **_COMMON)
 settings.load_profile(os.environ.get("XTC_HYPOTHESIS_PROFILE", "ci"))
+
+# The op test modules share their inputs through tests/ops/op_cases.py (imported by name).
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
