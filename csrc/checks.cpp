@@ -3,6 +3,8 @@
 
 #include <c10/core/WrapDimMinimal.h>
 
+#include <cmath>
+
 namespace xtc {
 namespace {
 
@@ -148,6 +150,8 @@ LossInfo check_masked_l1_loss(const at::Tensor& pred, const at::Tensor& target, 
   LossInfo info{parse_reduction(reduction, op), make_layout(pred, default_cdim(pred), op, "pred", false), {}};
   check_same(target, pred, op, "target", "pred");
   check_mask(mask, info.layout, pred, op, "pred");
+  TORCH_CHECK_VALUE(!invalid_value || !std::isnan(*invalid_value), op,
+                    ": invalid_value must not be NaN (NaN equals no target; exclude NaN targets with mask=)");
   info.none_shape = c10::SymDimVector(pred.sym_sizes().begin(), pred.sym_sizes().end());
   return info;
 }

@@ -112,7 +112,8 @@ def masked_l1_loss(
         ``target`` when it requires grad.
 
     Raises:
-        ValueError: shape mismatch, bad mask shape or ``reduction``.
+        ValueError: shape mismatch, bad mask shape or ``reduction``, or a NaN ``invalid_value`` (NaN equals
+            no target: exclude NaN targets with ``mask``).
         TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """

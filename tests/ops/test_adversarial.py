@@ -5,6 +5,8 @@ in the new shape conventions. References are float64 PyTorch computations.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,6 +84,32 @@ def test_expanded_and_non_contiguous_operands():
         assert torch.equal(out, ref)
         fn(a, target, weight, mask).sum().backward()
         assert torch.isfinite(a.grad).all()
+
+
+def test_nan_invalid_value_is_rejected():
+    """NaN equals nothing, so invalid_value=NaN would silently mark no target invalid."""
+    x = torch.randn(2, 1, 3, 4)
+    with pytest.raises(ValueError, match="invalid_value"):
+        ops.masked_l1_loss(x, x, invalid_value=float("nan"))
+
+
+def test_concurrent_calls_from_threads():
+    """Calls from several Python threads at once (each running its own OpenMP loops) give the results of
+    sequential calls, bitwise."""
+    z = _randn((4, 6, 17, 33), 20, 3.0)
+    target = torch.randint(0, 6, (4, 17, 33), generator=_gen(21))
+
+    def work(k):
+        x = (z * (1 + k / 8)).requires_grad_()
+        loss = ops.masked_cross_entropy(x, target, -1, None, 0.1) + ops.soft_cross_entropy(x, z.flip(1))
+        loss.backward()
+        return loss.detach(), x.grad
+
+    expected = [work(k) for k in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(8)))
+    for (loss, grad), (e_loss, e_grad) in zip(results, expected):
+        assert torch.equal(loss, e_loss) and torch.equal(grad, e_grad)
 
 
 def test_inference_mode_and_no_grad():
