@@ -9,6 +9,8 @@ PyTorch (``docs/ops.md``): classes/channels in dim 1 (dim 0 of a 1-D input), the
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -93,7 +95,14 @@ def masked_l1_loss(
     invalid_value: float | None = 0.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Eager reference of :func:`xtc_ext.ops.masked_l1_loss` (abs difference, masked mean over elements)."""
+    """Eager reference of :func:`xtc_ext.ops.masked_l1_loss` (abs difference, masked mean over elements).
+
+    Raises:
+        ValueError: a NaN ``invalid_value`` (NaN equals no target).
+    """
+    if invalid_value is not None and math.isnan(invalid_value):
+        raise ValueError("masked_l1_loss: invalid_value must not be NaN (NaN equals no target; exclude NaN targets "
+                         "with mask=)")
     p, t = _acc(pred), _acc(target)
     valid = torch.ones_like(t, dtype=torch.bool)
     if invalid_value is not None:
