@@ -462,9 +462,10 @@ def test_13_torch_func_second_order():
 def test_14_compile_dynamic_one_graph_per_mask_form(form):
     from torch._dynamo.utils import counters
 
-    def losses(p, t, m):
+    def losses(p, t, m, y):
         return (ops.masked_l1_loss(p, t, m) + ops.soft_cross_entropy(p, t, m, "sum")
-                + ops.cosine_similarity_loss(p, t, m))
+                + ops.cosine_similarity_loss(p, t, m) + ops.masked_cross_entropy(p, y, -1, None, 0.1)
+                + ops.sigmoid_gate(p, t).mean())
 
     torch._dynamo.reset()
     counters.clear()
@@ -475,8 +476,9 @@ def test_14_compile_dynamic_one_graph_per_mask_form(form):
             p, t = _randn((n, 3, h, w), 140 + i), _randn((n, 3, h, w), 150 + i)
             m = torch.rand(n, 1, h, w, generator=_gen(160 + i)) > 0.3
             m = m if form == "n1hw" else m[:, 0]
+            y = torch.randint(-1, 3, (n, h, w), generator=_gen(170 + i))
             p1, p2 = p.clone().requires_grad_(), p.clone().requires_grad_()
-            out, ref = compiled(p1, t, m), losses(p2, t, m)
+            out, ref = compiled(p1, t, m, y), losses(p2, t, m, y)
             out.backward()
             ref.backward()
             torch.testing.assert_close(out, ref)

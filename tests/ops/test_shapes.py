@@ -91,8 +91,11 @@ def test_cosine_dim_and_broadcasting(dim):
     b = _randn((1, 5, 4), 9)
     ours = _value_and_grad(lambda x: ops.cosine_similarity_loss(x, b, reduction="none", dim=dim), a)
     theirs = _value_and_grad(lambda x: 1 - F.cosine_similarity(x, b, dim=dim), a)
-    for o, t in zip(ours, theirs):
+    through_dispatcher = _value_and_grad(
+        lambda x: torch.ops.xtc_ext.cosine_similarity_loss(x, b, None, 1e-8, "none", dim), a)
+    for o, t, d in zip(ours, theirs, through_dispatcher):
         torch.testing.assert_close(o, t, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(d, t, rtol=1e-12, atol=1e-13)
 
 
 def test_pixel_shape_errors_name_the_argument():
