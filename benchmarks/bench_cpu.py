@@ -7,7 +7,8 @@ MT-CP features (256 channels at H/4: 8x256x72x96 and a smaller one) for cosine_s
 sigmoid_gate, and NYUv2 normals (8x3x288x384) for cosine_similarity_loss. Inputs are fresh random
 tensors, fp32, built by benchmarks/bench_ops.py (the GPU benchmark), which also defines how a pass
 runs: fwd under no_grad; fwd_bwd = forward + backward with a random upstream gradient (a task
-weight for the losses). Ops not yet in xtc_ext.ops are skipped.
+weight for the losses); fwd_sum_bwd (sigmoid_gate) = forward + out.sum().backward(), an expanded
+upstream gradient. Ops not yet in xtc_ext.ops are skipped.
 """
 
 import pytest
@@ -36,11 +37,13 @@ IMPLS = {"fused": ops, "eager": reference}
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
-@pytest.mark.parametrize("pass_", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd_bwd", "fwd_sum_bwd"])
 @pytest.mark.parametrize("op,shape_name", CASES)
 def test_op(benchmark, op, shape_name, pass_, impl):
     if not hasattr(ops, op) or not hasattr(reference, op):
         pytest.skip(f"{op} is not in xtc_ext.ops / xtc_ext.reference yet")
+    if pass_ == "fwd_sum_bwd" and op != "sigmoid_gate":
+        pytest.skip("fwd_sum_bwd (an expanded upstream gradient) is measured for the unreduced op")
     fn = getattr(IMPLS[impl], op)
     shape = input_shape(op, SHAPES[shape_name])
     inp = make_inputs(op, shape, torch.float32, "cpu", torch.Generator().manual_seed(0))
@@ -51,7 +54,7 @@ def test_op(benchmark, op, shape_name, pass_, impl):
     else:
 
         def step():
-            run_pass(fn, inp, "fwd_bwd")
+            run_pass(fn, inp, pass_)
             inp.clear()
 
         benchmark(step)

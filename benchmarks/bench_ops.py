@@ -223,12 +223,16 @@ def make_inputs(op, shape, dtype, device, gen, label_dtype=torch.int64) -> Input
 
 
 def run_pass(fn, inp: Inputs, pass_: str):
-    """One call: forward under no_grad, or forward + backward(upstream)."""
+    """One call: forward under no_grad, forward + backward(upstream), or (``fwd_sum_bwd``) forward +
+    ``out.sum().backward()``, whose upstream gradient reaches the op expanded (stride 0)."""
     if pass_ == "fwd":
         with torch.no_grad():
             return fn(*inp.args, **inp.kwargs)
     out = fn(*inp.args, **inp.kwargs)
-    out.backward(inp.upstream)
+    if pass_ == "fwd_sum_bwd":
+        out.sum().backward()
+    else:
+        out.backward(inp.upstream)
     return out
 
 

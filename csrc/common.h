@@ -1,5 +1,5 @@
-// Shared pieces of the CPU kernels: argument checks, reduction parsing, a vectorisable exp,
-// and a deterministic blocked loop over the pixels of an NCHW tensor.
+// Shared pieces of the CPU kernels: a vectorisable exp, a deterministic blocked loop over the pixels of
+// an [N, C, P] tensor (see checks.h for the shape conventions), and the reduction helpers.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,76 +12,65 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 #include <vector>
+
+#include "checks.h"
 
 namespace xtc {
 
-enum class Reduction { None, Mean, Sum };
-
-inline Reduction parse_reduction(std::string_view reduction, const char* op) {
-  if (reduction == "mean") return Reduction::Mean;
-  if (reduction == "sum") return Reduction::Sum;
-  if (reduction == "none") return Reduction::None;
-  TORCH_CHECK_VALUE(false, op, ": reduction must be 'none', 'mean' or 'sum', got '", reduction, "'");
-}
-
-// Floating tensor of rank `dim` on the CPU (the only device these kernels serve).
-inline void check_float_input(const at::Tensor& t, const char* op, const char* name, int64_t dim) {
-  TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must be a ", dim, "-D tensor, got shape ", t.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name,
-                   " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
-}
-
-inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* op, const char* name_a,
-                       const char* name_b) {
-  TORCH_CHECK_VALUE(a.sizes() == b.sizes(), op, ": ", name_b, " must have the shape of ", name_a, " ",
-                    a.sizes(), ", got ", b.sizes());
-  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), op, ": ", name_b, " must have the dtype of ", name_a,
-                   " (", a.scalar_type(), "), got ", b.scalar_type());
-  TORCH_CHECK(a.device() == b.device(), op, ": ", name_b, " is on ", b.device(), " but ", name_a, " is on ",
-              a.device());
-}
-
-// Per-pixel tensor [N,H,W] matching an NCHW reference on the same device.
-inline void check_pixel_map(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == ref.size(0) && t.size(1) == ref.size(2) &&
-                        t.size(2) == ref.size(3),
-                    op, ": ", name, " must have shape [N,H,W] = [", ref.size(0), ", ", ref.size(2), ", ",
-                    ref.size(3), "], got ", t.sizes());
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but the input is on ",
-              ref.device());
-}
-
-inline void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& ref, const char* op) {
-  if (!mask) return;
-  check_pixel_map(*mask, ref, op, "mask");
-  TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, op, ": mask must be bool here, got ", mask->scalar_type());
-}
-
-// Loss dtype: float64 for float64 inputs (gradcheck), float32 otherwise.
-inline at::ScalarType loss_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // exp for the softmax inner loops: Cephes expf (range reduction by ln 2, degree-6 polynomial),
 // written without calls or branches so the compiler vectorises the loops that use it.
-// Max relative error ~2 ulp on [-87, 88]; inputs are clamped to that range (exp(-87) ~ 1.6e-38).
-inline float vexp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+// exp_poly(x, kf): x = kf ln 2 + r, returns exp(r) in [0.7, 1.42] (kf an integer-valued float).
+inline float exp_poly(float x, float& kf) {
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float k = (x * 1.44269504088896341f + kMagic) - kMagic;
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  kf = (x * 1.44269504088896341f + kMagic) - kMagic;
+  const float r = (x - kf * 0.693359375f) + kf * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(k) + 127) << 23;
-  return p * std::bit_cast<float>(e);
+  return p * (r * r) + r + 1.0f;
+}
+
+// Max relative error ~2 ulp on [-87, 88]; inputs are clamped to that range (exp(-87) ~ 1.6e-38).
+inline float vexp(float x) {
+  float kf;
+  const float p = exp_poly(std::min(std::max(x, -87.0f), 88.0f), kf);
+  return p * std::bit_cast<float>((static_cast<int32_t>(kf) + 127) << 23);
 }
 inline double vexp(double x) { return std::exp(x); }
+
+// exp(y) = p * 2^k for y <= 0 over the whole range (no clamp of the result to the normal floats):
+// p in [0.7, 1.42], k an integer that may lie far below the exponent range, so that t * exp(y) can be
+// formed as scale_pow2(t * p, k) with one final rounding. y is clamped to [-200, 0] (fp32: exp(-200)
+// times the largest float is below the smallest subnormal) or [-1500, 0] (fp64).
+inline void vexp_parts(float y, float& p, int32_t& k) {
+  float kf;
+  p = exp_poly(std::min(std::max(y, -200.0f), 0.0f), kf);
+  k = std::min(std::max(static_cast<int32_t>(kf), int32_t{-400}), int32_t{0});
+}
+inline void vexp_parts(double y, double& p, int32_t& k) {
+  y = std::min(std::max(y, -1500.0), 0.0);
+  const double kf = std::nearbyint(y * 1.4426950408889634);
+  p = std::exp((y - kf * 0.6931471803691238) - kf * 1.9082149292705877e-10);
+  k = static_cast<int32_t>(kf);
+}
+
+// 2^k for k in the normal exponent range of the type.
+inline float pow2(float, int32_t k) { return std::bit_cast<float>(static_cast<uint32_t>(k + 127) << 23); }
+inline double pow2(double, int32_t k) { return std::bit_cast<double>(static_cast<uint64_t>(k + 1023) << 52); }
+
+// t * 2^k for k in [-400, 0] (fp32) or [-3000, 0] (fp64), as three exact power-of-two factors.
+template <typename acc_t>
+inline acc_t scale_pow2(acc_t t, int32_t k) {
+  constexpr int32_t kMin = std::is_same_v<acc_t, float> ? -126 : -1022;
+  const int32_t k1 = std::max(k, kMin);
+  const int32_t k2 = std::max(k - k1, kMin);
+  return t * pow2(t, k1) * pow2(t, k2) * pow2(t, k - k1 - k2);
+}
 
 
 struct PixelBlock {
@@ -126,11 +115,11 @@ inline void row_store(const acc_t* __restrict v, scalar_t* __restrict out, int64
   for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(v[i]);
 }
 
-// out[i] = s[i] * (a[i] - b[i])
+// out[i] = s[i] * (a[i] - b[i]), exactly 0 where s[i] = 0 (masked pixels: NaN or inf there never leaks)
 template <typename scalar_t, typename acc_t>
 inline void row_scaled_diff(const acc_t* __restrict a, const acc_t* __restrict b, const acc_t* __restrict s,
                             scalar_t* __restrict out, int64_t L) {
-  for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(s[i] * (a[i] - b[i]));
+  for (int64_t i = 0; i < L; ++i) out[i] = static_cast<scalar_t>(s[i] != acc_t(0) ? s[i] * (a[i] - b[i]) : acc_t(0));
 }
 
 // Per-pixel max over the C channels of a block of L pixels (x points at channel 0, stride HW).
@@ -213,27 +202,46 @@ inline double ordered_sum(const std::vector<double>& parts) {
 }
 
 // Writes the reduced loss (sum, or sum / denom for mean) and the denominator saved for the backward:
-// denom = count (number of valid pixels, or their summed class weight) when positive, else 1, so
-// a mean over nothing is 0.
+// denom = the number of valid pixels (elements for L1), or their summed class weight, as computed (it may
+// be negative with negative class weights); a mean over a zero denominator is 0 (nothing valid, or
+// weights summing to 0), and so is its gradient.
 inline void finish_reduction(Reduction red, double sum, double count, at::Tensor& loss, at::Tensor& denom) {
-  const double d = count > 0 ? count : 1.0;
-  denom.fill_(d);
-  if (red == Reduction::Mean) loss.fill_(sum / d);
+  denom.fill_(count);
+  if (red == Reduction::Mean) loss.fill_(count != 0 ? sum / count : 0.0);
   if (red == Reduction::Sum) loss.fill_(sum);
 }
 
-// Per-pixel upstream-gradient scale of the backward: g / denom for mean, g for sum, g[p] for none.
+// The upstream gradient as the kernels read it, in the loss dtype: one value (mean / sum, or a value
+// broadcast to every pixel, e.g. the gradient of out.sum() for reduction "none", read without copying
+// it out), or contiguous per-pixel values.
+struct GradLoss {
+  at::Tensor values;
+  bool per_pixel;
+};
+
+inline GradLoss prepare_grad_loss(const at::Tensor& grad_loss, const at::Tensor& input, Reduction red) {
+  const at::ScalarType dt = loss_dtype(input);
+  if (red == Reduction::None && !is_broadcast_scalar(grad_loss)) return {grad_loss.to(dt).contiguous(), true};
+  const at::Tensor one = red == Reduction::None ? grad_loss.as_strided({}, {}) : grad_loss;
+  return {one.to(dt), false};
+}
+
+// Per-pixel upstream-gradient scale of the backward: g / denom for mean (0 when denom is 0), g for sum
+// or a broadcast value, g[p] for per-pixel values.
 template <typename acc_t>
 struct GradScale {
-  const acc_t* per_pixel = nullptr;  // reduction "none": contiguous, indexed like the loss output
+  const acc_t* per_pixel = nullptr;  // contiguous, indexed like the loss output
   acc_t scalar = 0;
 
-  GradScale(const at::Tensor& grad_loss, const at::Tensor& denom, Reduction red) {
-    if (red == Reduction::None) {
-      per_pixel = grad_loss.const_data_ptr<acc_t>();
-    } else {
-      scalar = grad_loss.item<acc_t>();
-      if (red == Reduction::Mean) scalar /= denom.item<acc_t>();
+  GradScale(const GradLoss& grad, const at::Tensor& denom, Reduction red) {
+    if (grad.per_pixel) {
+      per_pixel = grad.values.const_data_ptr<acc_t>();
+      return;
+    }
+    scalar = grad.values.item<acc_t>();
+    if (red == Reduction::Mean) {
+      const acc_t d = denom.item<acc_t>();
+      scalar = d != acc_t(0) ? scalar / d : acc_t(0);
     }
   }
   // s[i] = scale of loss element flat_begin + i, for i < L.
@@ -245,17 +253,5 @@ struct GradScale {
     }
   }
 };
-
-// grad_loss in the loss dtype, contiguous, shaped like the forward's loss output.
-inline at::Tensor prepare_grad_loss(const at::Tensor& grad_loss, const at::Tensor& input, Reduction red,
-                                    at::IntArrayRef none_shape, const char* op) {
-  if (red == Reduction::None) {
-    TORCH_CHECK_VALUE(grad_loss.sizes() == none_shape, op, ": grad_loss must have shape ", none_shape, ", got ",
-                      grad_loss.sizes());
-  } else {
-    TORCH_CHECK_VALUE(grad_loss.numel() == 1, op, ": grad_loss must be a scalar, got shape ", grad_loss.sizes());
-  }
-  return grad_loss.to(loss_dtype(input)).contiguous();
-}
 
 }  // namespace xtc

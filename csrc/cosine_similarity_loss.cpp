@@ -1,8 +1,10 @@
-// cosine_similarity_loss: CPU kernels. Per pixel p over the C channels:
-//   cos = <a,b> / (max(|a|, eps) max(|b|, eps)),  loss = 1 - cos   (PyTorch's cosine_similarity eps rule)
-//   dloss/da_c = ka a_c - kab b_c,  ka = [|a| > eps] cos / |a|^2,  kab = 1 / (max(|a|, eps) max(|b|, eps))
-// and symmetrically for b. Nothing is saved: the backward recomputes the three per-pixel sums.
+// cosine_similarity_loss: CPU kernels. Per pixel p over the C channels (dim `dim`):
+//   cos = <a,b> / (Da Db), Da = max(|a|, eps), Db = max(|b|, eps), loss = 1 - cos  (PyTorch's eps rule)
+//   dloss/da_c = s / Da * ([|a| > eps] cos a_c / Da - b_c / Db)   (a floored norm is a constant)
+// and symmetrically for b, with s the upstream scale. Norms and cosine without overflow or underflow:
+// cosine_math.h. Nothing is saved: the backward recomputes the three per-pixel sums.
 #include "common.h"
+#include "cosine_math.h"
 
 #include <torch/library.h>
 
@@ -10,13 +12,6 @@ namespace xtc {
 namespace {
 
 constexpr const char* kOp = "cosine_similarity_loss";
-
-void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& mask, double eps) {
-  check_float_input(a, kOp, "a", 4);
-  check_same(a, b, kOp, "a", "b");
-  check_mask(mask, a, kOp);
-  TORCH_CHECK_VALUE(eps > 0, kOp, ": eps must be > 0, got ", eps);
-}
 
 // aa += a^2, bb += b^2, ab += a b over one channel row.
 template <typename scalar_t, typename acc_t>
@@ -30,42 +25,52 @@ inline void row_dots(const scalar_t* __restrict a, const scalar_t* __restrict b,
   }
 }
 
-// out[i] = kx[i] x[i] - ky[i] y[i]
+// out[i] = g[i] * (kx[i] x[i] - ky[i] y[i]), exactly 0 where g[i] = 0 (masked pixels: NaN there never leaks)
 template <typename scalar_t, typename acc_t>
-inline void row_lincomb(const scalar_t* __restrict x, const scalar_t* __restrict y, const acc_t* __restrict kx,
-                        const acc_t* __restrict ky, scalar_t* __restrict out, int64_t L) {
+inline void row_lincomb(const scalar_t* __restrict x, const scalar_t* __restrict y, const acc_t* __restrict g,
+                        const acc_t* __restrict kx, const acc_t* __restrict ky, scalar_t* __restrict out, int64_t L) {
   for (int64_t i = 0; i < L; ++i) {
-    out[i] = static_cast<scalar_t>(kx[i] * static_cast<acc_t>(x[i]) - ky[i] * static_cast<acc_t>(y[i]));
+    const acc_t v = g[i] * (kx[i] * static_cast<acc_t>(x[i]) - ky[i] * static_cast<acc_t>(y[i]));
+    out[i] = static_cast<scalar_t>(g[i] != acc_t(0) ? v : acc_t(0));
   }
 }
 
-// Per-pixel sums of a block, then cos, the clamped norms product and the per-pixel norms.
+// Per-pixel cosine and norms of a block of L pixels (a, b point at channel 0 of its first pixel).
 template <typename scalar_t, typename acc_t>
 struct BlockCosine {
-  acc_t cos[kPixelBlock], inv_d[kPixelBlock], na[kPixelBlock], nb[kPixelBlock];
+  acc_t cos[kPixelBlock], inv_a[kPixelBlock], inv_b[kPixelBlock], ka[kPixelBlock], kb[kPixelBlock];
 
   BlockCosine(const scalar_t* a, const scalar_t* b, int64_t C, int64_t HW, int64_t L, acc_t eps) {
     acc_t aa[kPixelBlock] = {}, bb[kPixelBlock] = {}, ab[kPixelBlock] = {};
     for (int64_t c = 0; c < C; ++c) row_dots(a + c * HW, b + c * HW, aa, bb, ab, L);
     for (int64_t i = 0; i < L; ++i) {
-      na[i] = std::sqrt(aa[i]);
-      nb[i] = std::sqrt(bb[i]);
-      inv_d[i] = acc_t(1) / (std::max(na[i], eps) * std::max(nb[i], eps));
-      cos[i] = ab[i] * inv_d[i];
+      CosTerms<acc_t> t;
+      if (cos_sums_in_range(aa[i], bb[i])) {
+        t = cos_from_sums(aa[i], bb[i], ab[i], eps);
+      } else {
+        const auto load_a = [&](int64_t c) { return static_cast<acc_t>(a[c * HW + i]); };
+        const auto load_b = [&](int64_t c) { return static_cast<acc_t>(b[c * HW + i]); };
+        t = cos_scaled<acc_t>(load_a, load_b, C, eps);
+      }
+      cos[i] = t.cos;
+      inv_a[i] = t.inv_a;
+      inv_b[i] = t.inv_b;
+      ka[i] = t.a_big ? t.cos * t.inv_a : acc_t(0);  // [|a| > eps] cos / Da
+      kb[i] = t.b_big ? t.cos * t.inv_b : acc_t(0);
     }
   }
 };
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
                                                const std::optional<at::Tensor>& mask_in, double eps,
-                                               c10::string_view reduction) {
-  check_inputs(a_in, b_in, mask_in, eps);
-  const Reduction red = parse_reduction(reduction, kOp);
+                                               c10::string_view reduction, int64_t dim) {
+  const LossInfo info = check_cosine_similarity_loss(a_in, b_in, mask_in, eps, reduction, dim);
+  const Reduction red = info.red;
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
-  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
-  const int64_t N = a.size(0), C = a.size(1), HW = a.size(2) * a.size(3);
+  const OptTensor mask = kernel_mask(mask_in);
+  const int64_t N = info.layout.n(), C = info.layout.c(), HW = info.layout.p();
   const auto opts = a.options().dtype(loss_dtype(a));
-  at::Tensor loss = red == Reduction::None ? at::empty({N, a.size(2), a.size(3)}, opts) : at::empty({}, opts);
+  at::Tensor loss = red == Reduction::None ? at::empty_symint(info.none_shape, opts) : at::empty({}, opts);
   at::Tensor denom = at::empty({}, opts);
   std::vector<double> part_loss(num_pixel_blocks(N, HW)), part_count(part_loss.size());
 
@@ -96,13 +101,15 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& a_in, const at:
 
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& a_in,
                                                 const at::Tensor& b_in, const std::optional<at::Tensor>& mask_in,
-                                                const at::Tensor& denom, double eps, c10::string_view reduction) {
-  check_inputs(a_in, b_in, mask_in, eps);
-  const Reduction red = parse_reduction(reduction, kOp);
+                                                const at::Tensor& denom, double eps, c10::string_view reduction,
+                                                int64_t dim) {
+  const LossInfo info = check_cosine_similarity_loss(a_in, b_in, mask_in, eps, reduction, dim);
+  check_loss_backward(info, kOp, a_in, grad_loss_in, denom, nullptr);
+  const Reduction red = info.red;
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
-  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
-  const int64_t N = a.size(0), C = a.size(1), HW = a.size(2) * a.size(3);
-  const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, a, red, {N, a.size(2), a.size(3)}, kOp);
+  const OptTensor mask = kernel_mask(mask_in);
+  const int64_t N = info.layout.n(), C = info.layout.c(), HW = info.layout.p();
+  const GradLoss grad_loss = prepare_grad_loss(grad_loss_in, a, red);
   at::Tensor grad_a = at::empty_like(a), grad_b = at::empty_like(b);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cosine_similarity_loss_bwd", [&] {
@@ -117,18 +124,18 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_loss_in, 
     for_each_pixel_block(N, HW, [&](const PixelBlock& blk) {
       const int64_t px = blk.n * HW + blk.begin, off = blk.n * C * HW + blk.begin, L = blk.size();
       const BlockCosine<scalar_t, acc_t> bc(ap + off, bp + off, C, HW, L, e);
-      acc_t s[kPixelBlock], ka[kPixelBlock], kb[kPixelBlock], kab[kPixelBlock];
+      // grad_a_c = s / Da * (ka a_c - b_c / Db), ka = [|a| > eps] cos / Da; symmetrically for b.
+      acc_t s[kPixelBlock], sa[kPixelBlock], sb[kPixelBlock];
       scale.fill(px, s, L);
       for (int64_t i = 0; i < L; ++i) {
         const acc_t si = (!mk || mk[px + i]) ? s[i] : acc_t(0);
-        ka[i] = bc.na[i] > e ? si * bc.cos[i] / (bc.na[i] * bc.na[i]) : acc_t(0);
-        kb[i] = bc.nb[i] > e ? si * bc.cos[i] / (bc.nb[i] * bc.nb[i]) : acc_t(0);
-        kab[i] = si * bc.inv_d[i];
+        sa[i] = si * bc.inv_a[i];
+        sb[i] = si * bc.inv_b[i];
       }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t o = off + c * HW;
-        row_lincomb(ap + o, bp + o, ka, kab, ga + o, L);
-        row_lincomb(bp + o, ap + o, kb, kab, gb + o, L);
+        row_lincomb(ap + o, bp + o, sa, bc.ka, bc.inv_b, ga + o, L);
+        row_lincomb(bp + o, ap + o, sb, bc.kb, bc.inv_a, gb + o, L);
       }
     });
   });

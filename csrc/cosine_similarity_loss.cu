@@ -1,8 +1,9 @@
 // cosine_similarity_loss: CUDA kernels. Per pixel over the C channels:
 //   na = |a|, nb = |b|, Da = max(na, eps), Db = max(nb, eps), cos = <a, b> / (Da Db), loss = 1 - cos
 // (0 and not counted where the mask excludes the pixel). Backward, with s the upstream scale:
-//   d cos / d a_c = b_c / (Da Db) - [na > eps] cos a_c / na^2   (Da = na there; Da = eps is constant)
-//   grad_a_c = -s (b_c / (Da Db) - [na > eps] cos a_c / na^2), and symmetrically for b.
+//   grad_a_c = s / Da * ([na > eps] cos a_c / Da - b_c / Db)   (Da = eps is a constant), same for b.
+// Norms and cosine without overflow or underflow, as the CPU kernels: cosine_math.h.
+#include "cosine_math.h"
 #include "cuda_common.cuh"
 
 namespace xtc::cuda {
@@ -30,10 +31,14 @@ XTC_HD void dot_and_norms(const scalar_t* __restrict__ a, const scalar_t* __rest
   }
 }
 
-// max(n, eps) with std::max's comparison (a NaN norm stays NaN).
-template <typename acc_t>
-XTC_HD acc_t clamp_norm(acc_t n, acc_t eps) {
-  return n < eps ? eps : n;
+// cos, |a|, |b| of pixel p0 + i of the group, from its sums or, out of range, rescaled (cosine_math.h).
+template <typename scalar_t, typename acc_t>
+XTC_HD CosTerms<acc_t> pixel_cos(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, int64_t C,
+                                 int64_t HW, acc_t aa, acc_t bb, acc_t ab, acc_t eps) {
+  if (cos_sums_in_range(aa, bb)) return cos_from_sums(aa, bb, ab, eps);
+  const auto load_a = [&](int64_t c) { return Scalar<scalar_t>::to_acc(a[c * HW]); };
+  const auto load_b = [&](int64_t c) { return Scalar<scalar_t>::to_acc(b[c * HW]); };
+  return cos_scaled<acc_t>(load_a, load_b, C, eps);
 }
 
 template <typename scalar_t, int VEC>
@@ -57,7 +62,7 @@ struct CosineForward {
     acc_t loss[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      const acc_t cos = dot[i] / (clamp_norm(acc_sqrt(aa[i]), eps) * clamp_norm(acc_sqrt(bb[i]), eps));
+      const acc_t cos = pixel_cos(a + off + i, b + off + i, C, HW, aa[i], bb[i], dot[i], eps).cos;
       loss[i] = valid[i] ? acc_t(1) - cos : acc_t(0);
       loss_sum += loss[i];
       count_sum += valid[i] ? acc_t(1) : acc_t(0);
@@ -88,17 +93,18 @@ struct CosineBackward {
     scale.template load<VEC>(p0, s);
     bool valid[VEC];
     load_mask<VEC>(mask, p0, valid);
-    // grad_a_c = ka * a_c + kab * b_c, grad_b_c = kb * b_c + kab * a_c
-    acc_t kab[VEC], ka[VEC], kb[VEC];
+    // grad_a_c = sa * (ka a_c - inv_b b_c), sa = s / Da, ka = [na > eps] cos / Da; same for b.
+    acc_t sa[VEC], sb[VEC], ka[VEC], kb[VEC], inv_a[VEC], inv_b[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      const acc_t na = acc_sqrt(aa[i]), nb = acc_sqrt(bb[i]);
-      const acc_t inv = acc_t(1) / (clamp_norm(na, eps) * clamp_norm(nb, eps));
-      const acc_t cos = dot[i] * inv;
+      const CosTerms<acc_t> t = pixel_cos(a + off + i, b + off + i, C, HW, aa[i], bb[i], dot[i], eps);
+      inv_a[i] = t.inv_a;
+      inv_b[i] = t.inv_b;
       const acc_t si = valid[i] ? s[i] : acc_t(0);
-      kab[i] = -si * inv;
-      ka[i] = na > eps ? si * cos / (na * na) : acc_t(0);
-      kb[i] = nb > eps ? si * cos / (nb * nb) : acc_t(0);
+      sa[i] = si * inv_a[i];
+      sb[i] = si * inv_b[i];
+      ka[i] = t.a_big ? t.cos * inv_a[i] : acc_t(0);
+      kb[i] = t.b_big ? t.cos * inv_b[i] : acc_t(0);
     }
 #pragma unroll 4
     for (int64_t c = 0; c < C; ++c) {
@@ -108,12 +114,12 @@ struct CosineBackward {
       load_acc<VEC>(b + row, vb);
       if (grad_a) {
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) out[i] = valid[i] ? ka[i] * va[i] + kab[i] * vb[i] : acc_t(0);
+        for (int i = 0; i < VEC; ++i) out[i] = valid[i] ? sa[i] * (ka[i] * va[i] - inv_b[i] * vb[i]) : acc_t(0);
         store_acc<VEC>(grad_a + row, out);
       }
       if (grad_b) {
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) out[i] = valid[i] ? kb[i] * vb[i] + kab[i] * va[i] : acc_t(0);
+        for (int i = 0; i < VEC; ++i) out[i] = valid[i] ? sb[i] * (kb[i] * vb[i] - inv_a[i] * va[i]) : acc_t(0);
         store_acc<VEC>(grad_b + row, out);
       }
     }

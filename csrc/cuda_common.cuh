@@ -191,7 +191,7 @@ XTC_HD void load_mask(const bool* __restrict__ mask, int64_t p0, bool (&valid)[V
 }
 
 // Upstream-gradient scale of the backward kernels, read on the device: grad_loss[0] / denom[0] for
-// mean, grad_loss[0] for sum, grad_loss[index] for none.
+// mean (0 when denom is 0), grad_loss[0] for sum, grad_loss[index] for none.
 template <typename acc_t>
 struct GradScale {
   const acc_t* grad_loss;
@@ -204,7 +204,8 @@ struct GradScale {
     if (reduction == Reduction::None) {
       load_pack<VEC>(grad_loss + i0, s);
     } else {
-      const acc_t g = reduction == Reduction::Mean ? grad_loss[0] / denom[0] : grad_loss[0];
+      const acc_t d = reduction == Reduction::Mean ? denom[0] : acc_t(1);
+      const acc_t g = d != acc_t(0) ? grad_loss[0] / d : acc_t(0);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) s[i] = g;
     }
@@ -266,8 +267,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Adds the partials in a fixed order (in double) and writes denom = (count > 0 ? count : 1) and, for
-// mean / sum, the loss (a mean over nothing is 0).
+// Adds the partials in a fixed order (in double) and writes denom = count and, for mean / sum, the
+// loss (a mean over a zero denominator is 0).
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_kernel(const acc_t* __restrict__ partials, int64_t num_partials, Reduction reduction,
@@ -279,9 +280,8 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   }
   block_sum2<kFinalizeThreads>(sum, count);
   if (threadIdx.x == 0) {
-    const double d = count > 0 ? count : 1.0;
-    *denom = static_cast<acc_t>(d);
-    if (reduction == Reduction::Mean) *loss = static_cast<acc_t>(sum / d);
+    *denom = static_cast<acc_t>(count);
+    if (reduction == Reduction::Mean) *loss = static_cast<acc_t>(count != 0 ? sum / count : 0.0);
     if (reduction == Reduction::Sum) *loss = static_cast<acc_t>(sum);
   }
 }

@@ -3,14 +3,17 @@
 // .cu files compile in about a second and can be compile-checked on machines without a GPU.
 //
 // Conventions shared by every launcher:
-// - Tensors are contiguous NCHW; "pixel" p = n * HW + hw indexes [N, H, W] maps.
+// - Tensors are contiguous [N, C, HW] (any input seen with its class/channel dimension in the middle,
+//   checks.h); "pixel" p = n * HW + hw indexes the per-pixel maps. N, C, HW come from validated shapes.
 // - `acc` is the accumulation / loss type: float for float32, float16 and bfloat16 inputs,
 //   double for float64 inputs. Losses, denominators, saved per-pixel values and grad_loss are acc.
 // - Reductions: per-block partial sums written to `workspace` (2 * reduction_blocks(P) acc values),
 //   then one single-block kernel adds them in a fixed order: deterministic, no float atomics.
-//   The mean divides by denom = (count > 0 ? count : 1) on the device (a mean over nothing is 0).
+//   denom = the count (or summed class weight) as computed; the mean is sum / denom, and 0 (with a zero
+//   gradient) when denom is 0.
 // - grad_loss is read on the device: a scalar for mean/sum (the kernel divides by *denom for mean),
-//   or per-pixel (per-element for masked_l1_loss) for reduction none. No host synchronisation.
+//   or per-pixel (per-element for masked_l1_loss) for reduction none; the glue passes Sum for a
+//   reduction-none gradient that is one value broadcast everywhere. No host synchronisation.
 // - Every launcher enqueues on `stream` and returns the cudaError_t of its launches.
 #pragma once
 
@@ -80,8 +83,10 @@ cudaError_t cosine_similarity_loss_backward(DType dtype, const void* grad_loss, 
 cudaError_t sigmoid_gate_forward(DType dtype, const void* x, const void* gate, int64_t numel, void* out,
                                  cudaStream_t stream);
 
-// grad_x = grad_out * sigmoid(gate), grad_gate = grad_out * x * s * (1 - s) (either may be nullptr).
-cudaError_t sigmoid_gate_backward(DType dtype, const void* grad_out, const void* x, const void* gate, int64_t numel,
-                                  void* grad_x, void* grad_gate, cudaStream_t stream);
+// grad_x = grad_out * sigmoid(gate), grad_gate = grad_out * x * s * (1 - s) (either may be nullptr);
+// grad_out_is_scalar: grad_out points at one value used for every element.
+cudaError_t sigmoid_gate_backward(DType dtype, const void* grad_out, bool grad_out_is_scalar, const void* x,
+                                  const void* gate, int64_t numel, void* grad_x, void* grad_gate,
+                                  cudaStream_t stream);
 
 }  // namespace xtc::cuda

@@ -3,7 +3,6 @@
 #include "common.h"
 
 #include <atomic>
-#include <limits>
 
 #include <torch/library.h>
 
@@ -11,14 +10,6 @@ namespace xtc {
 namespace {
 
 constexpr const char* kOp = "masked_cross_entropy";
-
-void check_target(const at::Tensor& logits, const at::Tensor& target) {
-  check_float_input(logits, kOp, "logits", 4);
-  TORCH_CHECK_VALUE(logits.size(1) >= 1, kOp, ": logits must have at least one class, got shape ", logits.sizes());
-  check_pixel_map(target, logits, kOp, "target");
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte, kOp,
-                   ": target must be int64 or uint8 class indices, got ", target.scalar_type());
-}
 
 // Calls f with a value of the target's index type (int64 or uint8): no conversion copy of the labels.
 template <typename F>
@@ -46,21 +37,13 @@ struct ClassTerms {
   acc_t w(int64_t c) const { return weight ? weight[c] : acc_t(1); }
 };
 
+// Class weights in the loss dtype, contiguous (undefined without weights); validated by the op's check.
 at::Tensor prepare_weight(const std::optional<at::Tensor>& weight, const at::Tensor& logits) {
-  if (!weight) return at::Tensor();
-  TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == logits.size(1), kOp, ": weight must have shape [C] = [",
-                    logits.size(1), "], got ", weight->sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(weight->scalar_type()), kOp, ": weight must be floating point, got ",
-                   weight->scalar_type());
-  TORCH_CHECK(weight->device() == logits.device(), kOp, ": weight is on ", weight->device(), " but logits is on ",
-              logits.device());
-  return weight->to(loss_dtype(logits)).contiguous();
+  return weight ? weight->to(loss_dtype(logits)).contiguous() : at::Tensor();
 }
 
 template <typename acc_t>
 ClassTerms<acc_t> class_terms(const at::Tensor& weight, int64_t C, double label_smoothing) {
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, kOp,
-                    ": label_smoothing must be in [0, 1], got ", label_smoothing);
   const acc_t* w = weight.defined() ? weight.const_data_ptr<acc_t>() : nullptr;
   acc_t total = 0;
   for (int64_t c = 0; c < C; ++c) total += w ? w[c] : acc_t(1);
@@ -74,12 +57,15 @@ inline void row_weighted_gap(const scalar_t* __restrict z, const acc_t* __restri
   for (int64_t i = 0; i < L; ++i) gap[i] += w * (m[i] - static_cast<acc_t>(z[i]));
 }
 
-// g[i] = a[i] * exp((z[i] - m[i]) - log_norm[i]) - b[i]: one class row of the gradient.
+// g[i] = a[i] * exp((z[i] - m[i]) - log_norm[i]) - b[i]: one class row of the gradient; exactly 0 where the
+// pixel's scale s[i] is 0 (ignored pixels: NaN or inf logits there never leak into the gradient).
 template <typename scalar_t, typename acc_t>
 inline void row_grad(const scalar_t* __restrict z, const acc_t* __restrict m, const acc_t* __restrict log_norm,
-                     const acc_t* __restrict a, const acc_t* __restrict b, scalar_t* __restrict g, int64_t L) {
+                     const acc_t* __restrict a, const acc_t* __restrict b, const acc_t* __restrict s,
+                     scalar_t* __restrict g, int64_t L) {
   for (int64_t i = 0; i < L; ++i) {
-    g[i] = static_cast<scalar_t>(a[i] * vexp((static_cast<acc_t>(z[i]) - m[i]) - log_norm[i]) - b[i]);
+    const acc_t v = a[i] * vexp((static_cast<acc_t>(z[i]) - m[i]) - log_norm[i]) - b[i];
+    g[i] = static_cast<scalar_t>(s[i] != acc_t(0) ? v : acc_t(0));
   }
 }
 
@@ -87,18 +73,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
                                                            const std::optional<at::Tensor>& weight_in,
                                                            int64_t ignore_index, double label_smoothing,
                                                            c10::string_view reduction) {
-  check_target(logits_in, target_in);
-  const Reduction red = parse_reduction(reduction, kOp);
+  const LossInfo info =
+      check_masked_cross_entropy(logits_in, target_in, weight_in, ignore_index, label_smoothing, reduction);
+  const Reduction red = info.red;
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
   const at::Tensor weight = prepare_weight(weight_in, logits);
-  const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
+  const int64_t N = info.layout.n(), C = info.layout.c(), HW = info.layout.p();
   const auto opts = logits.options().dtype(loss_dtype(logits));
-  at::Tensor log_norm = at::empty({N, logits.size(2), logits.size(3)}, opts);
+  at::Tensor log_norm = at::empty_symint(info.layout.pixel_shape, opts);
   at::Tensor loss = red == Reduction::None ? at::empty_like(log_norm) : at::empty({}, opts);
   at::Tensor denom = at::empty({}, opts);
   std::vector<double> part_loss(num_pixel_blocks(N, HW)), part_denom(part_loss.size());
-  std::atomic<int64_t> bad_label{std::numeric_limits<int64_t>::min()};
+  // Any int64 value can be a label (INT64_MIN included), so a flag says whether bad_label is set.
+  std::atomic<bool> has_bad_label{false};
+  std::atomic<int64_t> bad_label{0};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "masked_cross_entropy_fwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -128,6 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
             const int64_t k = static_cast<int64_t>(t);
             if (k < 0 || k >= C) {
               bad_label.store(k);
+              has_bad_label.store(true);
             } else {
               const acc_t wy = ct.w(k);
               l = (1 - ct.eps) * wy * (ln[i] + (m[i] - static_cast<acc_t>(zb[k * HW + i])));
@@ -143,8 +133,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
       });
     });
   });
-  const int64_t bad = bad_label.load();
-  TORCH_CHECK_VALUE(bad == std::numeric_limits<int64_t>::min(), kOp, ": target contains class index ", bad,
+  TORCH_CHECK_VALUE(!has_bad_label.load(), kOp, ": target contains class index ", bad_label.load(),
                     ", outside [0, ", C, ") and not ignore_index (", ignore_index, ")");
   finish_reduction(red, ordered_sum(part_loss), ordered_sum(part_denom), loss, denom);
   return {loss, log_norm, denom};
@@ -154,20 +143,25 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
                         const std::optional<at::Tensor>& weight_in, const at::Tensor& log_norm_in,
                         const at::Tensor& denom, int64_t ignore_index, double label_smoothing,
                         c10::string_view reduction) {
-  check_target(logits_in, target_in);
-  const Reduction red = parse_reduction(reduction, kOp);
+  const LossInfo info =
+      check_masked_cross_entropy(logits_in, target_in, weight_in, ignore_index, label_smoothing, reduction);
+  check_loss_backward(info, kOp, logits_in, grad_loss_in, denom, &log_norm_in);
+  const Reduction red = info.red;
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.contiguous();
   const at::Tensor weight = prepare_weight(weight_in, logits);
   const at::Tensor log_norm = log_norm_in.to(loss_dtype(logits)).contiguous();
-  const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, logits, red, log_norm.sizes(), kOp);
-  const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
+  const GradLoss grad_loss = prepare_grad_loss(grad_loss_in, logits, red);
+  const int64_t N = info.layout.n(), C = info.layout.c(), HW = info.layout.p();
   at::Tensor grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "masked_cross_entropy_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const ClassTerms<acc_t> ct = class_terms<acc_t>(weight, C, label_smoothing);
     const acc_t eps_c = ct.eps / static_cast<acc_t>(C);
+    // Without smoothing the smoothing terms are left out, not multiplied by 0: an inf or NaN weight of
+    // a class that no pixel has then cannot turn every gradient into NaN.
+    const acc_t smooth_total = ct.eps > 0 ? eps_c * ct.total_weight : acc_t(0);
     dispatch_target(target, [&](auto tag) {
       using index_t = decltype(tag);
       const scalar_t* z = logits.const_data_ptr<scalar_t>();
@@ -186,19 +180,23 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
         for (int64_t i = 0; i < L; ++i) {
           const int64_t k = static_cast<int64_t>(y[px + i]);
           if (is_ignored(y[px + i], ignore_index) || k < 0 || k >= C) s[i] = 0;
-          a[i] = s[i] == 0 ? acc_t(0) : s[i] * ((1 - ct.eps) * ct.w(k) + eps_c * ct.total_weight);
+          a[i] = s[i] == 0 ? acc_t(0) : s[i] * ((1 - ct.eps) * ct.w(k) + smooth_total);
           sb[i] = s[i] * eps_c;
         }
+        for (int64_t i = 0; i < L; ++i) bias[i] = 0;
         for (int64_t c = 0; c < C; ++c) {
           const acc_t wc = ct.w(c);
-          for (int64_t i = 0; i < L; ++i) bias[i] = sb[i] * wc;
-          row_grad(zb + c * HW, m, ln, a, bias, gb + c * HW, L);
+          if (ct.eps > 0) {
+            for (int64_t i = 0; i < L; ++i) bias[i] = sb[i] * wc;
+          }
+          row_grad(zb + c * HW, m, ln, a, bias, s, gb + c * HW, L);
         }
         for (int64_t i = 0; i < L; ++i) {
           if (s[i] == acc_t(0)) continue;
           const int64_t k = static_cast<int64_t>(y[px + i]);
           const acc_t pk = vexp((static_cast<acc_t>(zb[k * HW + i]) - m[i]) - ln[i]);
-          gb[k * HW + i] = static_cast<scalar_t>(a[i] * pk - sb[i] * ct.w(k) - s[i] * (1 - ct.eps) * ct.w(k));
+          const acc_t smooth_k = ct.eps > 0 ? sb[i] * ct.w(k) : acc_t(0);
+          gb[k * HW + i] = static_cast<scalar_t>(a[i] * pk - smooth_k - s[i] * (1 - ct.eps) * ct.w(k));
         }
       });
     });

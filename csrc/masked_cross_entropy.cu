@@ -136,7 +136,8 @@ struct CrossEntropyBackward {
     for (int64_t c = 0; c < C; ++c) {
       acc_t v[VEC];
       load_acc<VEC>(z + c * HW, v);
-      const acc_t wc = eps_c * (weight ? weight[c] : acc_t(1));
+      // no smoothing: the term is left out, so an inf/NaN weight of an absent class cannot make it NaN
+      const acc_t wc = eps > acc_t(0) ? eps_c * (weight ? weight[c] : acc_t(1)) : acc_t(0);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const acc_t p = acc_exp((v[i] - m[i]) - ln[i]);

@@ -9,18 +9,12 @@ namespace {
 
 constexpr const char* kOp = "masked_l1_loss";
 
-void check_inputs(const at::Tensor& pred, const at::Tensor& target, const std::optional<at::Tensor>& mask) {
-  check_float_input(pred, kOp, "pred", 4);
-  check_same(pred, target, kOp, "pred", "target");
-  check_mask(mask, pred, kOp);
-}
-
 // Calls body(block, c, flat offset of the row, pred row, target row, valid[L] as 0/1) for every
 // channel row of every pixel block.
 template <typename scalar_t, typename acc_t, typename Body>
-void for_each_row(const at::Tensor& pred, const at::Tensor& target, const std::optional<at::Tensor>& mask,
-                  std::optional<double> invalid_value, const Body& body) {
-  const int64_t N = pred.size(0), C = pred.size(1), HW = pred.size(2) * pred.size(3);
+void for_each_row(const Layout& layout, const at::Tensor& pred, const at::Tensor& target,
+                  const std::optional<at::Tensor>& mask, std::optional<double> invalid_value, const Body& body) {
+  const int64_t N = layout.n(), C = layout.c(), HW = layout.p();
   const scalar_t* p = pred.const_data_ptr<scalar_t>();
   const scalar_t* t = target.const_data_ptr<scalar_t>();
   const bool* mk = mask ? mask->const_data_ptr<bool>() : nullptr;
@@ -62,22 +56,22 @@ inline void row_l1_grad(const scalar_t* __restrict p, const scalar_t* __restrict
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
                                                const std::optional<at::Tensor>& mask_in,
                                                std::optional<double> invalid_value, c10::string_view reduction) {
-  check_inputs(pred_in, target_in, mask_in);
-  const Reduction red = parse_reduction(reduction, kOp);
+  const LossInfo info = check_masked_l1_loss(pred_in, target_in, mask_in, invalid_value, reduction);
+  const Reduction red = info.red;
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
-  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
-  const auto opts = pred.options().dtype(loss_dtype(pred)).memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor loss = red == Reduction::None ? at::empty(pred.sizes(), opts) : at::empty({}, opts);
+  const OptTensor mask = kernel_mask(mask_in);
+  const auto opts = pred.options().dtype(loss_dtype(pred));
+  at::Tensor loss = red == Reduction::None ? at::empty_symint(info.none_shape, opts) : at::empty({}, opts);
   at::Tensor denom = at::empty({}, opts);
-  const int64_t C = pred.size(1);
-  std::vector<double> part_loss(num_pixel_blocks(pred.size(0), pred.size(2) * pred.size(3)) * C);
+  const int64_t C = info.layout.c();
+  std::vector<double> part_loss(num_pixel_blocks(info.layout.n(), info.layout.p()) * C);
   std::vector<double> part_count(part_loss.size());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_l1_loss_fwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* loss_el = red == Reduction::None ? loss.data_ptr<acc_t>() : nullptr;
     for_each_row<scalar_t, acc_t>(
-        pred, target, mask, invalid_value,
+        info.layout, pred, target, mask, invalid_value,
         [&](const PixelBlock& b, int64_t c, int64_t off, const scalar_t* p, const scalar_t* t, const acc_t* valid) {
           acc_t l[kPixelBlock];
           row_l1(p, t, valid, l, b.size());
@@ -98,11 +92,12 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& pred_in, const 
 at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& pred_in, const at::Tensor& target_in,
                         const std::optional<at::Tensor>& mask_in, const at::Tensor& denom,
                         std::optional<double> invalid_value, c10::string_view reduction) {
-  check_inputs(pred_in, target_in, mask_in);
-  const Reduction red = parse_reduction(reduction, kOp);
+  const LossInfo info = check_masked_l1_loss(pred_in, target_in, mask_in, invalid_value, reduction);
+  check_loss_backward(info, kOp, pred_in, grad_loss_in, denom, nullptr);
+  const Reduction red = info.red;
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
-  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
-  const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, pred, red, pred.sizes(), kOp);
+  const OptTensor mask = kernel_mask(mask_in);
+  const GradLoss grad_loss = prepare_grad_loss(grad_loss_in, pred, red);
   at::Tensor grad = at::empty_like(pred, at::MemoryFormat::Contiguous);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "masked_l1_loss_bwd", [&] {
@@ -110,7 +105,7 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& pred_i
     const GradScale<acc_t> scale(grad_loss, denom, red);
     scalar_t* g = grad.data_ptr<scalar_t>();
     for_each_row<scalar_t, acc_t>(
-        pred, target, mask, invalid_value,
+        info.layout, pred, target, mask, invalid_value,
         [&](const PixelBlock& b, int64_t c, int64_t off, const scalar_t* p, const scalar_t* t, const acc_t* valid) {
           acc_t s[kPixelBlock];
           scale.fill(off, s, b.size());

@@ -1,6 +1,7 @@
 // The xtc_ext operator library: schemas of every op, and the public ops as CompositeImplicitAutograd
-// wrappers around the internal *_fwd kernels (whose autograd, double backward and fake kernels are
-// registered from Python in xtc_ext/ops.py). Device kernels live in one file per op.
+// wrappers around the internal *_fwd kernels (whose autograd and double backward are registered from
+// Python in xtc_ext/ops.py). Device kernels live in one file per op, the Meta (fake-tensor) kernels in
+// meta.cpp; all of them validate their arguments with the op's function in checks.h.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -20,16 +21,18 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
-// Accepts a per-pixel mask as [N,1,H,W] or [N,H,W], of any dtype (nonzero = valid); kernels take [N,H,W] bool.
-OptTensor pixel_mask(const OptTensor& mask, const char* op) {
-  if (!mask) return std::nullopt;
-  Tensor m = *mask;
-  if (m.dim() == 4) {
-    TORCH_CHECK_VALUE(m.size(1) == 1, op, ": mask must have shape [N,1,H,W] or [N,H,W], got ", m.sizes());
-    m = m.squeeze(1);
+// PyTorch broadcasting of a and b (cosine_similarity broadcasts its operands); ValueError naming b.
+c10::SymDimVector broadcast_shape(const Tensor& a, const Tensor& b) {
+  const int64_t rank = std::max(a.dim(), b.dim());
+  c10::SymDimVector shape(rank, c10::SymInt(1));
+  for (int64_t i = 0; i < rank; ++i) {
+    const c10::SymInt sa = i < a.dim() ? a.sym_size(a.dim() - 1 - i) : c10::SymInt(1);
+    const c10::SymInt sb = i < b.dim() ? b.sym_size(b.dim() - 1 - i) : c10::SymInt(1);
+    TORCH_CHECK_VALUE(sa == sb || sa == 1 || sb == 1, "cosine_similarity_loss: b must have the shape of a ",
+                      a.sym_sizes(), " or broadcast with it, got ", b.sym_sizes());
+    shape[rank - 1 - i] = sa == 1 ? sb : sa;
   }
-  if (m.scalar_type() != at::kBool) m = m.ne(0);
-  return m;
+  return shape;
 }
 
 Tensor masked_cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index, const OptTensor& weight,
@@ -43,21 +46,24 @@ Tensor masked_l1_loss(const Tensor& pred, const Tensor& target, const OptTensor&
                       std::optional<double> invalid_value, c10::string_view reduction) {
   static auto fwd = find_op<Tensor2(const Tensor&, const Tensor&, const OptTensor&, std::optional<double>,
                                     c10::string_view)>("xtc_ext::masked_l1_loss_fwd");
-  return std::get<0>(fwd.call(pred, target, pixel_mask(mask, "masked_l1_loss"), invalid_value, reduction));
+  return std::get<0>(fwd.call(pred, target, mask, invalid_value, reduction));
 }
 
 Tensor soft_cross_entropy(const Tensor& logits, const Tensor& target_logits, const OptTensor& mask,
                           c10::string_view reduction) {
   static auto fwd = find_op<Tensor3(const Tensor&, const Tensor&, const OptTensor&, c10::string_view)>(
       "xtc_ext::soft_cross_entropy_fwd");
-  return std::get<0>(fwd.call(logits, target_logits, pixel_mask(mask, "soft_cross_entropy"), reduction));
+  return std::get<0>(fwd.call(logits, target_logits, mask, reduction));
 }
 
 Tensor cosine_similarity_loss(const Tensor& a, const Tensor& b, const OptTensor& mask, double eps,
-                              c10::string_view reduction) {
-  static auto fwd = find_op<Tensor2(const Tensor&, const Tensor&, const OptTensor&, double, c10::string_view)>(
-      "xtc_ext::cosine_similarity_loss_fwd");
-  return std::get<0>(fwd.call(a, b, pixel_mask(mask, "cosine_similarity_loss"), eps, reduction));
+                              c10::string_view reduction, int64_t dim) {
+  static auto fwd =
+      find_op<Tensor2(const Tensor&, const Tensor&, const OptTensor&, double, c10::string_view, int64_t)>(
+          "xtc_ext::cosine_similarity_loss_fwd");
+  if (a.sym_sizes() == b.sym_sizes()) return std::get<0>(fwd.call(a, b, mask, eps, reduction, dim));
+  const c10::SymDimVector shape = broadcast_shape(a, b);
+  return std::get<0>(fwd.call(a.expand_symint(shape), b.expand_symint(shape), mask, eps, reduction, dim));
 }
 
 }  // namespace
@@ -84,12 +90,12 @@ TORCH_LIBRARY(xtc_ext, m) {
   m.def("soft_cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target_logits, Tensor? mask,"
         " Tensor lse_minus_max, Tensor denom, str reduction) -> Tensor");
 
-  m.def("cosine_similarity_loss(Tensor a, Tensor b, Tensor? mask=None, float eps=1e-8, str reduction=\"mean\")"
-        " -> Tensor");
-  m.def("cosine_similarity_loss_fwd(Tensor a, Tensor b, Tensor? mask, float eps, str reduction)"
+  m.def("cosine_similarity_loss(Tensor a, Tensor b, Tensor? mask=None, float eps=1e-8, str reduction=\"mean\","
+        " int dim=1) -> Tensor");
+  m.def("cosine_similarity_loss_fwd(Tensor a, Tensor b, Tensor? mask, float eps, str reduction, int dim)"
         " -> (Tensor loss, Tensor denom)");
   m.def("cosine_similarity_loss_bwd(Tensor grad_loss, Tensor a, Tensor b, Tensor? mask, Tensor denom, float eps,"
-        " str reduction) -> (Tensor grad_a, Tensor grad_b)");
+        " str reduction, int dim) -> (Tensor grad_a, Tensor grad_b)");
 
   m.def("sigmoid_gate(Tensor x, Tensor gate_logits) -> Tensor");
   m.def("sigmoid_gate_bwd(Tensor grad_out, Tensor x, Tensor gate_logits) -> (Tensor grad_x, Tensor grad_gate)");

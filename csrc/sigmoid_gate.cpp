@@ -1,55 +1,123 @@
 // sigmoid_gate: CPU kernels of out = x * sigmoid(gate_logits), elementwise (MT-CP coherence fusion gates).
-// Backward: grad_x = grad_out * s, grad_gate = grad_out * x * s * (1 - s), s = sigmoid(gate_logits).
+// Pieces of 256 elements whose gates are all moderate (|g| <= 87 in fp32) use the plain vectorised formulas;
+// the others the exact ones: with e = exp(-|g|) = p * 2^k (vexp_parts, no clamp of the result), d = 1 + e:
+//   sigmoid(g) = 1 / d (g >= 0) or e / d (g < 0),  sigmoid(g) (1 - sigmoid(g)) = e / d^2,
+// and every product with e is formed as scale_pow2(t * p, k) (the scaling first where t * p would
+// overflow), so out, grad_x = grad_out * s and grad_gate = grad_out * x * s * (1 - s) are exact to a
+// few roundings down to the smallest subnormal (x = 1e30, g = -100 gives 3.72e-14 in fp32, not the
+// 6e-9 of a clamped exp).
+// Layout: the output keeps x's memory format (channels_last stays channels_last); the kernels run over
+// the raw memory of operands that share the output's dense strides (others are copied into that layout
+// once); an upstream gradient that is one value broadcast everywhere (out.sum()) is read as that value.
 #include "common.h"
 
 #include <torch/library.h>
 
+#include <limits>
+
 namespace xtc {
 namespace {
 
-constexpr const char* kOp = "sigmoid_gate";
 constexpr int64_t kGrain = 16384;
+constexpr int64_t kPiece = 256;  // elements whose gates decide together between the two formulas
 
-void check_inputs(const at::Tensor& x, const at::Tensor& gate) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), kOp, ": x must be floating point, got ", x.scalar_type());
-  check_same(x, gate, kOp, "x", "gate_logits");
-}
-
+// The plain formulas (e = vexp(-|g|)), exact while e is a normal number: |g| <= 87 (fp32), 700 (fp64).
 template <typename acc_t>
-inline acc_t sigmoid(acc_t g) {
-  return acc_t(1) / (acc_t(1) + vexp(-g));
-}
+struct GateFast {
+  static constexpr acc_t kLimit = std::is_same_v<acc_t, float> ? acc_t(87) : acc_t(700);
+  acc_t e, r;  // exp(-|g|), 1 / (1 + exp(-|g|)): one division per element
+  bool positive;
 
-template <typename scalar_t, typename acc_t>
-inline void row_gate(const scalar_t* __restrict x, const scalar_t* __restrict g, scalar_t* __restrict out,
-                     int64_t L) {
-  for (int64_t i = 0; i < L; ++i) {
-    out[i] = static_cast<scalar_t>(static_cast<acc_t>(x[i]) * sigmoid(static_cast<acc_t>(g[i])));
+  explicit GateFast(acc_t g) : e(vexp(-std::abs(g))), r(acc_t(1) / (acc_t(1) + e)), positive(g >= acc_t(0)) {}
+  // t * sigmoid(g)
+  acc_t times_s(acc_t t) const { return t * (positive ? r : e * r); }
+  // t * u * sigmoid(g) * (1 - sigmoid(g)), the product of the large factors first unless it overflows
+  acc_t times_ds(acc_t t, acc_t u) const {
+    const acc_t ds = e * r * r, tu = t * u;
+    return std::abs(tu) <= std::numeric_limits<acc_t>::max() ? tu * ds : (t * ds) * u;
+  }
+};
+
+// The exact formulas for any gate: exp(-|g|) = p * 2^k, d = 1 + exp(-|g|).
+template <typename acc_t>
+struct GateExp {
+  acc_t p, d;
+  int32_t k;
+  bool positive;
+
+  explicit GateExp(acc_t g) {
+    vexp_parts(-std::abs(g), p, k);
+    d = acc_t(1) + p * pow2(p, std::max(k, std::is_same_v<acc_t, float> ? int32_t{-126} : int32_t{-1022}));
+    positive = g >= acc_t(0);
+  }
+  // t * sigmoid(g)
+  acc_t times_s(acc_t t) const { return positive ? t / d : mul_pow2(t, p / d, k); }
+  // t * u * sigmoid(g) * (1 - sigmoid(g))
+  acc_t times_ds(acc_t t, acc_t u) const { return mul_pow2(t * (p / (d * d)), u, k); }
+
+  // a * b * 2^k with no intermediate overflow: the scaling goes first where a * b would overflow.
+  static acc_t mul_pow2(acc_t a, acc_t b, int32_t k) {
+    const acc_t ab = a * b;
+    return std::abs(ab) <= std::numeric_limits<acc_t>::max() ? scale_pow2(ab, k) : scale_pow2(a, k) * b;
+  }
+};
+
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+// body(Tag<Math>, offset, n) over pieces of kPiece elements: Math = GateFast where every gate of the piece
+// allows it (vectorised, as cheap as x / (1 + exp(-g))), GateExp where one does not.
+template <typename scalar_t, typename acc_t, typename Body>
+inline void for_each_gate_piece(const scalar_t* __restrict g, int64_t L, const Body& body) {
+  for (int64_t b = 0; b < L; b += kPiece) {
+    const int64_t n = std::min(kPiece, L - b);
+    int32_t large = 0;  // an OR reduction vectorises (a max reduction would not: NaN ordering)
+    for (int64_t i = 0; i < n; ++i) large |= std::abs(static_cast<acc_t>(g[b + i])) > GateFast<acc_t>::kLimit;
+    if (!large) {
+      body(Tag<GateFast<acc_t>>{}, b, n);
+    } else {
+      body(Tag<GateExp<acc_t>>{}, b, n);
+    }
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename Math>
+inline void row_gate(const scalar_t* __restrict x, const scalar_t* __restrict g, scalar_t* __restrict out,
+                     int64_t L) {
+  for (int64_t i = 0; i < L; ++i) {
+    const Math ge(static_cast<acc_t>(g[i]));
+    out[i] = static_cast<scalar_t>(ge.times_s(static_cast<acc_t>(x[i])));
+  }
+}
+
+// kScalarGrad: go points at one upstream value for every element.
+template <typename scalar_t, typename acc_t, typename Math, bool kScalarGrad>
 inline void row_gate_grad(const scalar_t* __restrict go, const scalar_t* __restrict x, const scalar_t* __restrict g,
                           scalar_t* __restrict gx, scalar_t* __restrict gg, int64_t L) {
   for (int64_t i = 0; i < L; ++i) {
-    const acc_t s = sigmoid(static_cast<acc_t>(g[i]));
-    const acc_t d = static_cast<acc_t>(go[i]);
-    gx[i] = static_cast<scalar_t>(d * s);
-    gg[i] = static_cast<scalar_t>(d * static_cast<acc_t>(x[i]) * s * (acc_t(1) - s));
+    const Math ge(static_cast<acc_t>(g[i]));
+    const acc_t d = static_cast<acc_t>(go[kScalarGrad ? 0 : i]);
+    gx[i] = static_cast<scalar_t>(ge.times_s(d));
+    gg[i] = static_cast<scalar_t>(ge.times_ds(d, static_cast<acc_t>(x[i])));
   }
 }
 
 at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& gate_in) {
-  check_inputs(x_in, gate_in);
-  const at::Tensor x = x_in.contiguous(), gate = gate_in.contiguous();
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  check_sigmoid_gate(x_in, gate_in);
+  at::Tensor out = at::empty_like(x_in);
+  const at::Tensor x = dense_like(x_in, out), gate = dense_like(gate_in, out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sigmoid_gate", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = gate.const_data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     parallel_for_isa(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      row_gate<scalar_t, acc_t>(xp + begin, gp + begin, op + begin, end - begin);
+      for_each_gate_piece<scalar_t, acc_t>(gp + begin, end - begin, [&](auto tag, int64_t b, int64_t n) {
+        using Math = typename decltype(tag)::type;
+        row_gate<scalar_t, acc_t, Math>(xp + begin + b, gp + begin + b, op + begin + b, n);
+      });
     });
   });
   return out;
@@ -57,11 +125,12 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& gate_in) {
 
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
                                                 const at::Tensor& gate_in) {
-  check_inputs(x_in, gate_in);
-  check_same(x_in, grad_out_in, kOp, "x", "grad_out");
-  const at::Tensor x = x_in.contiguous(), gate = gate_in.contiguous(), grad_out = grad_out_in.contiguous();
-  at::Tensor grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
-  at::Tensor grad_gate = at::empty_like(x, at::MemoryFormat::Contiguous);
+  check_sigmoid_gate_bwd(grad_out_in, x_in, gate_in);
+  at::Tensor grad_x = at::empty_like(x_in);
+  at::Tensor grad_gate = at::empty_like(grad_x);
+  const at::Tensor x = dense_like(x_in, grad_x), gate = dense_like(gate_in, grad_x);
+  const bool scalar_grad = is_broadcast_scalar(grad_out_in);
+  const at::Tensor grad_out = scalar_grad ? grad_out_in : dense_like(grad_out_in, grad_x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sigmoid_gate_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gop = grad_out.const_data_ptr<scalar_t>();
@@ -70,7 +139,15 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
     scalar_t* gxp = grad_x.data_ptr<scalar_t>();
     scalar_t* ggp = grad_gate.data_ptr<scalar_t>();
     parallel_for_isa(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      row_gate_grad<scalar_t, acc_t>(gop + begin, xp + begin, gp + begin, gxp + begin, ggp + begin, end - begin);
+      for_each_gate_piece<scalar_t, acc_t>(gp + begin, end - begin, [&](auto tag, int64_t b, int64_t n) {
+        using Math = typename decltype(tag)::type;
+        const int64_t o = begin + b;
+        if (scalar_grad) {
+          row_gate_grad<scalar_t, acc_t, Math, true>(gop, xp + o, gp + o, gxp + o, ggp + o, n);
+        } else {
+          row_gate_grad<scalar_t, acc_t, Math, false>(gop + o, xp + o, gp + o, gxp + o, ggp + o, n);
+        }
+      });
     });
   });
   return {grad_x, grad_gate};

@@ -10,12 +10,6 @@ namespace {
 
 constexpr const char* kOp = "soft_cross_entropy";
 
-void check_inputs(const at::Tensor& logits, const at::Tensor& target_logits, const std::optional<at::Tensor>& mask) {
-  check_float_input(logits, kOp, "logits", 4);
-  check_same(logits, target_logits, kOp, "logits", "target_logits");
-  check_mask(mask, logits, kOp);
-}
-
 // One class row of the forward: sz += exp(z - mz), st += exp(t - mt), cross += exp(t - mt) * (mz - z).
 template <typename scalar_t, typename acc_t>
 inline void row_soft_ce(const scalar_t* __restrict z, const scalar_t* __restrict t, const acc_t* __restrict mz,
@@ -33,13 +27,13 @@ inline void row_soft_ce(const scalar_t* __restrict z, const scalar_t* __restrict
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
                                                            const std::optional<at::Tensor>& mask_in,
                                                            c10::string_view reduction) {
-  check_inputs(logits_in, target_in, mask_in);
-  const Reduction red = parse_reduction(reduction, kOp);
+  const LossInfo info = check_soft_cross_entropy(logits_in, target_in, mask_in, reduction);
+  const Reduction red = info.red;
   const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
-  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
-  const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
+  const OptTensor mask = kernel_mask(mask_in);
+  const int64_t N = info.layout.n(), C = info.layout.c(), HW = info.layout.p();
   const auto opts = logits.options().dtype(loss_dtype(logits));
-  at::Tensor log_norm = at::empty({N, logits.size(2), logits.size(3)}, opts);
+  at::Tensor log_norm = at::empty_symint(info.layout.pixel_shape, opts);
   at::Tensor loss = red == Reduction::None ? at::empty_like(log_norm) : at::empty({}, opts);
   at::Tensor denom = at::empty({}, opts);
   std::vector<double> part_loss(num_pixel_blocks(N, HW)), part_count(part_loss.size());
@@ -82,13 +76,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
 at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits_in, const at::Tensor& target_in,
                         const std::optional<at::Tensor>& mask_in, const at::Tensor& log_norm_in, const at::Tensor& denom,
                         c10::string_view reduction) {
-  check_inputs(logits_in, target_in, mask_in);
-  const Reduction red = parse_reduction(reduction, kOp);
+  const LossInfo info = check_soft_cross_entropy(logits_in, target_in, mask_in, reduction);
+  check_loss_backward(info, kOp, logits_in, grad_loss_in, denom, &log_norm_in);
+  const Reduction red = info.red;
   const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
-  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
+  const OptTensor mask = kernel_mask(mask_in);
   const at::Tensor log_norm = log_norm_in.to(loss_dtype(logits)).contiguous();
-  const at::Tensor grad_loss = prepare_grad_loss(grad_loss_in, logits, red, log_norm.sizes(), kOp);
-  const int64_t N = logits.size(0), C = logits.size(1), HW = logits.size(2) * logits.size(3);
+  const GradLoss grad_loss = prepare_grad_loss(grad_loss_in, logits, red);
+  const int64_t N = info.layout.n(), C = info.layout.c(), HW = info.layout.p();
   at::Tensor grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "soft_cross_entropy_bwd", [&] {

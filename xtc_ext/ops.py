@@ -1,24 +1,26 @@
-"""The fused loss ops: public API, autograd (including double backward) and fake kernels.
+"""The fused loss ops: public API and autograd (including double backward and torch.func support).
 
-Every op is also reachable as ``torch.ops.xtc_ext.<name>`` once :mod:`xtc_ext` is imported.
-Shared semantics (design brief):
+Every op is also reachable as ``torch.ops.xtc_ext.<name>`` once :mod:`xtc_ext` is imported. The full
+reference (shapes, dtypes, reductions, the empty-mean rule, determinism, errors) is ``docs/ops.md``.
+In short:
 
-- Inputs are NCHW, float16/bfloat16/float32/float64, all operands of one dtype; accumulation is
-  float32 (float64 for float64 inputs) and the loss is returned in float32 (float64).
-- ``reduction``: ``"mean"`` over the valid pixels of the whole batch, ``"sum"``, or ``"none"``.
-  A mean with no valid pixel is 0 with zero gradient (PyTorch returns NaN there).
-- No host synchronisation: the valid-pixel count stays on the tensor's device. Reductions add
-  fixed per-block partial sums in a fixed order, so results are bitwise deterministic.
-- Backward is correct for any upstream gradient, never overwrites saved tensors (safe with
-  ``retain_graph=True`` and repeated backward) and is itself differentiable (double backward,
-  e.g. for GradNorm), with respect to the upstream gradient and the inputs.
-- Bad input raises ``ValueError`` (shape, value), ``TypeError`` (dtype) or ``RuntimeError``
-  (device) naming the argument; labels out of range are never used as memory offsets.
+- Shapes follow PyTorch: an input is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` with the classes or
+  channels in dim 1 (``cosine_similarity_loss``: in ``dim``); the other dims are the pixels. Targets,
+  masks and ``reduction="none"`` outputs have the pixel shape ``(N, d1, ..., dk)``; a mask may also keep
+  the class dim with size 1.
+- Inputs float16/bfloat16/float32/float64, all operands of one dtype; accumulation in float32 (float64
+  for float64 inputs); the loss is float32 (float64).
+- ``reduction``: ``"mean"`` over the valid pixels of the whole batch, ``"sum"``, or ``"none"``. A mean
+  whose denominator is 0 (no valid pixel, or class weights summing to 0) is 0 with zero gradient.
+- No host synchronisation; CPU results are bitwise deterministic for any thread count.
+- Bad input raises ``ValueError`` (shape, value), ``TypeError`` (dtype) or ``RuntimeError`` (device)
+  naming the argument, in every kernel (CPU, CUDA, and the Meta kernels used by torch.compile).
 
-Internal ops: ``<name>_fwd`` returns the loss plus what the backward needs: for the two
-cross-entropies ``lse_minus_max = log sum_c exp(z_c - max_c z)`` per pixel (one fp32 per pixel,
-bounded by log C, so exact to fp32 rounding however large the logits), and the device-side
-denominator; ``<name>_bwd`` recomputes the max and the softmax from it.
+Internal ops: ``<name>_fwd`` returns the loss plus what the backward needs: for the two cross-entropies
+``lse_minus_max = log sum_c exp(z_c - max_c z)`` per pixel (one fp32 per pixel, bounded by log C, so
+exact to fp32 rounding however large the logits), and the device-side denominator; ``<name>_bwd``
+recomputes the max and the softmax from it. Their autograd is a :class:`torch.autograd.Function` with
+a separate ``setup_context`` (what :mod:`torch.func` needs: ``grad``, ``vjp``, ``jacrev``, ``vmap``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-
-from xtc_ext import reference as _reference
 
 _lib = torch.ops.xtc_ext
 
@@ -54,29 +54,33 @@ def masked_cross_entropy(
     Per valid pixel (``target != ignore_index``) with class weights ``w`` (ones if None), ``W = sum_c w_c``
     and label smoothing ``eps``: ``loss = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c w_c (lse - z_c)``;
     0 at ignored pixels. ``"mean"`` divides the sum by ``sum_valid w_y`` (the valid-pixel count without
-    weights). These are ``torch.nn.functional.cross_entropy``'s definitions, except that a mean over
-    nothing is 0 (not NaN). XTasC-Net paper Eq. 12 (direct segmentation loss) and the Align-Net
-    transfer loss (Eq. 8).
+    weights), whatever its sign, as ``torch.nn.functional.cross_entropy``; where that sum is 0 the mean
+    is 0 with zero gradient (PyTorch: NaN). XTasC-Net paper Eq. 12 (direct segmentation loss) and the
+    Align-Net transfer loss (Eq. 8); ``docs/ops.md``.
 
     Args:
-        logits: ``[N, C, H, W]`` float16/bfloat16/float32/float64 raw scores, ``C >= 1``.
-        target: ``[N, H, W]`` int64 or uint8 class indices in ``[0, C)`` or ``ignore_index``.
+        logits: ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (segmentation: ``[N, C, H, W]``)
+            float16/bfloat16/float32/float64 raw scores, ``C >= 1``.
+        target: int64 or uint8 class indices in ``[0, C)`` or ``ignore_index``, of logits' shape without
+            dim 1: ``()``, ``(N,)`` or ``(N, d1, ..., dk)``.
         ignore_index: label value of pixels to ignore (-1 for NYUv2/MTAN, 250 Cityscapes/XTasC, 255 Vandenhende).
-        weight: optional ``[C]`` floating class weights (any float dtype; used in float32).
+        weight: optional ``[C]`` class weights, float16/bfloat16/float32/float64 (used in the loss dtype);
+            any sign.
         label_smoothing: ``eps`` in ``[0, 1]``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
-        float32 (float64 for float64 logits) scalar, or ``[N, H, W]`` for ``reduction="none"``.
+        float32 (float64 for float64 logits) scalar, or the pixel shape for ``reduction="none"``.
         Gradient flows to ``logits`` only.
 
     Raises:
-        ValueError: wrong rank/shape (logits, target, weight), bad ``reduction`` or ``label_smoothing``,
-            or a target class index outside ``[0, C)`` that is not ``ignore_index``.
-        TypeError: logits or weight not floating point, or target not int64/uint8.
+        ValueError: wrong shape (logits with no class, target, weight), bad ``reduction`` or
+            ``label_smoothing``, or (CPU) a target class index outside ``[0, C)`` that is not
+            ``ignore_index``. On CUDA that last check is a device-side assert (``docs/ops.md``).
+        TypeError: logits or weight not float16/bfloat16/float32/float64, or target not int64/uint8.
         RuntimeError: tensors on different devices.
     """
-    return _lib.masked_cross_entropy(logits, target, ignore_index, weight, label_smoothing, reduction)
+    return _FUNCTIONS["masked_cross_entropy_fwd"].apply(logits, target, weight, ignore_index, label_smoothing, reduction)[0]
 
 
 def masked_l1_loss(
@@ -88,29 +92,32 @@ def masked_l1_loss(
 ) -> Tensor:
     """L1 (absolute) error over valid elements: depth loss and depth consistency.
 
-    Element ``(n,c,h,w)`` is valid when ``target != invalid_value`` (skipped if ``invalid_value`` is
-    None) and ``mask[n,h,w]`` is nonzero (if a mask is given). XTasC-Net paper Eq. 14 (direct depth
-    loss, pixels with depth 0 masked) and Eq. 15 (depth consistency against the detached direct
-    prediction: pass that as ``target``, ``invalid_value=None`` and the ground-truth validity as ``mask``).
+    An element is valid when ``target != invalid_value`` (skipped if ``invalid_value`` is None) and its
+    pixel's ``mask`` entry is nonzero (if a mask is given). XTasC-Net paper Eq. 14 (direct depth loss,
+    pixels with depth 0 masked) and Eq. 15 (depth consistency against the detached direct prediction:
+    pass that as ``target``, ``invalid_value=None`` and the ground-truth validity as ``mask``).
 
     Args:
-        pred: ``[N, C, H, W]`` float16/bfloat16/float32/float64 (depth: ``C = 1``, metres).
+        pred: any shape, float16/bfloat16/float32/float64 (depth: ``[N, 1, H, W]``, metres). The
+            channels are dim 1 (dim 0 of a 1-D input); they matter only for the mask.
         target: same shape and dtype as ``pred``.
-        mask: optional ``[N, 1, H, W]`` or ``[N, H, W]`` tensor of any dtype, nonzero = valid.
+        mask: optional per-pixel mask, ``pred``'s shape without dim 1 or with size 1 there (``[N, H, W]``
+            or ``[N, 1, H, W]``), bool, integer or floating, nonzero = valid.
         invalid_value: target value marking invalid elements (0 = missing depth), or None.
         reduction: ``"mean"`` (over valid elements of the batch), ``"sum"`` or ``"none"``.
 
     Returns:
-        float32 (float64) scalar, or a ``[N, C, H, W]`` per-element loss (0 where invalid) for
-        ``"none"``. Gradients ``sign(pred - target)`` (0 at equality) to ``pred`` and its negative
-        to ``target`` when it requires grad.
+        float32 (float64) scalar, or a per-element loss of ``pred``'s shape (0 where invalid) for
+        ``"none"``. Gradients ``sign(pred - target)`` (0 at equality) to ``pred`` and its negative to
+        ``target`` when it requires grad.
 
     Raises:
-        ValueError: wrong rank, shape mismatch, bad mask shape or ``reduction``.
-        TypeError: non-floating inputs or mismatched dtypes.
+        ValueError: shape mismatch, bad mask shape or ``reduction``, or a NaN ``invalid_value`` (NaN equals
+            no target: exclude NaN targets with ``mask``).
+        TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """
-    return _lib.masked_l1_loss(pred, target, mask, invalid_value, reduction)
+    return _FUNCTIONS["masked_l1_loss_fwd"].apply(pred, target, mask, invalid_value, reduction)[0]
 
 
 def soft_cross_entropy(
@@ -118,177 +125,204 @@ def soft_cross_entropy(
 ) -> Tensor:
     """Cross-entropy against the soft distribution ``softmax(target_logits)``; no gradient to the target.
 
-    ``loss[n,h,w] = -sum_c softmax(target_logits)[n,c,h,w] * log_softmax(logits)[n,c,h,w]``.
+    ``loss[p] = -sum_c softmax(target_logits)[c, p] * log_softmax(logits)[c, p]`` over the class dim.
     XTasC-Net paper Eq. 13: the segmentation consistency loss of the depth->segmentation transfer
     network against the (stop-gradient) direct segmentation prediction.
 
     Args:
-        logits: ``[N, C, H, W]`` float16/bfloat16/float32/float64 (the transferred prediction).
+        logits: ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` float16/bfloat16/float32/float64, ``C >= 1``.
         target_logits: same shape and dtype (the direct prediction's logits); treated as detached.
-        mask: optional ``[N, 1, H, W]`` or ``[N, H, W]``, nonzero = valid pixel.
+        mask: optional, the pixel shape (``[N, H, W]``) or with size 1 in dim 1 (``[N, 1, H, W]``),
+            nonzero = valid pixel.
         reduction: ``"mean"`` (over valid pixels of the batch), ``"sum"`` or ``"none"``.
 
     Returns:
-        float32 (float64) scalar, or ``[N, H, W]`` for ``"none"`` (0 where masked).
+        float32 (float64) scalar, or the pixel shape for ``"none"`` (0 where masked).
 
     Raises:
-        ValueError: wrong rank, shape mismatch, bad mask shape or ``reduction``.
-        TypeError: non-floating inputs or mismatched dtypes.
+        ValueError: no class, shape mismatch, bad mask shape or ``reduction``.
+        TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """
-    return _lib.soft_cross_entropy(logits, target_logits, mask, reduction)
+    return _FUNCTIONS["soft_cross_entropy_fwd"].apply(logits, target_logits, mask, reduction)[0]
 
 
 def cosine_similarity_loss(
-    a: Tensor, b: Tensor, mask: Tensor | None = None, eps: float = 1e-8, reduction: str = "mean"
+    a: Tensor, b: Tensor, mask: Tensor | None = None, eps: float = 1e-8, reduction: str = "mean", dim: int = 1
 ) -> Tensor:
-    """``1 - cos(a_p, b_p)`` per pixel over the channel dimension: MT-CP coherence and normals losses.
+    """``1 - cos(a_p, b_p)`` per pixel over dimension ``dim``: MT-CP coherence and normals losses.
 
     ``cos = <a_p, b_p> / (max(|a_p|, eps) * max(|b_p|, eps))`` (``torch.nn.functional.cosine_similarity``'s
-    eps rule). MT-CP paper §3 (coherence between main and auxiliary task representations) and its
-    surface-normal loss on unit-normalised predictions.
+    eps rule, computed without overflow or underflow of the squared norms). MT-CP paper §3 (coherence
+    between main and auxiliary task representations) and its surface-normal loss.
 
     Args:
-        a, b: ``[N, C, H, W]`` float16/bfloat16/float32/float64, same shape and dtype. Gradients flow to
-            both; detach one in the caller for a one-sided loss.
-        mask: optional ``[N, 1, H, W]`` or ``[N, H, W]``, nonzero = valid pixel.
+        a, b: float16/bfloat16/float32/float64 of one dtype; shapes equal or broadcastable (PyTorch
+            broadcasting, as ``F.cosine_similarity``). Gradients flow to both; detach one in the caller
+            for a one-sided loss.
+        mask: optional, the (broadcast) shape without ``dim`` or with size 1 there, nonzero = valid pixel.
         eps: floor of each norm, > 0.
         reduction: ``"mean"`` (over valid pixels of the batch), ``"sum"`` or ``"none"``.
+        dim: the channel dimension (default 1: ``[N, C, H, W]`` feature maps).
 
     Returns:
-        float32 (float64) scalar, or ``[N, H, W]`` for ``"none"`` (0 where masked).
+        float32 (float64) scalar, or the shape without ``dim`` for ``"none"`` (0 where masked).
 
     Raises:
-        ValueError: wrong rank, shape mismatch, bad mask shape, ``eps <= 0`` or bad ``reduction``.
-        TypeError: non-floating inputs or mismatched dtypes.
+        ValueError: shapes that do not broadcast, a zero-size ``dim``, ``dim`` out of range, bad mask
+            shape, ``eps <= 0`` or bad ``reduction``.
+        TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """
-    return _lib.cosine_similarity_loss(a, b, mask, eps, reduction)
+    if a.shape != b.shape and isinstance(b, Tensor):
+        try:
+            a, b = torch.broadcast_tensors(a, b)
+        except RuntimeError:
+            raise ValueError(
+                f"cosine_similarity_loss: b must have the shape of a {tuple(a.shape)} or broadcast with it, "
+                f"got {tuple(b.shape)}"
+            ) from None
+    return _FUNCTIONS["cosine_similarity_loss_fwd"].apply(a, b, mask, eps, reduction, dim)[0]
 
 
 def sigmoid_gate(x: Tensor, gate_logits: Tensor) -> Tensor:
     """``x * sigmoid(gate_logits)`` elementwise, forward and backward fused (MT-CP CFM per-pixel gates).
 
+    Exact to one rounding of the result over the whole range (a gate of -100 on ``x = 1e30`` gives
+    3.72e-14 in float32); the output keeps ``x``'s memory format (channels_last stays channels_last).
+
     Args:
         x: float16/bfloat16/float32/float64 tensor of any shape (MT-CP: ``[N, C, H, W]`` features).
-        gate_logits: same shape and dtype as ``x``.
+        gate_logits: same shape and dtype as ``x`` (no broadcasting).
 
     Returns:
-        Tensor of ``x``'s shape and dtype (computed in float32, or float64). Gradients to both inputs.
+        Tensor of ``x``'s shape, dtype and memory format (computed in float32, or float64). Gradients to
+        both inputs.
 
     Raises:
-        ValueError: shape mismatch. TypeError: non-floating or mismatched dtypes. RuntimeError: devices differ.
+        ValueError: shape mismatch. TypeError: dtypes not float16/bfloat16/float32/float64 or mismatched.
+        RuntimeError: devices differ.
     """
-    return _lib.sigmoid_gate(x, gate_logits)
+    return _FUNCTIONS["sigmoid_gate"].apply(x, gate_logits)
 
 
 # ----------------------------------------------------------------------------------------------
-# Fake (meta) kernels: shapes and dtypes for torch.compile / FakeTensor tracing.
+# Autograd: per internal op a torch.autograd.Function with a separate setup_context (the form torch.func
+# requires; torch.library.register_autograd's generated Function has none). The public functions above
+# apply it directly, so torch.func transforms see it (an autograd.Function applied from inside a
+# dispatcher kernel is invisible to them); it is also the op's Autograd kernel, so that
+# torch.ops.xtc_ext.* calls are differentiable too. Its forward calls the op with grad disabled, which
+# dispatches below autograd to the device or Meta kernel.
+
+_autograd_lib = torch.library.Library("xtc_ext", "FRAGMENT")
+_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {}
 
 
-def _loss_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _register_autograd(name: str, setup_context: Callable, backward: Callable) -> None:
+    op = getattr(_lib, name).default
 
+    def forward(*args):
+        return op(*args)
 
-def _fake_ce_like(op: str, logits: Tensor, other: Tensor, other_shape, reduction: str):
-    torch._check(logits.dim() == 4, lambda: f"{op}: logits must be a 4-D tensor, got {tuple(logits.shape)}")
-    N, _, H, W = logits.shape
-    torch._check(tuple(other.shape) == tuple(other_shape(N, H, W, logits)), lambda: f"{op}: shape mismatch")
-    lse = logits.new_empty((N, H, W), dtype=_loss_dtype(logits))
-    loss = lse.new_empty((N, H, W) if reduction == "none" else ())
-    return loss, lse, lse.new_empty(())
-
-
-@torch.library.register_fake("xtc_ext::masked_cross_entropy_fwd")
-def _(logits, target, weight, ignore_index, label_smoothing, reduction):
-    return _fake_ce_like("masked_cross_entropy", logits, target, lambda N, H, W, x: (N, H, W), reduction)
-
-
-@torch.library.register_fake("xtc_ext::soft_cross_entropy_fwd")
-def _(logits, target_logits, mask, reduction):
-    return _fake_ce_like("soft_cross_entropy", logits, target_logits, lambda N, H, W, x: x.shape, reduction)
-
-
-@torch.library.register_fake("xtc_ext::masked_l1_loss_fwd")
-def _(pred, target, mask, invalid_value, reduction):
-    torch._check(pred.dim() == 4, lambda: f"masked_l1_loss: pred must be a 4-D tensor, got {tuple(pred.shape)}")
-    torch._check(pred.shape == target.shape, lambda: "masked_l1_loss: target must have the shape of pred")
-    loss = pred.new_empty(pred.shape if reduction == "none" else (), dtype=_loss_dtype(pred))
-    return loss, loss.new_empty(())
-
-
-@torch.library.register_fake("xtc_ext::cosine_similarity_loss_fwd")
-def _(a, b, mask, eps, reduction):
-    torch._check(a.dim() == 4, lambda: f"cosine_similarity_loss: a must be a 4-D tensor, got {tuple(a.shape)}")
-    torch._check(a.shape == b.shape, lambda: "cosine_similarity_loss: b must have the shape of a")
-    N, _, H, W = a.shape
-    loss = a.new_empty((N, H, W) if reduction == "none" else (), dtype=_loss_dtype(a))
-    return loss, loss.new_empty(())
-
-
-@torch.library.register_fake("xtc_ext::cosine_similarity_loss_bwd")
-def _(grad_loss, a, b, mask, denom, eps, reduction):
-    return (
-        torch.empty_like(a, memory_format=torch.contiguous_format),
-        torch.empty_like(b, memory_format=torch.contiguous_format),
+    function = type(
+        f"{name}_autograd",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(forward),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward),
+            "generate_vmap_rule": True,
+        },
     )
 
+    def autograd_kernel(keyset, *args):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            return function.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
-@torch.library.register_fake("xtc_ext::sigmoid_gate")
-def _(x, gate_logits):
-    torch._check(x.shape == gate_logits.shape, lambda: "sigmoid_gate: gate_logits must have the shape of x")
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("xtc_ext::sigmoid_gate_bwd")
-def _(grad_out, x, gate_logits):
-    return (
-        torch.empty_like(x, memory_format=torch.contiguous_format),
-        torch.empty_like(x, memory_format=torch.contiguous_format),
-    )
+    _autograd_lib.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+    _FUNCTIONS[name] = function
 
 
-def _fake_grad(grad_loss, x, *rest):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _call(name: str, *args):
+    """The internal op ``name``, differentiable: under torch.func through its autograd.Function applied here
+    (the transforms do not see one applied inside a dispatcher kernel), else through the dispatcher (whose
+    Autograd kernel applies the same Function; what torch.compile traces)."""
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return _FUNCTIONS[name].apply(*args)
+    return getattr(_lib, name)(*args)
 
 
-for _name in ("masked_cross_entropy_bwd", "masked_l1_loss_bwd", "soft_cross_entropy_bwd"):
-    torch.library.register_fake(f"xtc_ext::{_name}", _fake_grad)
+def _class_dim(x: Tensor) -> int:
+    return 1 if x.dim() >= 2 else 0
 
 
-# ----------------------------------------------------------------------------------------------
-# Autograd of the *_fwd ops: the backward calls the *_bwd op with the saved log-sum-exp.
+def _valid_pixels(mask: Tensor | None, pixel_shape, cdim: int, device) -> Tensor:
+    """A mask in either documented form as a bool tensor of the pixel shape (all True without mask)."""
+    if mask is None:
+        return torch.ones(pixel_shape, dtype=torch.bool, device=device)
+    m = mask != 0
+    return m.squeeze(cdim) if m.dim() == len(pixel_shape) + 1 else m
+
+
+# First order: the *_fwd ops call their *_bwd op with the saved tensors.
 
 
 def _ce_setup(ctx, inputs, output):
     logits, target, weight, ignore_index, label_smoothing, reduction = inputs
     _, lse, denom = output
+    ctx.mark_non_differentiable(lse, denom)
     ctx.save_for_backward(logits, target, weight, lse, denom)
     ctx.args = (ignore_index, label_smoothing, reduction)
 
 
 def _ce_backward(ctx, grad_loss, _grad_lse, _grad_denom):
     logits, target, weight, lse, denom = ctx.saved_tensors
-    grad = _lib.masked_cross_entropy_bwd(grad_loss, logits, target, weight, lse, denom, *ctx.args)
+    grad = _call("masked_cross_entropy_bwd", grad_loss, logits, target, weight, lse, denom, *ctx.args)
     return grad, None, None, None, None, None
 
 
+def _soft_ce_setup(ctx, inputs, output):
+    logits, target_logits, mask, reduction = inputs
+    _, lse, denom = output
+    ctx.mark_non_differentiable(lse, denom)
+    ctx.save_for_backward(logits, target_logits, mask, lse, denom)
+    ctx.reduction = reduction
+
+
+def _soft_ce_backward(ctx, grad_loss, _grad_lse, _grad_denom):
+    logits, target_logits, mask, lse, denom = ctx.saved_tensors
+    grad = _call("soft_cross_entropy_bwd", grad_loss, logits, target_logits, mask, lse, denom, ctx.reduction)
+    return grad, None, None, None
+
+
+def _l1_setup(ctx, inputs, output):
+    pred, target, mask, invalid_value, reduction = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(pred, target, mask, output[1])
+    ctx.args = (invalid_value, reduction)
+
+
+def _l1_backward(ctx, grad_loss, _grad_denom):
+    pred, target, mask, denom = ctx.saved_tensors
+    grad = _call("masked_l1_loss_bwd", grad_loss, pred, target, mask, denom, *ctx.args)
+    grad_target = -grad if ctx.needs_input_grad[1] else None
+    return grad, grad_target, None, None, None
+
+
 def _cos_setup(ctx, inputs, output):
-    a, b, mask, eps, reduction = inputs
+    a, b, mask, eps, reduction, dim = inputs
+    ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(a, b, mask, output[1])
-    ctx.args = (eps, reduction)
+    ctx.args = (eps, reduction, dim)
 
 
 def _cos_backward(ctx, grad_loss, _grad_denom):
     a, b, mask, denom = ctx.saved_tensors
-    grad_a, grad_b = _lib.cosine_similarity_loss_bwd(grad_loss, a, b, mask, denom, *ctx.args)
-    return (
-        grad_a if ctx.needs_input_grad[0] else None,
-        grad_b if ctx.needs_input_grad[1] else None,
-        None,
-        None,
-        None,
-    )
+    grad_a, grad_b = _call("cosine_similarity_loss_bwd", grad_loss, a, b, mask, denom, *ctx.args)
+    needs = ctx.needs_input_grad
+    return grad_a if needs[0] else None, grad_b if needs[1] else None, None, None, None, None
 
 
 def _gate_setup(ctx, inputs, output):
@@ -297,41 +331,8 @@ def _gate_setup(ctx, inputs, output):
 
 def _gate_backward(ctx, grad_out):
     x, gate_logits = ctx.saved_tensors
-    grad_x, grad_gate = _lib.sigmoid_gate_bwd(grad_out, x, gate_logits)
+    grad_x, grad_gate = _call("sigmoid_gate_bwd", grad_out, x, gate_logits)
     return grad_x if ctx.needs_input_grad[0] else None, grad_gate if ctx.needs_input_grad[1] else None
-
-
-def _soft_ce_setup(ctx, inputs, output):
-    logits, target_logits, mask, reduction = inputs
-    _, lse, denom = output
-    ctx.save_for_backward(logits, target_logits, mask, lse, denom)
-    ctx.reduction = reduction
-
-
-def _soft_ce_backward(ctx, grad_loss, _grad_lse, _grad_denom):
-    logits, target_logits, mask, lse, denom = ctx.saved_tensors
-    grad = _lib.soft_cross_entropy_bwd(grad_loss, logits, target_logits, mask, lse, denom, ctx.reduction)
-    return grad, None, None, None
-
-
-def _l1_setup(ctx, inputs, output):
-    pred, target, mask, invalid_value, reduction = inputs
-    ctx.save_for_backward(pred, target, mask, output[1])
-    ctx.args = (invalid_value, reduction)
-
-
-def _l1_backward(ctx, grad_loss, _grad_denom):
-    pred, target, mask, denom = ctx.saved_tensors
-    grad = _lib.masked_l1_loss_bwd(grad_loss, pred, target, mask, denom, *ctx.args)
-    grad_target = -grad if ctx.needs_input_grad[1] else None
-    return grad, grad_target, None, None, None
-
-
-torch.library.register_autograd("xtc_ext::masked_cross_entropy_fwd", _ce_backward, setup_context=_ce_setup)
-torch.library.register_autograd("xtc_ext::soft_cross_entropy_fwd", _soft_ce_backward, setup_context=_soft_ce_setup)
-torch.library.register_autograd("xtc_ext::masked_l1_loss_fwd", _l1_backward, setup_context=_l1_setup)
-torch.library.register_autograd("xtc_ext::cosine_similarity_loss_fwd", _cos_backward, setup_context=_cos_setup)
-torch.library.register_autograd("xtc_ext::sigmoid_gate", _gate_backward, setup_context=_gate_setup)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,25 +347,30 @@ def _acc(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def _grad_of_grad_loss(bwd: Callable[[Tensor], Tensor], grad_loss: Tensor, v: Tensor) -> Tensor:
+def _grad_of_grad_loss(bwd: Callable[[Tensor], Tensor], grad_loss: Tensor, v: Tensor, cdim: int) -> Tensor:
     prod = _acc(v) * _acc(bwd(torch.ones_like(grad_loss)))
     if grad_loss.dim() == 0:
         prod = prod.sum()
     elif prod.shape != grad_loss.shape:
-        prod = prod.sum(dim=1)
+        prod = prod.sum(dim=cdim)
     return prod.to(grad_loss.dtype)
 
 
-def _pixel_scale(grad_loss: Tensor, denom: Tensor, reduction: str, valid: Tensor) -> Tensor:
-    scale = grad_loss / denom if reduction == "mean" else grad_loss
-    return _acc(scale) * valid
+def _mean_scale(grad_loss: Tensor, denom: Tensor, reduction: str) -> Tensor:
+    """The upstream scale of every pixel: grad_loss / denom for mean (0 where denom is 0), else grad_loss."""
+    if reduction != "mean":
+        return _acc(grad_loss)
+    d = _acc(denom)
+    nonzero = d != 0
+    return torch.where(nonzero, _acc(grad_loss) / torch.where(nonzero, d, torch.ones_like(d)), torch.zeros_like(d))
 
 
 def _softmax_hvp(logits: Tensor, lse_minus_max: Tensor, v: Tensor, scale: Tensor) -> Tensor:
+    cdim = _class_dim(logits)
     z = _acc(logits)
-    p = torch.exp(z - z.amax(dim=1, keepdim=True) - lse_minus_max.unsqueeze(1))
+    p = torch.exp(z - z.amax(dim=cdim, keepdim=True) - lse_minus_max.unsqueeze(cdim))
     vv = _acc(v)
-    return (scale.unsqueeze(1) * p * (vv - (p * vv).sum(dim=1, keepdim=True))).to(logits.dtype)
+    return (scale.unsqueeze(cdim) * p * (vv - (p * vv).sum(dim=cdim, keepdim=True))).to(logits.dtype)
 
 
 def _ce_bwd_setup(ctx, inputs, output):
@@ -379,19 +385,26 @@ def _ce_bwd_backward(ctx, v):
     gg = gz = None
     if ctx.needs_input_grad[0]:
         gg = _grad_of_grad_loss(
-            lambda g: _lib.masked_cross_entropy_bwd(g, logits, target, weight, lse, denom, *ctx.args), grad_loss, v
+            lambda g: _call("masked_cross_entropy_bwd", g, logits, target, weight, lse, denom, *ctx.args),
+            grad_loss,
+            v,
+            _class_dim(logits),
         )
     if ctx.needs_input_grad[1]:
-        # The logits Hessian of pixel p is A_p (diag(p) - p p^T), A_p = (1 - eps) w_y + (eps / C) W.
+        # The logits Hessian of pixel p is A_p (diag(p) - p p^T), A_p = (1 - eps) w_y + (eps / C) W; the
+        # smoothing term is left out without smoothing (an inf weight of an absent class stays harmless).
         t = target.long()
         valid = t != ignore_index
-        C = logits.shape[1]
+        C = logits.shape[_class_dim(logits)]
         if weight is None:
             curvature = torch.ones_like(lse)
         else:
             w = _acc(weight)
-            curvature = (1 - eps) * w[torch.where(valid, t, 0)] + (eps / C) * w.sum()
-        gz = _softmax_hvp(logits, lse, v, _pixel_scale(grad_loss, denom, reduction, valid) * curvature)
+            curvature = (1 - eps) * w[torch.where(valid, t, 0)]
+            if eps > 0:
+                curvature = curvature + (eps / C) * w.sum()
+        scale = _mean_scale(grad_loss, denom, reduction) * valid * curvature
+        gz = _softmax_hvp(logits, lse, v, scale)
     return gg, gz, None, None, None, None, None, None, None
 
 
@@ -406,13 +419,14 @@ def _soft_ce_bwd_backward(ctx, v):
     gg = gz = None
     if ctx.needs_input_grad[0]:
         gg = _grad_of_grad_loss(
-            lambda g: _lib.soft_cross_entropy_bwd(g, logits, target_logits, mask, lse, denom, ctx.reduction),
+            lambda g: _call("soft_cross_entropy_bwd", g, logits, target_logits, mask, lse, denom, ctx.reduction),
             grad_loss,
             v,
+            _class_dim(logits),
         )
     if ctx.needs_input_grad[1]:
-        valid = torch.ones_like(lse, dtype=torch.bool) if mask is None else mask
-        gz = _softmax_hvp(logits, lse, v, _pixel_scale(grad_loss, denom, ctx.reduction, valid))
+        valid = _valid_pixels(mask, lse.shape, _class_dim(logits), lse.device)
+        gz = _softmax_hvp(logits, lse, v, _mean_scale(grad_loss, denom, ctx.reduction) * valid)
     return gg, gz, None, None, None, None, None
 
 
@@ -427,14 +441,14 @@ def _l1_bwd_backward(ctx, v):
     gg = None
     if ctx.needs_input_grad[0]:
         gg = _grad_of_grad_loss(
-            lambda g: _lib.masked_l1_loss_bwd(g, pred, target, mask, denom, *ctx.args), grad_loss, v
+            lambda g: _call("masked_l1_loss_bwd", g, pred, target, mask, denom, *ctx.args), grad_loss, v, 1
         )
     return gg, None, None, None, None, None, None
 
 
 def _eager_second_order(loss_fn, inputs, grad_loss, v, needs):
     """Gradients of ``<v, d(grad_loss * loss_fn(inputs))/d inputs>`` w.r.t. (grad_loss, *inputs), by
-    double autograd through the eager reference ``loss_fn``: used where the closed form is long."""
+    double autograd through ``loss_fn`` (which mirrors the op's forward): used where the closed form is long."""
     with torch.enable_grad():
         xs = [x.detach().requires_grad_() for x in inputs]
         g = grad_loss.detach().requires_grad_()
@@ -445,22 +459,41 @@ def _eager_second_order(loss_fn, inputs, grad_loss, v, needs):
     return [o if (n and o is not None) else (torch.zeros_like(w) if n else None) for o, w, n in zip(out, wrt, needs)]
 
 
+def _cos_per_pixel(a: Tensor, b: Tensor, eps: float, dim: int) -> Tensor:
+    """1 - cos per pixel exactly as the op computes it (in float64): a norm at or below eps is floored to
+    the constant eps, so the loss is linear in that vector there (no derivative through the floor)."""
+    a, b = a.double(), b.double()
+    if a.dim() == 0:
+        a, b = a.unsqueeze(0), b.unsqueeze(0)
+
+    def floored_norm(x):
+        sq = (x * x).sum(dim)
+        big = sq > eps * eps
+        return torch.where(big, torch.sqrt(torch.where(big, sq, torch.ones_like(sq))), torch.full_like(sq, eps))
+
+    return 1 - (a * b).sum(dim) / floored_norm(a) / floored_norm(b)
+
+
 def _cos_bwd_setup(ctx, inputs, output):
-    grad_loss, a, b, mask, denom, eps, reduction = inputs
+    grad_loss, a, b, mask, denom, eps, reduction, dim = inputs
     ctx.save_for_backward(grad_loss, a, b, mask, denom)
-    ctx.args = (eps, reduction)
+    ctx.args = (eps, reduction, dim)
 
 
 def _cos_bwd_backward(ctx, va, vb):
     grad_loss, a, b, mask, denom = ctx.saved_tensors
-    eps, reduction = ctx.args
+    eps, reduction, dim = ctx.args
 
     def loss_fn(a_, b_):
-        per = _reference.cosine_similarity_loss(a_, b_, mask, eps, "none")
-        return per if reduction == "none" else per.sum() / (denom if reduction == "mean" else 1)
+        per = _cos_per_pixel(a_, b_, eps, dim)
+        cdim = dim % max(a_.dim(), 1)
+        per = torch.where(_valid_pixels(mask, per.shape, cdim, per.device), per, torch.zeros_like(per))
+        if reduction == "none":
+            return per
+        return per.sum() * (_mean_scale(torch.ones_like(grad_loss), denom, reduction) if reduction == "mean" else 1)
 
     gg, ga, gb = _eager_second_order(loss_fn, (a, b), grad_loss, (va, vb), ctx.needs_input_grad[:3])
-    return gg, ga, gb, None, None, None, None
+    return gg, ga, gb, None, None, None, None, None
 
 
 def _gate_bwd_setup(ctx, inputs, output):
@@ -471,17 +504,118 @@ def _gate_bwd_backward(ctx, vx, vg):
     grad_out, x, gate_logits = ctx.saved_tensors
     return tuple(
         _eager_second_order(
-            lambda x_, g_: x_ * torch.sigmoid(g_), (x, gate_logits), grad_out, (vx, vg), ctx.needs_input_grad
+            lambda x_, g_: x_.double() * torch.sigmoid(g_.double()),
+            (x, gate_logits),
+            grad_out,
+            (vx, vg),
+            ctx.needs_input_grad,
         )
     )
 
 
-torch.library.register_autograd("xtc_ext::masked_cross_entropy_bwd", _ce_bwd_backward, setup_context=_ce_bwd_setup)
-torch.library.register_autograd(
-    "xtc_ext::cosine_similarity_loss_bwd", _cos_bwd_backward, setup_context=_cos_bwd_setup
-)
-torch.library.register_autograd("xtc_ext::sigmoid_gate_bwd", _gate_bwd_backward, setup_context=_gate_bwd_setup)
-torch.library.register_autograd(
-    "xtc_ext::soft_cross_entropy_bwd", _soft_ce_bwd_backward, setup_context=_soft_ce_bwd_setup
-)
-torch.library.register_autograd("xtc_ext::masked_l1_loss_bwd", _l1_bwd_backward, setup_context=_l1_bwd_setup)
+for _name, _setup, _backward in (
+    ("masked_cross_entropy_fwd", _ce_setup, _ce_backward),
+    ("soft_cross_entropy_fwd", _soft_ce_setup, _soft_ce_backward),
+    ("masked_l1_loss_fwd", _l1_setup, _l1_backward),
+    ("cosine_similarity_loss_fwd", _cos_setup, _cos_backward),
+    ("sigmoid_gate", _gate_setup, _gate_backward),
+    ("masked_cross_entropy_bwd", _ce_bwd_setup, _ce_bwd_backward),
+    ("soft_cross_entropy_bwd", _soft_ce_bwd_setup, _soft_ce_bwd_backward),
+    ("masked_l1_loss_bwd", _l1_bwd_setup, _l1_bwd_backward),
+    ("cosine_similarity_loss_bwd", _cos_bwd_setup, _cos_bwd_backward),
+    ("sigmoid_gate_bwd", _gate_bwd_setup, _gate_bwd_backward),
+):
+    _register_autograd(_name, _setup, _backward)
+
+
+
+# ----------------------------------------------------------------------------------------------
+# vmap batching rules (torch.library.register_vmap; they replace PyTorch's slow per-sample fallback).
+# sigmoid_gate is elementwise: the batch is one more leading dim. A loss sees the vmapped dim as more
+# pixels: merged into N (the class dim stays 1; a per-sample (C,) input becomes (B, C)), or, for
+# cosine_similarity_loss, kept in front with dim shifted by one. Backward calls of mean/sum become
+# reduction="none" calls with each sample's upstream scale (grad_loss / denom) at its pixels. Forward
+# calls of mean/sum (per-sample denominators) and batched class weights run once per sample.
+
+# Per op: the role of each argument (x: an input with a class dim, p: per-pixel, w: class weights,
+# g: grad_loss, d: denom, -: not a tensor) and the position of reduction.
+_VMAP_ROLES = {
+    "masked_cross_entropy_fwd": ("xpw---", 5),
+    "masked_cross_entropy_bwd": ("gxpwpd---", 8),
+    "soft_cross_entropy_fwd": ("xxp-", 3),
+    "soft_cross_entropy_bwd": ("gxxppd-", 6),
+    "masked_l1_loss_fwd": ("xxp--", 4),
+    "masked_l1_loss_bwd": ("gxxpd--", 6),
+    "cosine_similarity_loss_fwd": ("xxp---", 4),
+    "cosine_similarity_loss_bwd": ("gxxpd---", 6),
+}
+
+
+def _vmap_gate(op):
+    def rule(info, in_dims, *args):
+        moved = [a.movedim(d, 0) if d is not None else a.expand(info.batch_size, *a.shape) for a, d in zip(args, in_dims)]
+        out = op(*moved)
+        return out, (0,) * len(out) if isinstance(out, tuple) else 0
+
+    return rule
+
+
+def _vmap_loss(name):
+    op = getattr(_lib, name).default
+    roles, red_at = _VMAP_ROLES[name]
+    cosine = name.startswith("cosine")
+
+    def per_sample(info, in_dims, args):
+        outs = [op(*[a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)])
+                for i in range(info.batch_size)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+        return torch.stack(outs), 0
+
+    def rule(info, in_dims, *args):
+        args, reduction, batch = list(args), args[red_at], info.batch_size
+        weight_batched = any(r == "w" and d is not None for r, d in zip(roles, in_dims))
+        if weight_batched or (roles[0] != "g" and reduction != "none"):
+            return per_sample(info, in_dims, args)
+        for i, (a, d) in enumerate(zip(args, in_dims)):
+            if isinstance(a, Tensor) and roles[i] != "w":
+                args[i] = a.movedim(d, 0) if d is not None else a.expand(batch, *a.shape)
+        x = args[roles.index("x")]
+        if roles[0] == "g":  # a per-pixel upstream gradient; the (unused) denominator one 0-D value
+            g, d = args[0], args[roles.index("d")]
+            if reduction != "none":
+                scale = _mean_scale(g, d, reduction).to(g.dtype)
+                none_shape = x.shape if name.startswith("masked_l1") else _pixel_shape(x, args, cosine)
+                args[0] = scale.view(batch, *[1] * (len(none_shape) - 1)).expand(none_shape)
+                args[red_at] = "none"
+            args[roles.index("d")] = torch.ones((), dtype=d.dtype, device=d.device)
+        scalar_samples = cosine and x.dim() == 1  # per-sample 0-D vectors: one channel each
+        fold = not cosine and x.dim() >= 3  # per-sample (N, C, ...): merge the batch into N
+        if cosine:  # the batch joins the leading dims; dim moves one to the right
+            args = [a.unsqueeze(-1) if r == "x" and scalar_samples else a for a, r in zip(args, roles)]
+            args[-1] = (args[-1] % max(x.dim() - 1, 1)) + 1
+        if fold:
+            args = [a.flatten(0, 1) if isinstance(a, Tensor) and r in "xpg" and a.dim() >= 2 else a
+                    for a, r in zip(args, roles)]
+        out = op(*args)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        if fold:
+            outs = [o.unflatten(0, (batch, -1)) if o.dim() >= 1 else o for o in outs]
+        if scalar_samples and roles[0] == "g":
+            outs = [o.squeeze(-1) for o in outs]
+        outs = [o if o.dim() >= 1 else o.expand(batch) for o in outs]  # a denominator of the whole batch
+        return (tuple(outs), (0,) * len(outs)) if isinstance(out, tuple) else (outs[0], 0)
+
+    return rule
+
+
+def _pixel_shape(x: Tensor, args, cosine: bool) -> tuple:
+    """Batched pixel shape of x (batch first): without its class dim (cosine: without dim)."""
+    cdim = ((args[-1] % max(x.dim() - 1, 1)) + 1) if cosine else (2 if x.dim() >= 3 else 1)
+    return tuple(s for i, s in enumerate(x.shape) if i != cdim)
+
+
+for _name in ("sigmoid_gate", "sigmoid_gate_bwd"):
+    torch.library.register_vmap(f"xtc_ext::{_name}", _vmap_gate(getattr(_lib, _name).default), lib=_autograd_lib)
+for _name in _VMAP_ROLES:
+    torch.library.register_vmap(f"xtc_ext::{_name}", _vmap_loss(_name), lib=_autograd_lib)
