@@ -66,12 +66,16 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(root, tmp_pa
 
 
 def test_resume_under_torchrun_is_exact(root, tmp_path):
-    _torchrun(2, _argv(root, tmp_path / "straight"), tmp_path)
-    _torchrun(2, _argv(root, tmp_path / "split", "--epochs", "1"), tmp_path)
+    """With the contrastive regularizer on: its projectors' gradients are synchronised and its draws follow the
+    checkpointed generator on every rank."""
+    reg = ("--contrastive", "--contrastive-anchors", "16")
+    _torchrun(2, _argv(root, tmp_path / "straight", *reg), tmp_path)
+    _torchrun(2, _argv(root, tmp_path / "split", *reg, "--epochs", "1"), tmp_path)
     _torchrun(2, ["--resume", str(tmp_path / "split" / "last.pt"), "--epochs", "2"], tmp_path)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
-    assert len(b["rng_ranks"]) == 2
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert len(b["rng_ranks"]) == 2 and b["auxiliary"]
+    for part in ("model", "auxiliary"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("straight", "split"))
     assert ma["step_losses"] == mb["step_losses"] and ma["test"] == mb["test"]
