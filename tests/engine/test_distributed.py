@@ -4,6 +4,7 @@ alone writes, and resume under torchrun is exact."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,17 +49,19 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(root, tmp_pa
     a = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
     assert a["world_size"] == 2 and b["world_size"] == 1 and a["step"] == b["step"] == 2 * a["epoch"]
+    # Float tolerance: the ranks' gradients are summed in another order than one process sums its batch, and
+    # Adam (lr 1e-3) turns rounding differences of near-zero gradient entries into updates of up to ~lr.
     for part in ("model", "weighting"):
         for k in a[part]:
-            torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-5, atol=1e-6, msg=f"{part}.{k}")
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-4, atol=1e-4)
     wa = [w for r in a["history"] for w in r["task_weights"]]
     wb = [w for r in b["history"] for w in r["task_weights"]]
     assert wa[-2:] != [1.0, 1.0] and wa == pytest.approx(wb, rel=1e-5)
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("two", "one"))
     assert ma["step_losses"] == pytest.approx(mb["step_losses"], rel=1e-5)
     assert ma["test"]["num_samples"] == mb["test"]["num_samples"] == 5  # val split, 3 + 2 shards, no padding
-    for key in ("mIoU", "pixel_acc", "abs_err", "rel_err", "rmse", "loss"):
-        assert ma["test"][key] == pytest.approx(mb["test"][key], rel=1e-4), key
+    for key in ("mIoU", "pixel_acc", "abs_err", "rel_err", "rmse", "loss"):  # weights equal to float tolerance
+        assert ma["test"][key] == pytest.approx(mb["test"][key], rel=1e-3, abs=2e-3), key
     assert (ma["world_size"], ma["batch_size_per_rank"], ma["batch_size_global"]) == (2, 2, 4)
     record = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
     assert (record["world_size"], record["batch_size_per_rank"]) == (2, 2) and "val_mIoU" in record
@@ -79,3 +82,19 @@ def test_resume_under_torchrun_is_exact(root, tmp_path):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("straight", "split"))
     assert ma["step_losses"] == mb["step_losses"] and ma["test"] == mb["test"]
+
+
+def test_an_evaluation_on_two_processes_equals_one_on_one_process(root, tmp_path):
+    """The same checkpoint tested by 2 processes (shards of 3 and 2 samples, no padding, all-reduced sums) and
+    by 1 process: resuming a finished run only runs its test."""
+    _torchrun(2, _argv(root, tmp_path / "run", "--epochs", "1"), tmp_path)
+    for name in ("two", "one"):
+        shutil.copytree(tmp_path / "run", tmp_path / name)
+    _torchrun(2, ["--resume", str(tmp_path / "two" / "last.pt"), "--output-dir", str(tmp_path / "two")], tmp_path)
+    _torchrun(1, ["--resume", str(tmp_path / "one" / "last.pt"), "--output-dir", str(tmp_path / "one")], tmp_path)
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text())["test"] for d in ("two", "one"))
+    assert ma["num_samples"] == mb["num_samples"] == 5
+    for key, value in mb.items():  # meters: exact sums; mean losses: float32 batch losses in another grouping
+        if isinstance(value, float):
+            rel = 1e-6 if key.endswith("loss") else 1e-9
+            assert ma[key] == pytest.approx(value, rel=rel, abs=1e-12), key
