@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from xtc_ext.cli import build_parser as build_train_parser
 from xtc_ext.data import DATASETS, get_dataset
 from xtc_ext.engine import CheckpointError, evaluate, load_checkpoint, resolve_device
+from xtc_ext.engine.runtime import AMP_CHOICES, resolve_amp, resolve_channels_last
 from xtc_ext.engine.logs import write_json
 from xtc_ext.metrics import format_metrics_table
 from xtc_ext.recipes import get_recipe
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed forward passes before timing")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--amp", choices=AMP_CHOICES, default=None,
+                   help="autocast of the forward passes (default: the training run's --amp, so the metrics match its "
+                   "test); the memory format follows the run's --channels-last")
     p.add_argument("--num-figures", type=int, default=0, help="also save PNG figures of this many samples next to --output")
     p.add_argument("--output", default=None, metavar="JSON", help="write the results to this JSON file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
@@ -106,9 +110,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
     spec = get_dataset(run.dataset)
     recipe = get_recipe(run.model)(run, spec)
     device = resolve_device(args.device)
+    amp = resolve_amp(args.amp or run.amp, device)
+    channels_last = resolve_channels_last(run.channels_last, device, amp)
     model = recipe.build_model()
     model.load_state_dict(state["model"])
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     epoch = state.get("epoch")
     del state
     split = "frames" if spec.test_split is None else args.split
@@ -117,8 +123,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
                          normalize=bool(run.normalize), depth_scaling=run.depth_scaling, tasks=recipe.tasks)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         pin_memory=device.type == "cuda")
-    metrics = evaluate(model, loader, recipe, device, time_inference=True, warmup=args.warmup,
-                       progress=args.progress, desc="evaluate")
+    metrics = evaluate(model, loader, recipe, device, amp=amp, channels_last=channels_last, time_inference=True,
+                       warmup=args.warmup, progress=args.progress, desc="evaluate")
     result: Dict[str, Any] = {
         "checkpoint": str(args.checkpoint), "epoch": epoch, "model": recipe.name, "variant": run.model,
         "tasks": list(recipe.tasks), "dataset": run.dataset, "data_root": str(run.data_root), "split": split,
@@ -126,7 +132,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
         "num_parameters": sum(p.numel() for p in model.parameters()), "batch_size": args.batch_size,
         "inference_ms_per_image": metrics.get("inference_ms_per_image"),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "torch_version": torch.__version__, "metrics": metrics,
+        "torch_version": torch.__version__, "amp": str(amp).replace("torch.", "") if amp else "none",
+        "channels_last": channels_last, "metrics": metrics,
     }
     if args.baseline:
         result.update(recipe.delta_m(metrics, args.baseline))
