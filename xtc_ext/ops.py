@@ -80,7 +80,7 @@ def masked_cross_entropy(
         TypeError: logits or weight not float16/bfloat16/float32/float64, or target not int64/uint8.
         RuntimeError: tensors on different devices.
     """
-    return _FUNCTIONS["masked_cross_entropy_fwd"].apply(logits, target, weight, ignore_index, label_smoothing, reduction)[0]
+    return _call("masked_cross_entropy_fwd", logits, target, weight, ignore_index, label_smoothing, reduction)[0]
 
 
 def masked_l1_loss(
@@ -117,7 +117,7 @@ def masked_l1_loss(
         TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """
-    return _FUNCTIONS["masked_l1_loss_fwd"].apply(pred, target, mask, invalid_value, reduction)[0]
+    return _call("masked_l1_loss_fwd", pred, target, mask, invalid_value, reduction)[0]
 
 
 def soft_cross_entropy(
@@ -144,7 +144,7 @@ def soft_cross_entropy(
         TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """
-    return _FUNCTIONS["soft_cross_entropy_fwd"].apply(logits, target_logits, mask, reduction)[0]
+    return _call("soft_cross_entropy_fwd", logits, target_logits, mask, reduction)[0]
 
 
 def cosine_similarity_loss(
@@ -182,7 +182,7 @@ def cosine_similarity_loss(
                 f"cosine_similarity_loss: b must have the shape of a {tuple(a.shape)} or broadcast with it, "
                 f"got {tuple(b.shape)}"
             ) from None
-    return _FUNCTIONS["cosine_similarity_loss_fwd"].apply(a, b, mask, eps, reduction, dim)[0]
+    return _call("cosine_similarity_loss_fwd", a, b, mask, eps, reduction, dim)[0]
 
 
 def sigmoid_gate(x: Tensor, gate_logits: Tensor) -> Tensor:
@@ -203,7 +203,7 @@ def sigmoid_gate(x: Tensor, gate_logits: Tensor) -> Tensor:
         ValueError: shape mismatch. TypeError: dtypes not float16/bfloat16/float32/float64 or mismatched.
         RuntimeError: devices differ.
     """
-    return _FUNCTIONS["sigmoid_gate"].apply(x, gate_logits)
+    return _call("sigmoid_gate", x, gate_logits)
 
 
 # ----------------------------------------------------------------------------------------------
