@@ -192,6 +192,19 @@ class SegmentationMeter(_Meter):
         return {"mIoU": miou, "pixel_acc": acc, "iou_per_class": [float(v) for v in iou]}
 
 
+def _check_pair(name: str, pred: torch.Tensor, target: torch.Tensor, channels: int) -> None:
+    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise ValueError(f"{name}: pred and target must be torch tensors")
+    if pred.dim() != 4 or pred.shape[1] != channels:
+        raise ValueError(f"{name}: pred must be [N,{channels},H,W], got shape {tuple(pred.shape)}")
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"{name}: pred shape {tuple(pred.shape)} does not match target shape "
+                         f"{tuple(target.shape)}")
+    if not pred.is_floating_point() or not target.is_floating_point():
+        raise ValueError(f"{name}: pred and target must be floating tensors, got {pred.dtype} and "
+                         f"{target.dtype}")
+
+
 class DepthMeter(_Meter):
     """Pooled depth-error meter over valid pixels (target > 0).
 
@@ -233,16 +246,7 @@ class DepthMeter(_Meter):
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Accumulate one batch; see the class docstring."""
-        if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
-            raise ValueError("pred and target must be torch tensors")
-        if pred.dim() != 4 or pred.shape[1] != 1:
-            raise ValueError(f"pred must be [N,1,H,W], got shape {tuple(pred.shape)}")
-        if tuple(pred.shape) != tuple(target.shape):
-            raise ValueError(f"pred shape {tuple(pred.shape)} does not match target shape "
-                             f"{tuple(target.shape)}")
-        if not pred.is_floating_point() or not target.is_floating_point():
-            raise ValueError(f"pred and target must be floating tensors, got {pred.dtype} and "
-                             f"{target.dtype}")
+        _check_pair("DepthMeter", pred, target, 1)
         self._init_state(target.device)
         dev = self._sums.device
         dtype = torch.promote_types(torch.promote_types(target.dtype, pred.dtype), torch.float32)
@@ -282,19 +286,6 @@ class DepthMeter(_Meter):
             return {"abs_err": math.nan, "rel_err": math.nan, "rmse": math.nan}
         s = self._sums.detach().cpu().tolist()
         return {"abs_err": s[0] / n, "rel_err": s[1] / n, "rmse": math.sqrt(s[2] / n)}
-
-
-def _check_pair(name: str, pred: torch.Tensor, target: torch.Tensor, channels: int) -> None:
-    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise ValueError(f"{name}: pred and target must be torch tensors")
-    if pred.dim() != 4 or pred.shape[1] != channels:
-        raise ValueError(f"{name}: pred must be [N,{channels},H,W], got shape {tuple(pred.shape)}")
-    if tuple(pred.shape) != tuple(target.shape):
-        raise ValueError(f"{name}: pred shape {tuple(pred.shape)} does not match target shape "
-                         f"{tuple(target.shape)}")
-    if not pred.is_floating_point() or not target.is_floating_point():
-        raise ValueError(f"{name}: pred and target must be floating tensors, got {pred.dtype} and "
-                         f"{target.dtype}")
 
 
 class NormalsMeter(_Meter):
