@@ -30,16 +30,17 @@ Configurations (one run measures them all; ratios are against ``authors``):
 Reported per model and configuration: median step time over ``--steps`` measured steps after ``--warmup``
 untimed ones (each step timed on its own with ``time.perf_counter``, with ``torch.cuda.synchronize()`` before
 and after on CUDA), images/s = batch / median, the spread (min and max), the warm-up step times (for
-``compile`` the excess of the warm-up steps over the median is its compile time; a fresh inductor cache is used
-unless ``TORCHINDUCTOR_CACHE_DIR`` is set, so the compile time is cold), the peak memory during the measured
-steps (CUDA: ``torch.cuda.max_memory_allocated()``, absolute, after ``reset_peak_memory_stats()``; CPU: the
-process's peak resident set size above the resident set size just before the measured steps, read from
-``VmHWM`` / ``VmRSS`` in ``/proc/self/status`` after resetting the peak with ``/proc/self/clear_refs`` and
-releasing free heap memory with ``malloc_trim``: activations, gradients and temporaries of a step), the total
-loss of every step (accuracy: each configuration's losses against ``authors``'s, relative difference; a report,
-not an assertion), and, over ``--profile-steps`` extra steps under ``torch.profiler``, the share of the step
-spent in the ``xtc_ext::`` ops (the inclusive time of the outermost ``xtc_ext::`` events: CPU time over the
-profiled wall time; on CUDA also their kernels' time over all kernels' time).
+``compile`` the excess of the warm-up steps over the median is its compile time; fresh inductor and Triton
+caches are used unless ``TORCHINDUCTOR_CACHE_DIR`` is set, so the compile time is cold), the peak memory
+during the measured steps (CUDA: ``torch.cuda.max_memory_allocated()``, absolute, after
+``reset_peak_memory_stats()``; CPU: the process's peak resident set size above the resident set size just
+before the measured steps, read from ``VmHWM`` / ``VmRSS`` in ``/proc/self/status`` after resetting the peak
+with ``/proc/self/clear_refs`` and releasing free heap memory with ``malloc_trim``: activations, gradients and
+temporaries of a step), the total loss of every step (accuracy: each configuration's losses against
+``authors``'s, relative difference; a report, not an assertion), and, over ``--profile-steps`` extra steps
+under ``torch.profiler``, the share of the step spent in the ``xtc_ext::`` ops (the inclusive time of the
+outermost ``xtc_ext::`` events: CPU time over the profiled wall time; on CUDA also their kernels' time over
+all kernels' time).
 
 Outputs: a markdown table (stdout, ``--markdown``) and JSON (``--json``) with the device, torch version, git
 commit, command, load average and every raw number. ``--dry-run`` runs everything on the CPU at tiny sizes
@@ -65,6 +66,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from unittest import mock
@@ -396,8 +398,10 @@ def bench_model(model: str, opts: argparse.Namespace, device: str, deadline: Opt
         try:
             r = run_config(model, name, opts, splits, batch, device)
         except Exception as exc:  # recorded, the other configurations still run
-            out["configs"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+            first_line = (str(exc).splitlines() or [""])[0][:300]
+            out["configs"][name] = {"error": f"{type(exc).__name__}: {first_line}"}
             print(f"  {model:6s} {name:14s} ERROR {out['configs'][name]['error']}", flush=True)
+            traceback.print_exc()
             torch._dynamo.reset()
             continue
         out["configs"][name] = r
@@ -496,6 +500,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    "--dry-run)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="start no new configuration after this many minutes (the rest is recorded as skipped)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of torch (torch.set_num_threads; default: torch's, the number of cores)")
     p.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON here")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the markdown table here")
     p.add_argument("--dry-run", action="store_true",
@@ -522,6 +528,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.warmup < 0 or a.profile_steps < 0:
         p.error("--warmup and --profile-steps must be >= 0")
+    if a.threads is not None and a.threads < 1:
+        p.error("--threads must be >= 1")
     return a
 
 
@@ -545,6 +553,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the benchmark; print the markdown table; write ``--json`` / ``--markdown``; return the results."""
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     with fresh_compile_caches() as fresh:
         result: Dict[str, Any] = {"meta": run_meta(opts, opts.device, argv), "models": {}}
         result["meta"]["compile_caches_fresh"] = fresh

@@ -109,7 +109,7 @@ step() {
     set -- bash -c "echo 'forced failure (XTC_GPU_CHECK_FAIL=$name)'; exit 1"
   fi
   printf '\n===== %s: %s\n' "$name" "$shown" >> "$LOG"
-  local start end rc status
+  local start end rc status seconds
   start=$(date +%s.%N)
   timeout --kill-after=15 "$limit" "$@" >> "$LOG" 2>&1
   rc=$?
@@ -121,7 +121,8 @@ step() {
     *) status=FAIL; note="$note; exit code $rc (log.txt)" ;;
   esac
   if [ "${XTC_GPU_CHECK_FAIL:-}" = "$name" ]; then note="forced failure (XTC_GPU_CHECK_FAIL)"; fi
-  record "$name" "$status" "$rc" "$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}')" "$limit" "$note" "$shown"
+  seconds=$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}')
+  record "$name" "$status" "$rc" "$seconds" "$limit" "$note" "$shown"
   if [ "$name" = build ] && [ "$status" != PASS ]; then BUILD_OK=0; fi
 }
 
@@ -139,50 +140,51 @@ detect_runtime() {  # Firecracker / gVisor / other, from the kernel (gVisor repo
   else echo "other (kernel $kernel)"; fi
 }
 
-runtime_step() {
-  local rt=$1 tsv=$2 py=$3
+runtime_step() {  # RUNTIME TSV: the facts of the machine, as "key<TAB>value" lines in TSV and in the log
   {
     printf 'date\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     printf 'commit\t%s\n' "$XTC_GIT_COMMIT"
-    printf 'runtime\t%s\n' "$rt"
+    printf 'runtime\t%s\n' "$1"
     printf 'kernel\t%s\n' "$(uname -srm)"
     printf 'cpus\t%s\n' "$(getconf _NPROCESSORS_ONLN)"
-    printf 'python\t%s\n' "$("$py" -c 'import sys; print(sys.version.split()[0])' 2>&1)"
-    printf 'torch\t%s\n' "$("$py" -c 'import torch; c = torch.cuda.is_available(); print(torch.__version__, "CUDA", torch.version.cuda, "|", torch.cuda.get_device_name(0) if c else "no CUDA device", "| capability", ".".join(map(str, torch.cuda.get_device_capability(0))) if c else "-")' 2>&1 | tail -1)"
-    printf 'gpu\t%s\n' "$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,temperature.gpu --format=csv,noheader 2>/dev/null || echo 'nvidia-smi: not available')"
+    "$PY" benchmarks/gpu_report.py probe runtime
+    printf 'gpu\t%s\n' "$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,temperature.gpu \
+      --format=csv,noheader 2>/dev/null || echo 'nvidia-smi: not available')"
     printf 'nvcc\t%s\n' "$(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'not found')"
     printf 'compute-sanitizer\t%s\n' "$(command -v compute-sanitizer || echo 'not found')"
-  } > "$tsv"
-  cat "$tsv"
+  } > "$2"
+  cat "$2"
   nvidia-smi 2>&1 || echo "nvidia-smi: not available"
 }
 
 RUNTIME=$(detect_runtime)
 export -f runtime_step
-step runtime 60 0 "runtime: $RUNTIME" -- bash -c 'runtime_step "$@"' _ "$RUNTIME" "$WORK/runtime.tsv" "$PY"
+export PY
+step runtime 60 0 "runtime: $RUNTIME" -- bash -c 'runtime_step "$@"' _ "$RUNTIME" "$WORK/runtime.tsv"
 [ -f "$WORK/runtime.tsv" ] && tr '\t' ' ' < "$WORK/runtime.tsv" | sed 's/^/  /'
 
 # ------------------------------------------------------------------------------------------------ build
 if [ "$DRY" = 1 ]; then
   step build 120 0 "dry run: imports the installed extension instead of building it" -- \
-    "$PY" -c "import json, importlib.util as u, xtc_ext; print(json.dumps(xtc_ext.build_info)); print('optional test packages:', {m: u.find_spec(m) is not None for m in ('hypothesis', 'importlinter', 'pytest_benchmark')})"
+    "$PY" benchmarks/gpu_report.py probe extension
 else
-  ARCH=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))' 2>/dev/null || echo "")
+  ARCH=$("$PY" benchmarks/gpu_report.py probe capability 2>/dev/null || echo "")
   WHEELS=${XTC_WHEELS:-$ROOT/.whl}
-  build_cmd() {
+  build_cmd() {  # WHEELS: install the wheels there (if any), build for $TORCH_CUDA_ARCH_LIST, check the result
     set -e
     if compgen -G "$1/*.whl" > /dev/null; then
       echo "installing the wheels of $1 (no index): $(cd "$1" && ls ./*.whl | tr '\n' ' ')"
-      "$2" -m pip install -q --no-index --no-deps "$1"/*.whl
+      "$PY" -m pip install -q --no-index --no-deps "$1"/*.whl
     fi
     [ -n "$TORCH_CUDA_ARCH_LIST" ] || { echo "no CUDA device: cannot read its compute capability"; exit 1; }
     echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
-    CMAKE_BUILD_PARALLEL_LEVEL=$(getconf _NPROCESSORS_ONLN) "$2" -m pip install -v --no-index --no-build-isolation --no-deps .
-    cd /tmp && "$2" -c "import json, xtc_ext; print(json.dumps(xtc_ext.build_info)); assert xtc_ext.build_info['with_cuda'], 'built without CUDA'"
+    CMAKE_BUILD_PARALLEL_LEVEL=$(getconf _NPROCESSORS_ONLN) \
+      "$PY" -m pip install -v --no-index --no-build-isolation --no-deps .
+    (cd /tmp && "$PY" "$ROOT/benchmarks/gpu_report.py" probe extension)  # the installed copy, built with CUDA
   }
   export -f build_cmd
   step build 900 0 "TORCH_CUDA_ARCH_LIST=${ARCH:-?}" -- \
-    env TORCH_CUDA_ARCH_LIST="$ARCH" bash -c 'build_cmd "$@"' _ "$WHEELS" "$PY"
+    env TORCH_CUDA_ARCH_LIST="$ARCH" ROOT="$ROOT" bash -c 'build_cmd "$@"' _ "$WHEELS"
 fi
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -214,7 +216,6 @@ sanitize() {  # TOOL -k-EXPRESSION
   return $rc
 }
 export -f sanitize
-export PY
 for tool in memcheck racecheck; do
   expr=$MEMCHECK_K
   [ "$tool" = racecheck ] && expr=$RACECHECK_K

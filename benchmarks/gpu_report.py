@@ -6,11 +6,16 @@ step, tab-separated: name, status, exit code, seconds, timeout, note, command; `
 training runs' ``WORK/<step>/metrics.json``) and writes ``OUT/report.json`` and ``OUT/report.md``. The script
 calls it after every step, so a run cut short still leaves a report of what ran.
 
+``python benchmarks/gpu_report.py probe runtime|capability|extension`` prints facts of the Python that runs it
+(its torch and device; the device's compute capability; the installed extension's build info, exit 1 when a CUDA
+device is present but the extension was built without CUDA).
+
 ``python benchmarks/gpu_report.py check-train RUN_DIR [--expect-learning]`` exits 1 (with the reason on stderr)
 when the run's ``metrics.json`` is missing, its last epoch's training loss is not finite, or, with
 ``--expect-learning``, that loss is not below the first epoch's.
 
-Standard library only (it runs before the extension is built and where torch is broken).
+Standard library only, except ``probe``, which imports torch (and xtc_ext): the report is written even where
+torch is broken.
 """
 
 from __future__ import annotations
@@ -138,7 +143,8 @@ def build_report(out: Path, work: Path, dry_run: bool) -> Dict[str, Any]:
         "runtime": read_runtime(work), "steps": steps,
         "pytest": {p.stem: junit_counts(p) for p in sorted(work.glob("pytest*.xml"))},
         "bench_ops": bench_ops_summary(out), "bench_train": bench_train_summary(out),
-        "training": {d.name: train_summary(d) for d in sorted(work.iterdir()) if d.is_dir() and d.name.startswith("train")},
+        "training": {d.name: train_summary(d) for d in sorted(work.iterdir())
+                     if d.is_dir() and d.name.startswith("train")},
     }
     return report
 
@@ -173,15 +179,20 @@ def _markdown_bench_train(bt: Dict[str, Any]) -> List[str]:
 def markdown(report: Dict[str, Any]) -> str:
     """``report.md``: verdict, runtime facts, the steps, then each step's summary."""
     rt = report["runtime"]
-    head = "GPU acceptance check" + (" (--dry-run on the CPU: no build, no GPU; plumbing only)" if report["dry_run"] else "")
-    verdict = report["verdict"] + (f": failed steps {', '.join(report['failed_steps'])}" if report["failed_steps"] else "")
+    head = "GPU acceptance check"
+    if report["dry_run"]:
+        head += " (--dry-run on the CPU: no build, no GPU; plumbing only)"
+    verdict = report["verdict"]
+    if report["failed_steps"]:
+        verdict += f": failed steps {', '.join(report['failed_steps'])}"
     budget = (f"{report['total_seconds']:.0f} s of the {report['budget_seconds']} s budget"
               + (" (OVER BUDGET)" if report["over_budget"] else ""))
     lines = [f"# {head}", "", f"**Verdict: {verdict}**; {budget}", ""]
-    lines += [f"- {k}: {v}" for k, v in rt.items()] + ["", "| step | status | seconds | timeout s | note |",
-                                                         "| --- | --- | ---: | ---: | --- |"]
+    lines += [f"- {k}: {v}" for k, v in rt.items()]
+    lines += ["", "| step | status | seconds | timeout s | note |", "| --- | --- | ---: | ---: | --- |"]
     for s in report["steps"]:
-        lines.append(f"| {s['name']} | {s['status']} | {_num(s['seconds'], '.1f')} | {s['timeout_s']} | {s['note']} |")
+        seconds = _num(s["seconds"], ".1f")
+        lines.append(f"| {s['name']} | {s['status']} | {seconds} | {s['timeout_s']} | {s['note']} |")
     lines += ["", "Commands: report.json (`steps[].command`); output of every step: log.txt.", ""]
     for name, counts in report["pytest"].items():
         if counts:
@@ -197,7 +208,8 @@ def markdown(report: Dict[str, Any]) -> str:
         if t:
             lines += [f"## Training smoke `{name}`", "",
                       f"{t['epochs']} epochs, {t['steps']} steps, amp {t['amp']}, world size {t['world_size']}, "
-                      f"{_num(t['train_time_s'], '.1f')} s; training loss {_num(t['first_epoch_loss'], '.4f')} (epoch 1) -> "
+                      f"{_num(t['train_time_s'], '.1f')} s; training loss "
+                      f"{_num(t['first_epoch_loss'], '.4f')} (epoch 1) -> "
                       f"{_num(t['last_epoch_loss'], '.4f')}; test: {_metrics(t['test'])}; before training: "
                       f"{_metrics(t['before_training'])}", ""]
     return "\n".join(lines)
@@ -221,6 +233,38 @@ def check_train(run_dir: Path, expect_learning: bool) -> int:
     return 0
 
 
+def probe(what: str) -> int:
+    """Print facts of this Python: ``runtime`` (``key<TAB>value`` lines: Python, torch, CUDA, the device),
+    ``capability`` (the device's compute capability, e.g. ``9.0``; exit 1 without a CUDA device) or
+    ``extension`` (the installed xtc_ext's build info and which optional test packages import)."""
+    import importlib.util
+    import platform
+
+    try:
+        import torch
+    except ImportError as e:
+        print(f"torch\tdoes not import: {e}")
+        return 1
+    cuda = torch.cuda.is_available()
+    if what == "capability":
+        if not cuda:
+            print("no CUDA device", file=sys.stderr)
+            return 1
+        print("%d.%d" % torch.cuda.get_device_capability(0))
+        return 0
+    if what == "runtime":
+        device = (f"{torch.cuda.get_device_name(0)}, capability "
+                  f"{'.'.join(map(str, torch.cuda.get_device_capability(0)))}" if cuda else "no CUDA device")
+        print(f"python\t{platform.python_version()}\ntorch\t{torch.__version__} (CUDA {torch.version.cuda})\n"
+              f"device\t{device}")
+        return 0
+    import xtc_ext
+
+    optional = {m: importlib.util.find_spec(m) is not None for m in ("hypothesis", "importlinter", "pytest_benchmark")}
+    print(json.dumps({"build_info": dict(xtc_ext.build_info), "optional_test_packages": optional}))
+    return 0 if not cuda or xtc_ext.build_info.get("with_cuda") else 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -231,9 +275,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     c = sub.add_parser("check-train", help="check a training smoke run's metrics.json")
     c.add_argument("run_dir", type=Path)
     c.add_argument("--expect-learning", action="store_true")
+    q = sub.add_parser("probe", help="print facts of this Python's torch, device or installed xtc_ext")
+    q.add_argument("what", choices=("runtime", "capability", "extension"))
     a = p.parse_args(argv)
     if a.command == "check-train":
         return check_train(a.run_dir, a.expect_learning)
+    if a.command == "probe":
+        return probe(a.what)
     report = build_report(a.out, a.work, a.dry_run)
     (a.out / "report.json").write_text(json.dumps(report, indent=1))
     (a.out / "report.md").write_text(markdown(report))

@@ -22,7 +22,8 @@ FILES = {"report.md", "report.json", "log.txt", "bench_ops.json", "bench_ops.md"
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("XTC_GPU_CHECK") == "1", reason="running inside gpu_check.sh itself"),
-    pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout"),
+    pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                       reason="needs bash and coreutils timeout"),
 ]
 
 
