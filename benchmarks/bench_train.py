@@ -132,7 +132,7 @@ MODELS: Dict[str, ModelSetup] = {
                         {"cuda": (6, (288, 384)), "cpu": (2, (192, 256)), "dry": (2, (64, 64))},
                         "XTasC-Net ResNet-34, NYUv2 at 288x384, batch 6 (XTasC-Net paper §V-C)"),
     "mtcp": ModelSetup(("--model", "mtcp", "--backbone", "resnet50_fpn"), ("--backbone", "resnet18_fpn"),
-                       {"cuda": (4, (480, 640)), "cpu": (2, (192, 256)), "dry": (2, (64, 64))},
+                       {"cuda": (4, (480, 640)), "cpu": (2, (96, 128)), "dry": (2, (64, 64))},
                        "MT-CP ResNet-50-FPN, NYUD at 480x640, batch 4 (MT-CP paper §4)"),
 }
 
@@ -267,17 +267,19 @@ class PeakMemory:
                 "method": "peak RSS (VmHWM) above RSS before the steps"}
 
 
-def timed_steps(step: Callable[[], torch.Tensor], n: int, sync: Sync) -> Tuple[List[float], List[float]]:
-    """Run ``step`` ``n`` times, each timed on its own; returns (seconds per step, total loss per step)."""
-    times, losses = [], []
+def timed_steps(step: Callable[[], torch.Tensor], n: int, sync: Sync) -> Dict[str, List[float]]:
+    """Run ``step`` ``n`` times, each timed on its own: wall seconds (``time.perf_counter``), this process's CPU
+    seconds (``time.process_time``, all its threads) and the total loss of each step."""
+    out: Dict[str, List[float]] = {"wall": [], "cpu": [], "loss": []}
     for _ in range(n):
         sync()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         values = step()
         sync()
-        times.append(time.perf_counter() - start)
-        losses.append(float(values[0]))
-    return times, losses
+        out["wall"].append(time.perf_counter() - start)
+        out["cpu"].append(time.process_time() - cpu)
+        out["loss"].append(float(values[0]))
+    return out
 
 
 def _device_total(event: Any, self_only: bool) -> float:
@@ -346,19 +348,21 @@ def run_config(model: str, name: str, opts: argparse.Namespace, splits: Any, bat
         trainer = Trainer(args, recipe, splits, show_before=False)
         build_s = time.perf_counter() - t0
         step = step_function(trainer, batch)
-        warm_times, warm_losses = timed_steps(step, opts.warmup, sync)
+        warm = timed_steps(step, opts.warmup, sync)
         memory = PeakMemory(cuda)
         memory.start()
-        times, losses = timed_steps(step, opts.steps, sync)
+        timed = timed_steps(step, opts.steps, sync)
         mem = memory.stop()
         share = fused_op_share(step, opts.profile_steps, sync) if opts.profile_steps else None
+    times = timed["wall"]
     median = statistics.median(times)
-    compile_s = max(0.0, sum(warm_times) - len(warm_times) * median) if config.compile else None
+    compile_s = max(0.0, sum(warm["wall"]) - len(warm["wall"]) * median) if config.compile else None
     result = {
         "config": dataclasses.asdict(config), "argv": config.argv(), "build_s": build_s,
-        "warmup_s": warm_times, "steps_s": times, "median_s": median, "min_s": min(times), "max_s": max(times),
+        "warmup_s": warm["wall"], "steps_s": times, "median_s": median, "min_s": min(times), "max_s": max(times),
+        "steps_cpu_s": timed["cpu"], "median_cpu_s": statistics.median(timed["cpu"]),
         "images_per_s": opts.batch_size_of[model] / median, "compile_s": compile_s, "memory": mem,
-        "losses": warm_losses + losses, "fused_op_share": share, "amp": str(trainer.amp),
+        "losses": warm["loss"] + timed["loss"], "fused_op_share": share, "amp": str(trainer.amp),
         "channels_last": trainer.channels_last,
     }
     del trainer, step
@@ -369,13 +373,15 @@ def run_config(model: str, name: str, opts: argparse.Namespace, splits: Any, bat
 
 
 def add_ratios(results: Dict[str, Dict[str, Any]]) -> None:
-    """Speed-up (authors' median / median), memory ratio and loss differences against ``authors``."""
+    """Speed-up (authors' median / median, of the wall and of the CPU time), memory ratio and loss differences
+    against ``authors``."""
     base = results.get("authors")
     for r in results.values():
         if base is None or "median_s" not in r:
-            r.update(speedup=None, memory_ratio=None, loss_rel_diff=None)
+            r.update(speedup=None, speedup_cpu_time=None, memory_ratio=None, loss_rel_diff=None)
             continue
         r["speedup"] = base["median_s"] / r["median_s"]
+        r["speedup_cpu_time"] = base["median_cpu_s"] / r["median_cpu_s"] if r["median_cpu_s"] > 0 else None
         pb, pr = base["memory"]["peak_bytes"], r["memory"]["peak_bytes"]
         r["memory_ratio"] = pr / pb if pb and pr is not None else None
         r["loss_rel_diff"] = [abs(a - b) / abs(b) if b else None for a, b in zip(r["losses"], base["losses"])]
@@ -427,12 +433,31 @@ def _share(r: Dict[str, Any], cuda: bool) -> str:
     return _fmt(None if share.get(key) is None else 100 * share[key], ".2f", "%")
 
 
+def _columns(cuda: bool) -> List[str]:
+    cpu_time = [] if cuda else ["CPU-time ms (median)", "x authors (CPU time)"]
+    return (["config", "what", "step ms (median)", "min-max ms", "images/s", "x authors", *cpu_time,
+             "peak MiB (max_memory_allocated)" if cuda else "peak RSS delta MiB", "x authors mem", "first loss",
+             "loss rel. diff vs authors (first / last)",
+             "xtc_ext ops, % of kernel time" if cuda else "xtc_ext ops, % of step", "compile s"])
+
+
+def _row(name: str, r: Dict[str, Any], cuda: bool) -> List[str]:
+    peak = r["memory"]["peak_bytes"]
+    diffs = r.get("loss_rel_diff") or []
+    cpu_time = [] if cuda else [f"{r['median_cpu_s'] * 1e3:.1f}", _fmt(r["speedup_cpu_time"], ".2f", "x")]
+    return [name, CONFIGS[name].description, f"{r['median_s'] * 1e3:.1f}",
+            f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}", f"{r['images_per_s']:.2f}",
+            _fmt(r["speedup"], ".2f", "x"), *cpu_time, _fmt(None if peak is None else peak / 2**20, ".0f"),
+            _fmt(r["memory_ratio"], ".2f", "x"), f"{r['losses'][0]:.5f}",
+            "n/a" if not diffs else f"{_fmt(diffs[0], '.1e')} / {_fmt(diffs[-1], '.1e')}", _share(r, cuda),
+            _fmt(r["compile_s"], ".1f")]
+
+
 def markdown(result: Dict[str, Any]) -> str:
     """The results as markdown: a header with the run's facts, one table per model."""
     meta = result["meta"]
     cuda = meta["device_type"] == "cuda"
-    mem_col = "peak MiB (max_memory_allocated)" if cuda else "peak RSS delta MiB"
-    share_col = "xtc_ext ops, % of kernel time" if cuda else "xtc_ext ops, % of step"
+    columns = _columns(cuda)
     lines = [f"- Device: {meta['device']}; torch {meta['torch']}; xtc_ext commit {meta['git_commit']}; "
              f"threads {meta['threads']}; load average {meta['loadavg_start']} -> {meta['loadavg_end']}",
              f"- Command: `{meta['command']}`",
@@ -440,26 +465,15 @@ def markdown(result: Dict[str, Any]) -> str:
              + (" (--dry-run: the numbers mean nothing)" if meta["dry_run"] else ""), ""]
     for m in result["models"].values():
         lines += [f"**{m['model']}** ({m['paper_setting']}); measured: batch {m['batch_size']} at "
-                  f"{m['size'][0]}x{m['size'][1]}", "",
-                  f"| config | what | step ms (median) | min-max ms | images/s | x authors | {mem_col} | "
-                  f"x authors mem | first loss | loss rel. diff vs authors (first / last) | {share_col} | "
-                  f"compile s |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  f"{m['size'][0]}x{m['size'][1]}", "", "| " + " | ".join(columns) + " |",
+                  "| --- | --- |" + " ---: |" * (len(columns) - 2)]
         for name, r in m["configs"].items():
-            if "error" in r:
-                lines.append(f"| {name} | {CONFIGS[name].description} | error: {r['error']} |" + " |" * 9)
-                continue
-            peak = r["memory"]["peak_bytes"]
-            diffs = r.get("loss_rel_diff") or []
-            diff = "n/a" if not diffs else f"{_fmt(diffs[0], '.1e')} / {_fmt(diffs[-1], '.1e')}"
-            lines.append(
-                f"| {name} | {CONFIGS[name].description} | {r['median_s'] * 1e3:.1f} | "
-                f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f} | {r['images_per_s']:.2f} | "
-                f"{_fmt(r['speedup'], '.2f', 'x')} | {_fmt(None if peak is None else peak / 2**20, '.0f')} | "
-                f"{_fmt(r['memory_ratio'], '.2f', 'x')} | {r['losses'][0]:.5f} | {diff} | {_share(r, cuda)} | "
-                f"{_fmt(r['compile_s'], '.1f')} |")
+            cells = ([name, CONFIGS[name].description, f"error: {r['error']}"] if "error" in r
+                     else _row(name, r, cuda))
+            lines.append("| " + " | ".join(cells + [""] * (len(columns) - len(cells))) + " |")
         for name, why in m["skipped"].items():
-            lines.append(f"| {name} | {CONFIGS[name].description} | skipped: {why} |" + " |" * 9)
+            cells = [name, CONFIGS[name].description, f"skipped: {why}"]
+            lines.append("| " + " | ".join(cells + [""] * (len(columns) - len(cells))) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -488,7 +502,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1'")
     p.add_argument("--model", choices=(*MODELS, "all"), default="all")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="image size for every model (default: the paper's on CUDA, 192 256 on the CPU)")
+                   help="image size for every model (default: the paper's on CUDA; on the CPU 192 256 for XTasC-Net, "
+                   "96 128 for MT-CP)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size for every model (default: per model)")
     p.add_argument("--steps", type=int, default=None, help="measured steps (default 10 on CUDA, 5 on the CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; compile needs >= 2)")

@@ -60,7 +60,7 @@ def test_dry_run_measures_every_configuration(dry_run):
     for name, r in model["configs"].items():
         assert "error" not in r, (name, r)
         assert len(r["steps_s"]) == 1 and r["warmup_s"] == []
-        for key in ("median_s", "images_per_s", "speedup"):
+        for key in ("median_s", "median_cpu_s", "images_per_s", "speedup", "speedup_cpu_time"):
             assert _finite_positive(r[key]), (name, key, r[key])
         assert r["images_per_s"] == pytest.approx(2 / r["median_s"])
         assert isinstance(r["memory"]["peak_bytes"], int) and r["memory"]["peak_bytes"] >= 0, name
