@@ -387,34 +387,37 @@ def add_ratios(results: Dict[str, Dict[str, Any]]) -> None:
         r["loss_rel_diff"] = [abs(a - b) / abs(b) if b else None for a, b in zip(r["losses"], base["losses"])]
 
 
-def bench_model(model: str, opts: argparse.Namespace, device: str, deadline: Optional[float]) -> Dict[str, Any]:
-    """Every configuration of ``opts.configs`` for ``model``; a configuration that fails is recorded."""
+def run_plan(models: Sequence[str], configs: Sequence[str]) -> List[Tuple[str, str]]:
+    """The (model, configuration) pairs in the order they run: every model's configurations without
+    ``torch.compile`` first, then the compiled ones, configuration by configuration, so that a ``--max-minutes``
+    cap drops compilations (minutes each) before anything else."""
+    eager = [(m, c) for m in models for c in configs if not CONFIGS[c].compile]
+    return eager + [(m, c) for c in configs if CONFIGS[c].compile for m in models]
+
+
+def model_record(model: str, opts: argparse.Namespace) -> Dict[str, Any]:
+    """The per-model part of the results, before any configuration ran."""
     setup = MODELS[model]
-    args = train_args(model, CONFIGS["authors"], device, opts.batch_size_of[model], opts.size_of[model],
-                      opts.extra_argv[model])
-    splits, batch = load_batch(args, pin=device.startswith("cuda"))
-    out: Dict[str, Any] = {"model": model, "paper_setting": setup.paper, "batch_size": opts.batch_size_of[model],
-                           "size": list(opts.size_of[model]), "argv": [*setup.argv, *opts.extra_argv[model]],
-                           "configs": {}, "skipped": {}}
-    for name in opts.configs:
-        if deadline is not None and time.perf_counter() > deadline:
-            out["skipped"][name] = f"--max-minutes {opts.max_minutes:g} reached"
-            print(f"  {model:6s} {name:14s} skipped: --max-minutes reached", flush=True)
-            continue
-        try:
-            r = run_config(model, name, opts, splits, batch, device)
-        except Exception as exc:  # recorded, the other configurations still run
-            first_line = (str(exc).splitlines() or [""])[0][:300]
-            out["configs"][name] = {"error": f"{type(exc).__name__}: {first_line}"}
-            print(f"  {model:6s} {name:14s} ERROR {out['configs'][name]['error']}", flush=True)
-            traceback.print_exc()
-            torch._dynamo.reset()
-            continue
-        out["configs"][name] = r
-        print(f"  {model:6s} {name:14s} median {r['median_s'] * 1e3:9.1f} ms  {r['images_per_s']:8.2f} img/s  "
-              f"loss {r['losses'][0]:.5f}", flush=True)
-    add_ratios({k: v for k, v in out["configs"].items() if "error" not in v})
-    return out
+    return {"model": model, "paper_setting": setup.paper, "batch_size": opts.batch_size_of[model],
+            "size": list(opts.size_of[model]), "argv": [*setup.argv, *opts.extra_argv[model]], "configs": {},
+            "skipped": {}}
+
+
+def bench_config(model: str, name: str, opts: argparse.Namespace, data: Tuple[Any, Dict[str, Any]],
+                 out: Dict[str, Any]) -> None:
+    """Run one configuration into ``out["configs"]``; a failure is recorded (with its first line), not raised."""
+    try:
+        r = run_config(model, name, opts, *data, opts.device)
+    except Exception as exc:  # recorded, the other configurations still run
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        out["configs"][name] = {"error": f"{type(exc).__name__}: {first_line}"}
+        print(f"  {model:6s} {name:14s} ERROR {out['configs'][name]['error']}", flush=True)
+        traceback.print_exc()
+        torch._dynamo.reset()
+        return
+    out["configs"][name] = r
+    print(f"  {model:6s} {name:14s} median {r['median_s'] * 1e3:9.1f} ms  {r['images_per_s']:8.2f} img/s  "
+          f"loss {r['losses'][0]:.5f}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -588,8 +591,22 @@ def _run(opts: argparse.Namespace, result: Dict[str, Any]) -> None:
     deadline = None if opts.max_minutes is None else time.perf_counter() + 60 * opts.max_minutes
     print(f"bench_train: {result['meta']['device']}, torch {torch.__version__}, configs {' '.join(opts.configs)}",
           flush=True)
-    for model in opts.models:
-        result["models"][model] = bench_model(model, opts, opts.device, deadline)
+    models = {m: model_record(m, opts) for m in opts.models}
+    data: Dict[str, Tuple[Any, Dict[str, Any]]] = {}
+    for model, name in run_plan(opts.models, opts.configs):
+        if deadline is not None and time.perf_counter() > deadline:
+            models[model]["skipped"][name] = f"--max-minutes {opts.max_minutes:g} reached"
+            print(f"  {model:6s} {name:14s} skipped: --max-minutes reached", flush=True)
+            continue
+        if model not in data:  # the splits and the batch, once per model
+            args = train_args(model, CONFIGS["authors"], opts.device, opts.batch_size_of[model],
+                              opts.size_of[model], opts.extra_argv[model])
+            data[model] = load_batch(args, pin=opts.device.startswith("cuda"))
+        bench_config(model, name, opts, data[model], models[model])
+    for m in models.values():  # results in the order of --configs
+        m["configs"] = {c: m["configs"][c] for c in opts.configs if c in m["configs"]}
+        add_ratios({k: v for k, v in m["configs"].items() if "error" not in v})
+    result["models"] = models
     result["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
 

@@ -133,3 +133,10 @@ def test_bad_arguments_are_refused(bench_train, capsys):
         with pytest.raises(SystemExit):
             bench_train.parse_args(["--dry-run", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_compiled_configurations_run_last(bench_train):
+    """Under a --max-minutes cap, the compilations (minutes each) are what gets dropped."""
+    plan = bench_train.run_plan(["xtasc", "mtcp"], ["authors", "compile", "fused", "all"])
+    assert plan == [("xtasc", "authors"), ("xtasc", "fused"), ("mtcp", "authors"), ("mtcp", "fused"),
+                    ("xtasc", "compile"), ("mtcp", "compile"), ("xtasc", "all"), ("mtcp", "all")]
