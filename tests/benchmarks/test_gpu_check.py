@@ -1,0 +1,102 @@
+"""The GPU acceptance script ``benchmarks/gpu_check.sh`` in its ``--dry-run`` form on the CPU: every step runs
+(or is skipped with its reason), the report is written, a failing step makes the script fail and is named,
+and the steps after it still run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+STEPS = ("runtime", "build", "pytest", "memcheck", "racecheck", "bench_ops", "bench_train", "train_bf16",
+         "train_torchrun")
+FILES = {"report.md", "report.json", "log.txt", "bench_ops.json", "bench_ops.md", "bench_train.json",
+         "bench_train.md"}
+
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("XTC_GPU_CHECK") == "1", reason="running inside gpu_check.sh itself"),
+    pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                       reason="needs bash and coreutils timeout"),
+]
+
+
+def _run(out: Path, *args: str, fail: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "XTC_GPU_CHECK_FAIL": fail}
+    return subprocess.run(["bash", str(SCRIPT), "--dry-run", *args, str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    proc = _run(out)
+    return out, proc
+
+
+def test_dry_run_passes_and_writes_one_report(dry_run):
+    out, proc = dry_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    assert files == FILES and len(files) <= 8  # no folders at all
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"] == "PASS" and report["failed_steps"] == [] and report["dry_run"] is True
+    status = {s["name"]: s["status"] for s in report["steps"]}
+    assert list(status) == list(STEPS)
+    assert status == {**{s: "PASS" for s in STEPS}, "memcheck": "SKIPPED", "racecheck": "SKIPPED"}
+    for s in report["steps"]:
+        assert s["seconds"] is not None and s["seconds"] >= 0
+        assert s["status"] == "SKIPPED" or s["command"], s["name"]
+    assert report["runtime"]["runtime"] and report["runtime"]["commit"]
+    assert report["pytest"]["pytest"]["tests"] > 0 and report["pytest"]["pytest"]["failures"] == 0
+    assert report["bench_ops"]["rows"] > 0
+    assert set(report["bench_train"]["models"]["mtcp"]["configs"]) == {"authors", "fused"}
+    for run in ("train_bf16", "train_torchrun"):
+        assert report["training"][run]["steps"] == 1 and report["training"][run]["amp"] == "bfloat16", run
+    assert report["training"]["train_torchrun"]["world_size"] == 1
+
+
+def test_report_markdown_names_every_step(dry_run):
+    out, proc = dry_run
+    md = (out / "report.md").read_text()
+    assert "**Verdict: PASS**" in md and "--dry-run" in md
+    for name in STEPS:
+        assert f"| {name} | " in md, name
+    assert "| memcheck | SKIPPED |" in md and "dry run (no GPU)" in md
+    log = (out / "log.txt").read_text()
+    assert "===== bench_train:" in log and "===== train_torchrun:" in log
+    assert proc.stdout.rstrip().splitlines()[-1] == "gpu_check: PASS"
+
+
+def test_a_failing_step_fails_the_script_and_the_rest_still_runs(tmp_path):
+    proc = _run(tmp_path, "--only", "runtime,pytest,bench_ops", fail="pytest")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED steps: pytest" in proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    status = {s["name"]: s["status"] for s in report["steps"]}
+    assert report["verdict"] == "FAIL" and report["failed_steps"] == ["pytest"]
+    assert status["runtime"] == "PASS" and status["pytest"] == "FAIL" and status["bench_ops"] == "PASS"
+    assert all(status[s] == "SKIPPED" for s in STEPS if s not in ("runtime", "pytest", "bench_ops"))
+    md = (tmp_path / "report.md").read_text()
+    assert "**Verdict: FAIL: failed steps pytest**" in md and "| pytest | FAIL |" in md
+    assert "forced failure (XTC_GPU_CHECK_FAIL=pytest)" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_failed_build_skips_the_steps_that_need_it(tmp_path):
+    proc = _run(tmp_path, "--only", "build,pytest", fail="build")
+    assert proc.returncode == 1 and "FAILED steps: build" in proc.stderr
+    steps = {s["name"]: s for s in json.loads((tmp_path / "report.json").read_text())["steps"]}
+    assert steps["build"]["status"] == "FAIL"
+    assert steps["pytest"]["status"] == "SKIPPED" and "build failed" in steps["pytest"]["note"]
+
+
+def test_usage_errors(tmp_path):
+    for args in ([], ["--bogus", str(tmp_path)], [str(tmp_path), str(tmp_path / "second")]):
+        proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "usage:" in proc.stderr, args
