@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -76,7 +77,9 @@ def summarise(out: Path, model: str, setting: str, seed: int) -> Dict[str, float
 
 
 def fmt(values: List[float]) -> str:
-    """``mean ± std`` (sample std over the seeds; 4 significant digits)."""
+    """``mean ± std`` (sample std over the seeds; 4 significant digits); ``-`` for a term not logged."""
+    if any(math.isnan(v) for v in values):
+        return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4g} ± {std:.2g}"
 
