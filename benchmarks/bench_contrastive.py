@@ -1,7 +1,11 @@
-"""CPU cost of the cross-task contrastive regularizer (forward + backward) against an XTasC-Net step.
+"""CPU cost of the cross-task contrastive regularizer (forward + backward) against a host's step.
 
-Setting of issue 11: XTasC-Net ResNet-34, 96x128 input, batch 6, targets "semseg" (13 classes) and
-"depth" (each the other's only source), K = 512 anchors, D = 128, random and semi-hard mining.
+Default setting (issue 11): XTasC-Net ResNet-34, 96x128 input, batch 6, targets "semseg" (13 classes)
+and "depth" (each the other's only source), K = 512 anchors, D = 128, random or semi-hard mining.
+``--model mtcp`` times MT-CP ResNet-18 FPN instead (targets semseg, depth, normals, features at
+H/4 x W/4); ``--encoder-depth`` sets XTasC-Net's ResNet; ``--amp bf16`` runs every timed forward
+under CPU bfloat16 autocast with the model and images in channels_last, as ``python -m xtc_ext.train``
+does by default on a CPU with native bfloat16.
 
 - ``step``: forward + backward of the model with a plain loss on its outputs (no optimizer).
 - ``regularizer``: forward + backward of the regularizer alone, on the model's features detached
@@ -14,53 +18,85 @@ shared machine affect all three alike; medians of torch.utils.benchmark measurem
 ``--cpu-time`` times with ``time.process_time`` instead of wall-clock time: with one thread it is
 the compute time of this process, robust to other processes competing for the cores.
 
-Usage: ``PYTHONPATH=. python benchmarks/bench_contrastive.py [--threads N] [--rounds R]``.
+Usage: ``PYTHONPATH=. python benchmarks/bench_contrastive.py [--threads N] [--rounds R] [--model mtcp]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from typing import Callable, Dict, Tuple
 
 import torch
+import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 
-from python_models import XTasCNet
-from xtc_ext.regularizers import CrossTaskContrastive
+from python_models import MTCP, XTasCNet
+from xtc_ext.regularizers import DEFAULT_SOURCE_KINDS, CrossTaskContrastive
+
+
+def build_host(args: argparse.Namespace) -> Tuple[torch.nn.Module, Dict[str, torch.Tensor], Callable]:
+    """The host model (train mode), random labels of its tasks and a plain loss on its outputs."""
+    n, (h, w) = args.batch, args.size
+    labels = {"semseg": torch.randint(-1, 13, (n, h, w)), "depth": torch.rand(n, 1, h, w) * 9.0 + 0.5}
+    if args.model == "xtasc":
+        def host_loss(out):
+            return out.seg_logits.float().square().mean() + out.depth.float().square().mean()
+        return XTasCNet(13, encoder_depth=args.encoder_depth).train(), labels, host_loss
+    labels["normals"] = F.normalize(torch.randn(n, 3, h, w), dim=1)
+
+    def mtcp_loss(out):
+        preds = [*out.predictions.values(), *(p for ps in out.intermediate.values() for p in ps)]
+        return sum(p.float().square().mean() for p in preds) + out.coherence_loss.float()
+    return MTCP({"semseg": 13, "depth": 1, "normals": 3}, backbone="resnet18_fpn").train(), labels, mtcp_loss
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--model", choices=("xtasc", "mtcp"), default="xtasc")
+    ap.add_argument("--encoder-depth", type=int, choices=(18, 34), default=34, help="XTasC-Net's ResNet")
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--size", type=int, nargs=2, default=(96, 128))
     ap.add_argument("--anchors", type=int, default=512)
     ap.add_argument("--mining", choices=("random", "semihard"), default="random")
+    ap.add_argument("--amp", choices=("none", "bf16"), default="none",
+                    help="bf16: CPU bfloat16 autocast and channels_last (the training program's CPU default)")
     ap.add_argument("--cpu-time", action="store_true", help="time.process_time instead of wall-clock time")
     args = ap.parse_args()
     torch.manual_seed(0)
-    n, (h, w) = args.batch, args.size
-    model = XTasCNet(13, encoder_depth=34).train()
-    reg = CrossTaskContrastive(model.feature_channels, {"semseg": "categorical", "depth": "depth"},
+    model, labels, host_loss = build_host(args)
+    reg = CrossTaskContrastive(model.feature_channels, {t: DEFAULT_SOURCE_KINDS[t] for t in model.feature_channels},
                                anchors=args.anchors, mining=args.mining)
     gen = torch.Generator().manual_seed(0)
-    image = torch.randn(n, 3, h, w)
-    labels = {"semseg": torch.randint(-1, 13, (n, h, w)), "depth": torch.rand(n, 1, h, w) * 9.0 + 0.5}
-    with torch.no_grad():
+    image = torch.randn(args.batch, 3, *args.size)
+    if args.amp == "bf16":
+        model, image = model.to(memory_format=torch.channels_last), image.to(memory_format=torch.channels_last)
+
+    def amp() -> contextlib.AbstractContextManager:
+        if args.amp == "none":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    with torch.no_grad(), amp():
         feats = {k: v.detach() for k, v in model(image).features.items()}
 
     def step(with_reg: bool) -> None:
-        out = model(image)
-        loss = out.seg_logits.square().mean() + out.depth.square().mean()
-        if with_reg:
-            loss = loss + 0.1 * reg(out.features, labels, generator=gen).loss
+        with amp():
+            out = model(image)
+            loss = host_loss(out)
+            if with_reg:
+                loss = loss + 0.1 * reg(out.features, labels, generator=gen).loss
         loss.backward()
 
     def regularizer() -> None:
         leaves = {k: v.requires_grad_(True) for k, v in feats.items()}
-        reg(leaves, labels, generator=gen).loss.backward()
+        with amp():
+            loss = reg(leaves, labels, generator=gen).loss
+        loss.backward()
         for v in leaves.values():
             v.grad = None
 
@@ -78,7 +114,9 @@ def main() -> None:
             times[k].append(t.timeit(1 if k != "regularizer" else 5).mean)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = [r / s for r, s in zip(times["regularizer"], times["step"])]
-    print(f"XTasC-Net R34, batch {n}, {h}x{w}, K={args.anchors}, mining={args.mining}, threads {args.threads}, "
+    host = f"XTasC-Net R{args.encoder_depth}" if args.model == "xtasc" else "MT-CP R18-FPN"
+    print(f"{host}, batch {args.batch}, {args.size[0]}x{args.size[1]}, amp {args.amp}, K={args.anchors}, "
+          f"mining={args.mining}, threads {args.threads}, "
           f"{args.rounds} interleaved rounds, {'CPU' if args.cpu_time else 'wall-clock'} time")
     for k, v in med.items():
         print(f"  {k:20s} median {v * 1e3:9.1f} ms  (min {min(times[k]) * 1e3:.1f}, max {max(times[k]) * 1e3:.1f})")
