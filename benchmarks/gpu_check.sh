@@ -191,7 +191,7 @@ fi
 if [ "$DRY" = 1 ]; then
   step pytest 300 1 "dry run: a tiny selection (the CUDA tests skip on the CPU)" -- \
     "$PY" -m pytest -q -p no:cacheprovider -ra --junitxml="$WORK/pytest.xml" \
-    tests/ops/test_extension.py tests/ops/test_ops.py::test_cuda_matches_cpu
+    tests/ops/test_extension.py tests/ops/test_ops_autograd.py::test_cuda_matches_cpu
 else
   step pytest 600 1 "whole suite" -- \
     "$PY" -m pytest -q -p no:cacheprovider -ra --durations=15 --junitxml="$WORK/pytest.xml" tests
@@ -199,13 +199,13 @@ fi
 
 # compute-sanitizer: on the CUDA tests of the ops; no caching allocator, so each tensor is its own allocation
 # and an out-of-bounds access cannot land in a neighbour's memory unseen.
-MEMCHECK_K="test_cuda_matches_cpu and fp32 or test_cuda_many_pixels_odd_count and N1"
+MEMCHECK_K="test_cuda_matches_cpu and fp32 or test_cuda_many_pixels_odd_count and N1 or test_cuda_misaligned or test_cuda_bf16_vector"
 RACECHECK_K="test_cuda_many_pixels_odd_count and N1 and (mean or sum)"
 sanitize() {  # TOOL -k-EXPRESSION
   local tool=$1 expr=$2 log
   log=$(mktemp)
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 50 \
-    "$PY" -m pytest -q -p no:cacheprovider -x tests/ops/test_ops.py -k "$expr" > "$log" 2>&1
+    "$PY" -m pytest -q -p no:cacheprovider -x tests/ops/test_ops_autograd.py tests/ops/test_cuda.py -k "$expr" > "$log" 2>&1
   local rc=$?
   cat "$log"
   if grep -q "Device not supported" "$log"; then

@@ -80,7 +80,8 @@ def test_configurations_are_the_engine_settings_they_claim(dry_run):
         assert (r["compile_s"] is not None) == (name in ("compile", "all")), name
         ops = r["fused_op_share"]["ops"]
         if name in FUSED_CONFIGS:  # the XTasC-Net losses: CE, soft CE (consistency) and L1, forward and backward
-            expected = {"xtc_ext::masked_cross_entropy", "xtc_ext::soft_cross_entropy_bwd", "xtc_ext::masked_l1_loss"}
+            expected = {f"xtc_ext::{op}_{pass_}" for op in ("masked_cross_entropy", "soft_cross_entropy", "masked_l1_loss")
+                        for pass_ in ("fwd", "bwd")}
             assert expected <= set(ops), (name, ops)
             assert r["fused_op_share"]["cpu_share"] > 0
         else:
@@ -122,7 +123,8 @@ def test_authors_swaps_the_models_fused_ops_for_the_eager_references(bench_train
             (out.square().mean() + loss).backward()
         return {e.name for e in prof.events() if e.name.startswith("xtc_ext::")}
 
-    assert {"xtc_ext::sigmoid_gate", "xtc_ext::cosine_similarity_loss"} <= ops_called("fused")
+    assert {"xtc_ext::sigmoid_gate", "xtc_ext::sigmoid_gate_bwd", "xtc_ext::cosine_similarity_loss_fwd",
+            "xtc_ext::cosine_similarity_loss_bwd"} <= ops_called("fused")
     assert ops_called("eager") == set()
     assert ops_called("fused")  # the swap is undone after the block
 
