@@ -59,6 +59,7 @@ import gc
 import json
 import math
 import os
+import shlex
 import platform
 import shlex
 import shutil
@@ -145,11 +146,12 @@ MODEL_OPS = ("sigmoid_gate", "cosine_similarity_loss")
 
 
 def train_args(model: str, config: Config, device: str, batch: int, size: Tuple[int, int],
-               extra: Sequence[str] = ()) -> argparse.Namespace:
-    """The finalised command line of ``python -m xtc_ext.train`` for ``model`` in ``config``."""
+               extra: Sequence[str] = (), train_extra: Sequence[str] = ()) -> argparse.Namespace:
+    """The finalised command line of ``python -m xtc_ext.train`` for ``model`` in ``config``; ``extra`` goes
+    before the configuration's options, ``train_extra`` (``--train-args``) after them, so it overrides them."""
     argv = [*MODELS[model].argv, *extra, "--dataset", "frames", "--size", str(size[0]), str(size[1]),
             "--batch-size", str(batch), "--device", device, "--no-augment", "--no-progress", "--no-tensorboard",
-            "--output-dir", os.devnull, "--seed", "0", *config.argv()]
+            "--output-dir", os.devnull, "--seed", "0", *config.argv(), *train_extra]
     return cli.finalize_args(cli.parse_args(argv))
 
 
@@ -340,7 +342,8 @@ def run_config(model: str, name: str, opts: argparse.Namespace, splits: Any, bat
     config = CONFIGS[name]
     cuda = device.startswith("cuda")
     sync = Sync(cuda)
-    args = train_args(model, config, device, opts.batch_size_of[model], opts.size_of[model], opts.extra_argv[model])
+    args = train_args(model, config, device, opts.batch_size_of[model], opts.size_of[model], opts.extra_argv[model],
+                      opts.train_extra)
     recipe = get_recipe(args.model)(args, get_dataset(args.dataset))
     torch._dynamo.reset()
     with op_implementation(config.loss_impl), compile_backend(opts.compile_backend):
@@ -399,7 +402,8 @@ def model_record(model: str, opts: argparse.Namespace) -> Dict[str, Any]:
     """The per-model part of the results, before any configuration ran."""
     setup = MODELS[model]
     return {"model": model, "paper_setting": setup.paper, "batch_size": opts.batch_size_of[model],
-            "size": list(opts.size_of[model]), "argv": [*setup.argv, *opts.extra_argv[model]], "configs": {},
+            "size": list(opts.size_of[model]), "argv": [*setup.argv, *opts.extra_argv[model]],
+            "train_args": list(opts.train_extra), "configs": {},
             "skipped": {}}
 
 
@@ -520,6 +524,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="start no new configuration after this many minutes (the rest is recorded as skipped)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of torch (torch.set_num_threads; default: torch's, the number of cores)")
+    p.add_argument("--train-args", default="", metavar="ARGS",
+                   help="more python -m xtc_ext.train options for every configuration, after its own (so they "
+                   "override them), e.g. \"--contrastive\" or \"--amp bf16 --channels-last on\"")
     p.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON here")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the markdown table here")
     p.add_argument("--dry-run", action="store_true",
@@ -536,6 +543,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     a.size_of = {m: tuple(a.size) if a.size else MODELS[m].sizes[key][1] for m in a.models}
     a.batch_size_of = {m: a.batch_size or MODELS[m].sizes[key][0] for m in a.models}
     a.extra_argv = {m: MODELS[m].dry_argv if a.dry_run else () for m in a.models}
+    a.train_extra = tuple(shlex.split(a.train_args))
     default_steps = 1 if a.dry_run else (10 if key == "cuda" else 5)
     a.steps = a.steps if a.steps is not None else default_steps
     a.warmup = a.warmup if a.warmup is not None else (1 if a.dry_run else 3)
@@ -600,7 +608,7 @@ def _run(opts: argparse.Namespace, result: Dict[str, Any]) -> None:
             continue
         if model not in data:  # the splits and the batch, once per model
             args = train_args(model, CONFIGS["authors"], opts.device, opts.batch_size_of[model],
-                              opts.size_of[model], opts.extra_argv[model])
+                              opts.size_of[model], opts.extra_argv[model], opts.train_extra)
             data[model] = load_batch(args, pin=opts.device.startswith("cuda"))
         bench_config(model, name, opts, data[model], models[model])
     for m in models.values():  # results in the order of --configs

@@ -142,3 +142,14 @@ def test_compiled_configurations_run_last(bench_train):
     plan = bench_train.run_plan(["xtasc", "mtcp"], ["authors", "compile", "fused", "all"])
     assert plan == [("xtasc", "authors"), ("xtasc", "fused"), ("mtcp", "authors"), ("mtcp", "fused"),
                     ("xtasc", "compile"), ("mtcp", "compile"), ("xtasc", "all"), ("mtcp", "all")]
+
+
+def test_train_args_reach_every_configuration_and_override_it(bench_train):
+    """``--train-args`` (e.g. the contrastive regularizer's overhead: ``--train-args --contrastive``) comes after
+    the configuration's own options, so it can also override them."""
+    opts = bench_train.parse_args(["--dry-run", "--model", "xtasc", "--train-args", "--contrastive --amp bf16"])
+    assert opts.train_extra == ("--contrastive", "--amp", "bf16")
+    args = bench_train.train_args("xtasc", bench_train.CONFIGS["authors"], "cpu", 2, (64, 64), (), opts.train_extra)
+    assert args.contrastive is True and args.amp == "bf16" and args.loss_impl == "eager"
+    plain = bench_train.train_args("xtasc", bench_train.CONFIGS["authors"], "cpu", 2, (64, 64))
+    assert plain.contrastive is False and plain.amp == "none"

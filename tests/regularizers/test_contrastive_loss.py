@@ -7,6 +7,7 @@ module reports.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -399,6 +400,57 @@ def test_bfloat16_autocast_runs_the_projector_in_bfloat16_and_returns_float32():
     assert dtypes == [torch.bfloat16, torch.bfloat16]
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert all(float(f.grad.abs().sum()) > 0 for f in features.values())
+
+
+def _loss_and_feature_grads(reg, features, labels, head_weight, autocast_dtype=None):
+    """The regularizer's loss plus a head's linear loss on the same maps (autograd sums both gradients)."""
+    leaves = {t: f.detach().clone().requires_grad_(True) for t, f in features.items()}
+    with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        out = reg(leaves, labels, generator=_gen(5))
+    head = sum((leaves[t].double() * head_weight[t]).sum() for t in leaves)
+    (out.loss.double() + head).backward()
+    return out.loss.detach().double(), {t: f.grad for t, f in leaves.items()}
+
+
+def _channels_last_case(dtype):
+    channels = {"semseg": 6, "depth": 5}
+    torch.manual_seed(0)
+    reg = CrossTaskContrastive(channels, {"semseg": "categorical", "depth": "depth"}, embed_dim=4, anchors=9)
+    features = {t: f.detach().to(dtype) for t, f in _features(channels, 3, 7, 9, seed=4).items()}
+    labels = {k: v for k, v in _labels(3, 7, 9, seed=4).items() if k in channels}
+    # a head gradient of the size of the regularizer's (in bf16 a larger one would round it away)
+    head_weight = {t: 1e-3 * torch.randn(f.shape, dtype=torch.float64) for t, f in features.items()}
+    cl = {t: f.contiguous(memory_format=torch.channels_last) for t, f in features.items()}
+    assert not any(f.is_contiguous() for f in cl.values())
+    return reg, features, cl, labels, head_weight
+
+
+def _assert_same(loss, grads, ref_loss, ref_grads, head_weight, dtype, tol):
+    assert abs(float(loss) - float(ref_loss)) <= tol * max(1.0, abs(float(ref_loss)))
+    for t, g in grads.items():
+        assert g.dtype == dtype and g.is_contiguous(memory_format=torch.channels_last), t
+        reg_part, ref_part = g.double() - head_weight[t], ref_grads[t].double() - head_weight[t]
+        assert float(ref_part.abs().max()) > 0, t  # the regularizer's own gradient is compared, not the head's
+        assert float((reg_part - ref_part).abs().max()) <= tol * float(ref_part.abs().max()), t
+
+
+def test_channels_last_features_match_the_float64_contiguous_result():
+    """``--channels-last``: the maps are gathered in their own layout and their gradient keeps it (no
+    layout-mismatched add against the head's gradient); loss and gradients equal the float64 result on
+    contiguous maps of the same values, with a head consuming the same maps."""
+    reg, features, cl, labels, head_weight = _channels_last_case(torch.float32)
+    ref = _loss_and_feature_grads(copy.deepcopy(reg).double(), {t: f.double() for t, f in features.items()},
+                                  labels, head_weight)
+    _assert_same(*_loss_and_feature_grads(reg, cl, labels, head_weight), *ref, head_weight, torch.float32, 1e-5)
+
+
+def test_channels_last_bfloat16_under_autocast_matches_the_contiguous_layout():
+    """The training program's CPU default (bf16 autocast + channels_last): same loss and gradients as the
+    contiguous bf16 maps (only the gather's layout differs; bf16 accumulation order aside)."""
+    reg, features, cl, labels, head_weight = _channels_last_case(torch.bfloat16)
+    ref = _loss_and_feature_grads(reg, features, labels, head_weight, torch.bfloat16)
+    _assert_same(*_loss_and_feature_grads(reg, cl, labels, head_weight, torch.bfloat16), *ref, head_weight,
+                 torch.bfloat16, 1e-2)
 
 
 def test_float64_module_and_features():

@@ -127,28 +127,45 @@ def triplet_margin_loss(
 
 
 class _GatherPixels(torch.autograd.Function):
-    """``[N, C, h, w]`` features at pixel indices ``[N, R]`` -> ``[N, C, R]``.
+    """``[N, C, h, w]`` features at pixel indices ``[N, R]`` -> rows ``[N, R, C]``.
 
-    As ``feat.reshape(N, C, h * w).gather(2, index)``, but the backward returns a fresh contiguous
-    ``[N, C, h, w]`` gradient (zeros, then ``scatter_add_``), not a view of one: autograd can then add
-    the prediction head's gradient on the same map into it in place instead of allocating a third
-    full-size tensor.
+    As ``feat.flatten(2).gather(2, index[:, None].expand(N, C, R)).transpose(1, 2)``, but read in the
+    features' own memory layout: a channels_last map (``--channels-last``) is gathered as ``[N, h*w, C]``
+    pixel vectors without the full-map copy a ``reshape`` would make. The backward returns a fresh
+    full-size gradient (zeros, then ``index_add_`` / ``scatter_add_``) in that same layout: autograd
+    then adds the prediction head's gradient on the same map into it in place, and the layers below
+    receive the layout they produced (a contiguous gradient for a channels_last map cost a strided add,
+    a slower upsampling backward and slower ReLU backward: 27 % of the step instead of 13 %).
     """
 
     @staticmethod
     def forward(ctx, feat: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
-        N, C = feat.shape[:2]
-        expanded = index.unsqueeze(1).expand(N, C, index.shape[1])
-        ctx.save_for_backward(expanded)
+        N, C, h, w = feat.shape
+        R = index.shape[1]
+        ctx.channels_last = not feat.is_contiguous() and feat.is_contiguous(memory_format=torch.channels_last)
         ctx.feat_shape = feat.shape
-        return feat.reshape(N, C, -1).gather(2, expanded)
+        if ctx.channels_last:  # [N * h * w, C] pixel vectors, rows picked by their flat index
+            flat = (index + torch.arange(N, device=index.device).unsqueeze(1) * (h * w)).view(-1)
+            ctx.save_for_backward(flat)
+            return feat.permute(0, 2, 3, 1).view(N * h * w, C).index_select(0, flat).view(N, R, C)
+        ctx.save_for_backward(index)
+        return feat.reshape(N, C, h * w).gather(2, index.unsqueeze(1).expand(N, C, R)).transpose(1, 2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
-        (expanded,) = ctx.saved_tensors
+        (index,) = ctx.saved_tensors
+        N, C, h, w = ctx.feat_shape
+        # ``out`` is returned itself, never a view of another tensor: autograd adds into it in place only
+        # when it holds the last reference to it and to its storage
+        if ctx.channels_last:  # index_add_: no float32 round trip for bfloat16, unlike scatter_add_
+            out = torch.empty(ctx.feat_shape, dtype=grad.dtype, device=grad.device,
+                              memory_format=torch.channels_last).zero_()
+            out.permute(0, 2, 3, 1).view(N * h * w, C).index_add_(0, index, grad.reshape(-1, C))
+            return out, None
+        R = index.shape[1]
         out = grad.new_zeros(ctx.feat_shape)
-        out.view(expanded.shape[0], expanded.shape[1], -1).scatter_add_(2, expanded, grad)
+        out.view(N, C, h * w).scatter_add_(2, index.unsqueeze(1).expand(N, C, R), grad.transpose(1, 2))
         return out, None
 
 
@@ -466,11 +483,11 @@ class CrossTaskContrastive(nn.Module):
         # gather then reads each channel row of the map forward), then put back in sampling order.
         sorted_idx, perm = torch.sort(torch.cat(index, dim=1), dim=1)  # [N, R]
         R = perm.shape[1]
-        rows = _GatherPixels.apply(feat, sorted_idx)  # [N, C, R]
+        rows = _GatherPixels.apply(feat, sorted_idx)  # [N, R, C]
         in_stats = torch.zeros_like(perm, dtype=torch.bool)  # BatchNorm statistics: valid triplets' rows
         in_stats[:, :3 * K] = trip.valid.repeat(1, 3)
         in_stats = in_stats.gather(1, perm)
-        z = self.project(t, s, rows.transpose(1, 2).reshape(N * R, C), in_stats.view(-1)).view(N, R, -1)
+        z = self.project(t, s, rows.reshape(N * R, C), in_stats.view(-1)).view(N, R, -1)
         inverse = torch.empty_like(perm).scatter_(1, perm, torch.arange(R, device=perm.device).expand(N, R))
         z = z.gather(1, inverse.unsqueeze(-1).expand(N, R, z.shape[-1]))
         # split, not slices: one gradient buffer for z instead of one per slice
