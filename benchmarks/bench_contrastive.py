@@ -18,7 +18,14 @@ shared machine affect all three alike; medians of torch.utils.benchmark measurem
 ``--cpu-time`` times with ``time.process_time`` instead of wall-clock time: with one thread it is
 the compute time of this process, robust to other processes competing for the cores.
 
-Usage: ``PYTHONPATH=. python benchmarks/bench_contrastive.py [--threads N] [--rounds R] [--model mtcp]``.
+``--engine`` times what a user feels instead: the whole training step of ``python -m xtc_ext.train``
+(the engine's ``Trainer``: forward, the recipe's losses and task weighting, the finite check, backward,
+Adam step of the model and of the projectors) without and with ``--contrastive``, built as in
+``benchmarks/bench_train.py`` on the first frames of the ten packaged NYUv2 frames, interleaved step by
+step in one process (XTasC-Net uses ``--encoder-depth``; MT-CP ResNet-18 FPN).
+
+Usage: ``PYTHONPATH=. python benchmarks/bench_contrastive.py [--threads N] [--rounds R] [--model mtcp]
+[--engine]``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,11 @@ import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 
+import bench_train
 from python_models import MTCP, XTasCNet
+from xtc_ext.data import get_dataset
+from xtc_ext.engine import Trainer
+from xtc_ext.recipes import get_recipe
 from xtc_ext.regularizers import DEFAULT_SOURCE_KINDS, CrossTaskContrastive
 
 
@@ -53,6 +64,38 @@ def build_host(args: argparse.Namespace) -> Tuple[torch.nn.Module, Dict[str, tor
     return MTCP({"semseg": 13, "depth": 1, "normals": 3}, backbone="resnet18_fpn").train(), labels, mtcp_loss
 
 
+def engine_overhead(args: argparse.Namespace, timer: Callable[[], float]) -> None:
+    """``--engine``: median training-step time of the engine without / with ``--contrastive``, interleaved."""
+    host = (["--model", "xtasc", "--encoder-depth", str(args.encoder_depth)] if args.model == "xtasc"
+            else ["--model", "mtcp", "--backbone", "resnet18_fpn"])
+    precision = ["--amp", "bf16", "--channels-last", "on"] if args.amp == "bf16" else ["--amp", "none",
+                                                                                       "--channels-last", "off"]
+    reg = ["--contrastive", "--contrastive-anchors", str(args.anchors), "--contrastive-mining", args.mining]
+    steps = {}
+    for name, extra in (("step", precision), ("step + regularizer", precision + reg)):
+        targs = bench_train.train_args(args.model, bench_train.CONFIGS["fused"], "cpu", args.batch,
+                                       tuple(args.size), host, extra)
+        splits, batch = bench_train.load_batch(targs, pin=False)
+        recipe = get_recipe(targs.model)(targs, get_dataset(targs.dataset))
+        trainer = Trainer(targs, recipe, splits, show_before=False)
+        steps[name] = bench_train.step_function(trainer, batch)
+        for _ in range(3):  # warm-up
+            steps[name]()
+    times: Dict[str, list] = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for k, step in steps.items():
+            t = timer()
+            step()
+            times[k].append(timer() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"engine training step, {' '.join(host[1:])}, batch {args.batch}, {args.size[0]}x{args.size[1]}, "
+          f"amp {args.amp}, K={args.anchors}, mining={args.mining}, threads {args.threads}, {args.rounds} "
+          f"interleaved rounds, {'CPU' if args.cpu_time else 'wall-clock'} time")
+    for k, v in med.items():
+        print(f"  {k:20s} median {v * 1e3:9.1f} ms  (per round {', '.join(f'{x * 1e3:.0f}' for x in times[k])})")
+    print(f"  overhead of the regularizer: {(med['step + regularizer'] / med['step'] - 1) * 100:.1f}% of the step")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -66,7 +109,13 @@ def main() -> None:
     ap.add_argument("--amp", choices=("none", "bf16"), default="none",
                     help="bf16: CPU bfloat16 autocast and channels_last (the training program's CPU default)")
     ap.add_argument("--cpu-time", action="store_true", help="time.process_time instead of wall-clock time")
+    ap.add_argument("--engine", action="store_true", help="the whole training step of the engine, without / with "
+                    "--contrastive (see the module docstring)")
     args = ap.parse_args()
+    if args.engine:
+        torch.set_num_threads(args.threads)
+        engine_overhead(args, time.process_time if args.cpu_time else time.perf_counter)
+        return
     torch.manual_seed(0)
     model, labels, host_loss = build_host(args)
     reg = CrossTaskContrastive(model.feature_channels, {t: DEFAULT_SOURCE_KINDS[t] for t in model.feature_channels},

@@ -59,7 +59,6 @@ import gc
 import json
 import math
 import os
-import shlex
 import platform
 import shlex
 import shutil
