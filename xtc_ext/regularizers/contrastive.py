@@ -126,6 +126,12 @@ def triplet_margin_loss(
     return hinge.sum() / count.clamp_min(1).to(hinge.dtype), count
 
 
+def _reads_pixel_vectors(feat: Tensor) -> bool:
+    """True for a channels_last (and not also contiguous) map ``[N, C, h, w]``: its ``C`` values of a pixel
+    are adjacent in memory, so it is read as ``[N*h*w, C]`` pixel vectors."""
+    return not feat.is_contiguous() and feat.is_contiguous(memory_format=torch.channels_last)
+
+
 class _GatherPixels(torch.autograd.Function):
     """``[N, C, h, w]`` features at pixel indices ``[N, R]`` -> rows ``[N, R, C]``.
 
@@ -142,7 +148,7 @@ class _GatherPixels(torch.autograd.Function):
     def forward(ctx, feat: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
         N, C, h, w = feat.shape
         R = index.shape[1]
-        ctx.channels_last = not feat.is_contiguous() and feat.is_contiguous(memory_format=torch.channels_last)
+        ctx.channels_last = _reads_pixel_vectors(feat)
         ctx.feat_shape = feat.shape
         if ctx.channels_last:  # [N * h * w, C] pixel vectors, rows picked by their flat index
             flat = (index + torch.arange(N, device=index.device).unsqueeze(1) * (h * w)).view(-1)
@@ -479,17 +485,20 @@ class CrossTaskContrastive(nn.Module):
         if self.mining == "semihard":
             pool, pool_ok = sample_pool(grid, u[:, 3 * K + 1:])
             index.append(pool)
-        # Only the sampled pixels are gathered and projected, in increasing pixel order per image (the
-        # gather then reads each channel row of the map forward), then put back in sampling order.
-        sorted_idx, perm = torch.sort(torch.cat(index, dim=1), dim=1)  # [N, R]
-        R = perm.shape[1]
-        rows = _GatherPixels.apply(feat, sorted_idx)  # [N, R, C]
-        in_stats = torch.zeros_like(perm, dtype=torch.bool)  # BatchNorm statistics: valid triplets' rows
+        # Only the sampled pixels are gathered and projected.
+        index = torch.cat(index, dim=1)  # [N, R]
+        R = index.shape[1]
+        in_stats = torch.zeros_like(index, dtype=torch.bool)  # BatchNorm statistics: valid triplets' rows
         in_stats[:, :3 * K] = trip.valid.repeat(1, 3)
-        in_stats = in_stats.gather(1, perm)
-        z = self.project(t, s, rows.reshape(N * R, C), in_stats.view(-1)).view(N, R, -1)
-        inverse = torch.empty_like(perm).scatter_(1, perm, torch.arange(R, device=perm.device).expand(N, R))
-        z = z.gather(1, inverse.unsqueeze(-1).expand(N, R, z.shape[-1]))
+        if _reads_pixel_vectors(feat):  # whole C-vectors per pixel: any order reads the map well
+            z = self.project(t, s, _GatherPixels.apply(feat, index).reshape(N * R, C), in_stats.view(-1))
+            z = z.view(N, R, -1)
+        else:  # channel rows: gather in increasing pixel order per image, then put back in sampling order
+            sorted_idx, perm = torch.sort(index, dim=1)
+            rows = _GatherPixels.apply(feat, sorted_idx)  # [N, R, C]
+            z = self.project(t, s, rows.reshape(N * R, C), in_stats.gather(1, perm).view(-1)).view(N, R, -1)
+            inverse = torch.empty_like(perm).scatter_(1, perm, torch.arange(R, device=perm.device).expand(N, R))
+            z = z.gather(1, inverse.unsqueeze(-1).expand(N, R, z.shape[-1]))
         # split, not slices: one gradient buffer for z instead of one per slice
         za, zp, zn, *zpool = z.split([K, K, K] + ([R - 3 * K] if R > 3 * K else []), dim=1)
         if self.mining == "semihard":
