@@ -246,12 +246,13 @@ def _register_autograd(name: str, setup_context: Callable, backward: Callable) -
 
 
 def _call(name: str, *args):
-    """The internal op ``name``, differentiable: under torch.func through its autograd.Function applied here
-    (the transforms do not see one applied inside a dispatcher kernel), else through the dispatcher (whose
-    Autograd kernel applies the same Function; what torch.compile traces)."""
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-        return _FUNCTIONS[name].apply(*args)
-    return getattr(_lib, name)(*args)
+    """The internal op ``name``, differentiable: while torch.compile traces, through the dispatcher (whose
+    Autograd kernel applies the op's autograd.Function; Dynamo cannot trace that Function applied here when
+    no input requires a gradient); otherwise its autograd.Function applied here, in one hop (and visible
+    to the torch.func transforms, which do not see one applied inside a dispatcher kernel)."""
+    if torch.compiler.is_compiling():
+        return getattr(_lib, name)(*args)
+    return _FUNCTIONS[name].apply(*args)
 
 
 def _class_dim(x: Tensor) -> int:

@@ -179,7 +179,7 @@ def _rank_mean(t: Tensor, differentiable: bool = False) -> Tensor:
     if differentiable:
         return dist_nn.all_reduce(t) / dist.get_world_size()
     t = t.clone()
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t / dist.get_world_size()
 
 
@@ -481,20 +481,12 @@ class LPS(Weighting):
         """The weights ``w_t`` on the projected losses ``[T]`` (float32, CPU; ones before any update)."""
         return self.lps_weights.detach().float().cpu()
 
-    @staticmethod
-    def _all_reduce_mean(m: Tensor) -> Tensor:
-        if dist.is_available() and dist.is_initialized():
-            m = m.clone()
-            dist.all_reduce(m, op=dist.ReduceOp.SUM)
-            m = m / dist.get_world_size()
-        return m
-
     @torch.no_grad()
     def epoch_end(self, mean_losses: Tensor | Sequence[float]) -> None:
         """Record the epoch means of the raw losses ``[T]`` (float, any device) and set the weights of
         the next epoch (see the class docstring for the update and the distributed all-reduce)."""
         m = _as_vector(mean_losses, self.num_tasks, "LPS.epoch_end")
-        m = self._all_reduce_mean(m.to(self.share_history))
+        m = _rank_mean(m.to(self.share_history))
         projected = self.project(m)
         if not bool(torch.isfinite(projected).all()) or not bool((projected > 0).all()):
             what = "log(1 + mean + eps)" if self.log_transform else "mean losses"

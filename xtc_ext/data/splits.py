@@ -179,7 +179,7 @@ def build_splits(spec: DatasetSpec, root: Optional[PathLike], *, classes: int,
     fraction = _check_fraction(val_fraction, "--val-fraction")
     kwargs = dict(classes=classes, size=size, normalize=normalize, depth_scaling=depth_scaling, tasks=tasks)
     train_full = spec.build(root, "train", augment=bool(augment), **kwargs)
-    train_plain = spec.build(root, "train", augment=False, **kwargs)
+    train_plain = _without_augmentation(train_full)  # the same files, not listed a second time
     if spec.test_split is None:
         test = train_plain
     else:

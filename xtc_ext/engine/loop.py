@@ -104,8 +104,8 @@ class TrainState:
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
-    tensors = [t for t in module.state_dict().values() if t.is_floating_point()]
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    flags = [torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()]
+    return not flags or bool(torch.stack(flags).all())  # one host synchronisation for the whole state
 
 
 class Trainer:
@@ -236,9 +236,14 @@ class Trainer:
         return False
 
     def _step(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Forward and loss of one batch under autocast; the logged values averaged over the ranks."""
-        batch = dict(batch)
-        batch["image"] = batch["image"].to(self.device, non_blocking=True, memory_format=self._format)
+        """Forward and loss of one batch under autocast. Returns the total loss (on the device, for the backward)
+        and the logged values averaged over the ranks, copied to the host: the step's one host synchronisation,
+        which the finite check and the logs then read without another."""
+        # every tensor to the device once, without blocking (the recipes' and the regularizer's own ``.to`` are
+        # then no-ops); the image in the run's memory format
+        batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
+        batch["image"] = batch["image"].to(memory_format=self._format)
         with autocast(self.device, self.amp):
             out = self.recipe.training_step(self.train_model, self.weighting, batch, self.device,
                                             self.generators["regularizer"])
@@ -247,7 +252,7 @@ class Trainer:
             values = values.clone()
             torch.distributed.all_reduce(values)
             values /= self.dist.world_size
-        return out.total, values
+        return out.total, values.cpu()
 
     def _update(self, total: torch.Tensor) -> None:
         self.scaler.scale(total).backward()

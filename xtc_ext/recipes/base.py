@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from xtc_ext.data import IGNORE_INDEX, DatasetSpec
 from xtc_ext.engine import StepOutput
-from xtc_ext.metrics import delta_m, load_baselines
+from xtc_ext.metrics import delta_m, delta_m_over, load_baselines
 from xtc_ext.recipes.errors import option_error
 from xtc_ext.recipes.regularization import ContrastivePlugin, check_contrastive_args
 from xtc_ext.visualize import save_prediction_figures
@@ -139,11 +139,10 @@ class BaseRecipe:
         """
         keys, lower = self.delta_metrics()
         baseline, files = load_baselines(baseline_files, keys)
-        used = [k for k in keys if k in metrics and k in baseline] if self.delta_m_partial else list(keys)
-        if not used:
-            raise ValueError(f"no metric of {list(keys)} in common between the model ({sorted(metrics)}) and the "
-                             f"baseline ({sorted(baseline)})")
-        value = delta_m(metrics, baseline, lower_is_better=lower, keys=tuple(used))
+        if self.delta_m_partial:
+            value, used = delta_m_over(metrics, baseline, keys, lower)
+        else:
+            value, used = delta_m(metrics, baseline, lower_is_better=lower, keys=tuple(keys)), list(keys)
         return {"delta_m": value, "delta_m_keys": used, "baseline": baseline, "baseline_files": files,
                 "delta_m_formula": self.delta_m_formula}
 

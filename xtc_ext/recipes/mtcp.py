@@ -182,7 +182,7 @@ class MTCPRecipe(BaseRecipe):
         for t in self.tasks:
             target = batch[SAMPLE_KEYS[t]].to(device, non_blocking=True)
             valid = batch.get(f"{SAMPLE_KEYS[t]}_valid") if t in ("depth", "normals") else None
-            out[t] = target if valid is None else target * valid.to(device).to(target.dtype)
+            out[t] = target if valid is None else target * valid.to(device, non_blocking=True).to(target.dtype)
         return out
 
     def training_step(self, model: nn.Module, weighting: Weighting, batch: Mapping[str, Any],
