@@ -24,9 +24,15 @@
 
 #include "cuda_kernels.h"
 
-// Per-pixel device code is also host-callable, so that a host harness can run the exact functor
-// bodies without a GPU; only the kernels, warp shuffles and block reductions are device-only.
+// Per-pixel device code is also host-callable. The whole file, kernels included, also compiles as host
+// C++ against the launch emulator of tests/cuda_host (XTC_HOST_EMULATION), which runs the kernels on the
+// CPU thread by thread (docs/ops.md, "The device code executed on the host").
 #define XTC_HD __host__ __device__ __forceinline__
+
+// The emulator checks the alignment of every vector access; on the device it is a precondition.
+#ifndef XTC_CHECK_ALIGNED
+#define XTC_CHECK_ALIGNED(p, bytes)
+#endif
 
 namespace xtc::cuda {
 
@@ -119,6 +125,7 @@ XTC_HD void load_pack(const T* __restrict__ p, T (&out)[VEC]) {
   constexpr int kChunk = pack_chunk<T, VEC>();
 #pragma unroll
   for (int j = 0; j < VEC; j += kChunk) {
+    XTC_CHECK_ALIGNED(p + j, sizeof(Pack<T, kChunk>));
     const Pack<T, kChunk> x = *reinterpret_cast<const Pack<T, kChunk>*>(p + j);
 #pragma unroll
     for (int i = 0; i < kChunk; ++i) out[j + i] = x.v[i];
@@ -133,6 +140,7 @@ XTC_HD void store_pack(T* __restrict__ p, const T (&in)[VEC]) {
     Pack<T, kChunk> x;
 #pragma unroll
     for (int i = 0; i < kChunk; ++i) x.v[i] = in[j + i];
+    XTC_CHECK_ALIGNED(p + j, sizeof(Pack<T, kChunk>));
     *reinterpret_cast<Pack<T, kChunk>*>(p + j) = x;
   }
 }
@@ -297,6 +305,19 @@ __global__ void __launch_bounds__(kThreads) pixel_map_kernel(const Op op, int64_
 // ---------------------------------------------------------------------------------------------
 // Host side: launches and dispatch.
 
+// kernel<<<grid, block, 0, stream>>>(args...) and its launch error. Under the host emulator
+// (tests/cuda_host/emulator.h) the same kernel runs on the CPU.
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), int64_t grid, int block, cudaStream_t stream,
+                          const Args&... args) {
+#ifdef XTC_HOST_EMULATION
+  return xtc_emu::launch(kernel, grid, block, args...);
+#else
+  kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(args...);
+  return cudaGetLastError();
+#endif
+}
+
 // Reduction over num_pixels pixels (a multiple of Op::kVec): the pixel kernel, then the finalize.
 // loss is written for mean / sum only (reduction none: the op writes its per-pixel loss itself).
 template <typename Op>
@@ -306,12 +327,10 @@ cudaError_t launch_pixel_reduction(const Op& op, int64_t num_pixels, Reduction r
   const int64_t groups = num_pixels / Op::kVec;
   const int64_t grid = reduction_grid(groups);
   acc_t* partials = static_cast<acc_t*>(workspace);
-  pixel_reduce_kernel<Op><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(op, groups, partials);
-  cudaError_t err = cudaGetLastError();
+  const cudaError_t err = launch_kernel(pixel_reduce_kernel<Op>, grid, kThreads, stream, op, groups, partials);
   if (err != cudaSuccess) return err;
-  finalize_kernel<acc_t><<<1, kFinalizeThreads, 0, stream>>>(partials, grid, reduction, static_cast<acc_t*>(loss),
-                                                             static_cast<acc_t*>(denom));
-  return cudaGetLastError();
+  return launch_kernel(finalize_kernel<acc_t>, 1, kFinalizeThreads, stream, partials, grid, reduction,
+                       static_cast<acc_t*>(loss), static_cast<acc_t*>(denom));
 }
 
 // Map over num_items items in groups of Op::kVec (the last group may be partial: the op checks).
@@ -319,8 +338,7 @@ template <typename Op>
 cudaError_t launch_pixel_map(const Op& op, int64_t num_items, cudaStream_t stream) {
   const int64_t groups = ceil_div(num_items, Op::kVec);
   if (groups <= 0) return cudaSuccess;
-  pixel_map_kernel<Op><<<static_cast<unsigned>(map_grid(groups)), kThreads, 0, stream>>>(op, groups);
-  return cudaGetLastError();
+  return launch_kernel(pixel_map_kernel<Op>, map_grid(groups), kThreads, stream, op, groups);
 }
 
 template <typename T>
