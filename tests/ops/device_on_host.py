@@ -70,7 +70,7 @@ def build() -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     flags = [*FLAGS, f"-I{include}"]
     units = [(CSRC / s, ["-x", "c++"]) for s in DEVICE_SOURCES]
-    units += [(EMULATOR / "emulator.cpp", []), (EMULATOR / "launchers.cpp", [])]
+    units += [(EMULATOR / "emulator.cpp", []), (EMULATOR / "launchers.cpp", []), (EMULATOR / "selftest.cu", ["-x", "c++"])]
 
     def compile_unit(unit):
         src, lang = unit

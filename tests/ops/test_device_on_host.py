@@ -406,3 +406,62 @@ def test_eps_near_underflow_with_zero_vectors(host, dtype, eps):
     for reduction in ("mean", "none"):
         r = compare(host, "cosine_similarity_loss", a, b, None, eps, reduction)
         assert torch.isfinite(r["loss"]).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The emulator itself (tests/cuda_host/selftest.cu)
+
+
+def _ptr(t):
+    return dh.ctypes.c_void_p(t.data_ptr())
+
+
+def _warp_tree_sum(v: torch.Tensor) -> torch.Tensor:
+    """warp_sum of cuda_common.cuh in float32: v += shfl_down(v, 16, 8, 4, 2, 1); lanes past the warp read
+    their own value. Returns lane 0."""
+    v = v.clone()
+    for off in (16, 8, 4, 2, 1):
+        shifted = torch.cat([v[off:], v[32 - off:]])  # lane i reads lane i + off, or its own value
+        v = v + shifted
+    return v[0]
+
+
+def test_emulator_block_sum_in_the_device_order(host):
+    """block_sum2 on the emulator equals the device's reduction tree evaluated in float32 (warp trees, then
+    warp 0 over the 8 warp sums), bit for bit; values spread over 2^-20..2^20 so that the order matters."""
+    gen = _gen(31)
+    blocks = 3
+    x = (torch.randn(blocks * THREADS, generator=gen) * torch.exp2(torch.randint(-20, 20, (blocks * THREADS,),
+                                                                               generator=gen).float()))
+    out = torch.empty(2 * blocks)
+    assert host.lib.xtc_selftest_block_sum(_ptr(x), _ptr(out), dh.ctypes.c_int64(blocks)) == 0
+    for b in range(blocks):
+        warps = x[b * THREADS:(b + 1) * THREADS].view(8, 32)
+        partial = torch.stack([_warp_tree_sum(w) for w in warps])
+        expected = _warp_tree_sum(torch.cat([partial, torch.zeros(24)]))
+        assert out[2 * b].item() == expected.item()
+        assert out[2 * b + 1].item() == THREADS
+
+
+@pytest.mark.parametrize("delta", [1, 5, 16, 31])
+def test_emulator_shuffle_down(host, delta):
+    out = torch.empty(64, dtype=torch.int32)
+    assert host.lib.xtc_selftest_shuffle(delta, _ptr(out)) == 0
+    lane = torch.arange(64) % 32
+    expected = torch.where(lane + delta < 32, torch.arange(64) + delta, torch.arange(64))
+    assert torch.equal(out.long(), expected)
+
+
+def test_emulator_reports_a_divergent_barrier(host):
+    out = torch.zeros(64, dtype=torch.int32)
+    assert host.lib.xtc_selftest_divergent_barrier(_ptr(out)) != 0
+    assert b"divergent barrier" in host.lib.xtc_emu_last_error()
+
+
+def test_emulator_reports_a_misaligned_vector_access(host):
+    buf = torch.arange(16, dtype=torch.float32)
+    out = torch.empty(32)
+    assert host.lib.xtc_selftest_vector_load(_ptr(buf), _ptr(out)) == 0
+    assert (out == 0).all()
+    assert host.lib.xtc_selftest_vector_load(_ptr(buf[1:]), _ptr(out)) != 0
+    assert b"misaligned" in host.lib.xtc_emu_last_error()
