@@ -237,9 +237,9 @@ or test_f1_zero_weights or test_f2_ or test_f3_ or test_f5_ or test_misaligned_o
 or test_fp64_uint8 or test_dtype_paths or test_channels_last_losses or test_vector_path_past_block_cap and mean"
 RACECHECK_K="test_cuda_many_pixels_odd_count and N1 and (mean or sum) or test_empty_shapes and mean \
 or test_f1_zero_weights and fp32-vec or test_p1_inputs and 4096 and mean"
-INITCHECK_K="test_cuda_many_pixels_odd_count and N1 or test_empty_shapes or test_f1_zero_weights \
-or test_f1_zero_times_loss and fp32-vec or test_misaligned_operand and fp32 or test_p1_inputs and 1037 \
-or test_fp64_uint8 and even or test_vector_path_past_block_cap and mean"
+INITCHECK_K="test_cuda_many_pixels_odd_count and N1 and (mean or none) or test_empty_shapes \
+or test_f1_zero_weights and fp32-vec or test_misaligned_operand and fp32 or test_p1_inputs and 1037 and mean \
+or test_fp64_uint8 and even and mean or test_vector_path_past_block_cap and mean"
 sanitize() {  # TOOL -k-EXPRESSION
   local tool=$1 expr=$2 log
   log=$(mktemp)

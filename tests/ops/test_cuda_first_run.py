@@ -263,6 +263,9 @@ def test_f3_cosine_eps_1e_46_zero_vectors(dtype, reduction, record_property):
 @pytest.mark.parametrize("bad", BAD, ids=BAD_IDS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_f5_cosine_nonfinite_a_at_a_counted_pixel(bad, reduction):
+    """A NaN/inf channel of ``a`` at a counted pixel: that pixel's loss and its whole gradient (every channel, a
+    and b) non-finite on both devices, masked pixels (also poisoned) exactly 0, the other pixels finite and as on
+    the CPU. (At b28f16c the CPU kernel gives finite values, ~1e7, in a's other channels there.)"""
     sample = CASES["cosine_similarity_loss"].build(VEC, torch.float32, _gen(57))
     mask = sample.kwargs["mask"]
     mask[0, 1, 2], mask[1, 0, 0] = True, False
@@ -605,6 +608,8 @@ SYNC_VARIANTS = ["fp32", "bf16", "channels_last", "float_mask"]
 @pytest.mark.parametrize("case,reduction", case_params())
 def test_sync_debug_forward_backward(case, reduction, variant):
     """No host synchronisation in forward or backward (docs/ops.md, Determinism): any would raise here."""
+    if variant == "float_mask" and not case.has_mask:
+        pytest.skip("no mask")
     forward, backward = _prepared(case, _variant(case, variant), reduction)
     backward(forward())  # warm-up outside the mode
     torch.cuda.synchronize()
