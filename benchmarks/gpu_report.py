@@ -58,8 +58,9 @@ def read_runtime(work: Path) -> Dict[str, str]:
 
 
 def junit_counts(path: Path) -> Optional[Dict[str, Any]]:
-    """Tests, failures, errors and skips of a pytest JUnit XML file (None if absent or unreadable), and the
-    names of the failed tests (at most 20)."""
+    """Tests, failures, errors and skips of a pytest JUnit XML file (None if absent or unreadable), the
+    names of the failed tests (at most 20) and the values the tests recorded (``record_property``: test name
+    -> {name: value}; the launch counts, copy-kernel counts and messages of tests/ops/test_cuda_first_run.py)."""
     if not path.is_file():
         return None
     try:
@@ -72,6 +73,12 @@ def junit_counts(path: Path) -> Optional[Dict[str, Any]]:
     failed = [f"{c.get('classname')}::{c.get('name')}" for c in root.iter("testcase")
               if c.find("failure") is not None or c.find("error") is not None]
     counts["failed_tests"] = failed[:20]
+    properties = {}
+    for case in root.iter("testcase"):
+        recorded = {p.get("name"): p.get("value") for p in case.iter("property")}
+        if recorded:
+            properties[case.get("name")] = recorded
+    counts["properties"] = properties
     return counts
 
 
@@ -176,6 +183,26 @@ def _markdown_bench_train(bt: Dict[str, Any]) -> List[str]:
     return lines + [""]
 
 
+LAUNCH_COLUMNS = ("fwd_kernels", "fwd_copies", "bwd_kernels", "bwd_copies")
+
+
+def _markdown_properties(properties: Dict[str, Dict[str, str]]) -> List[str]:
+    """The values recorded by the tests: a launch table (tests recording ``fwd_kernels``: the ``launches`` step),
+    then one line per other test."""
+    launches = {t: p for t, p in properties.items() if "fwd_kernels" in p}
+    lines: List[str] = []
+    if launches:
+        lines += ["| test | fwd kernels | fwd copies | bwd kernels | bwd copies | kernels (fwd; bwd) |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for test, p in launches.items():
+            names = f"{p.get('fwd_names', '')}; {p.get('bwd_names', '')}".replace("|", "/")
+            lines.append(f"| {test} | " + " | ".join(p.get(c, "") for c in LAUNCH_COLUMNS) + f" | {names} |")
+        lines.append("")
+    others = [f"- {t}: " + ", ".join(f"{k} {v}" for k, v in p.items()) for t, p in properties.items()
+              if t not in launches]
+    return lines + others + ([""] if others else [])
+
+
 def markdown(report: Dict[str, Any]) -> str:
     """``report.md``: verdict, runtime facts, the steps, then each step's summary."""
     rt = report["runtime"]
@@ -196,8 +223,10 @@ def markdown(report: Dict[str, Any]) -> str:
     lines += ["", "Commands: report.json (`steps[].command`); output of every step: log.txt.", ""]
     for name, counts in report["pytest"].items():
         if counts:
-            lines += [f"## {name}", "", ", ".join(f"{k} {v}" for k, v in counts.items() if k != "failed_tests"), ""]
+            shown = {k: v for k, v in counts.items() if k not in ("failed_tests", "properties")}
+            lines += [f"## {name}", "", ", ".join(f"{k} {v}" for k, v in shown.items()), ""]
             lines += [f"- failed: {t}" for t in counts.get("failed_tests", [])] + [""]
+            lines += _markdown_properties(counts.get("properties") or {})
     ops = report["bench_ops"]
     if ops:
         lines += [f"## Op benchmark (bench_ops.md): {ops['rows']} rows, copy bandwidth "

@@ -23,7 +23,7 @@ import yaml
 
 from xtc_ext.data import DATASETS, DEPTH_SCALINGS, DatasetSpec, get_dataset
 from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, RUN_ARGS_FILE, CheckpointError, load_checkpoint
-from xtc_ext.engine.runtime import AMP_CHOICES, SWITCH_CHOICES
+from xtc_ext.engine.runtime import AMP_CHOICES, SWITCH_CHOICES, resolve_device
 from xtc_ext.losses import LOSS_IMPLS
 from xtc_ext.recipes import RECIPE_CLASSES, RECIPES
 from xtc_ext.recipes.regularization import add_contrastive_arguments
@@ -123,7 +123,8 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the training model (the fused ops compile without graph breaks; the first "
                    "steps are slower while it compiles)")
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
-                   help="under torchrun: synchronise the BatchNorm statistics over the processes (SyncBatchNorm)")
+                   help="under torchrun on CUDA: synchronise the BatchNorm statistics over the processes (SyncBatchNorm); "
+                   "refused on the CPU (exit code 2)")
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -340,15 +341,30 @@ def _check_recipe_options(args: argparse.Namespace, parser: argparse.ArgumentPar
             raise SystemExit(f"error: {option} applies to --model {', '.join(models)} only (got --model {args.model})")
 
 
+def _check_sync_bn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse ``--sync-bn`` off CUDA before anything is built: torch's SyncBatchNorm works only with GPU modules
+    (under torchrun on the CPU it failed at the first training step with torch's traceback). Exit code 2 and
+    one line, as the other unusable arguments of ``--resume`` (docs/training.md, Failures)."""
+    if not args.sync_bn:
+        return
+    device = resolve_device(args.device)
+    if device.type != "cuda":
+        parser.exit(2, f"error: --sync-bn needs CUDA devices (torch's SyncBatchNorm works only with GPU modules), "
+                       f"but this run's device is {device.type}: drop --sync-bn or pass --no-sync-bn\n")
+
+
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the dataset- and method-dependent defaults in place and check every value.
 
     Raises:
-        SystemExit: an invalid value or combination (the message names the option).
+        SystemExit: an invalid value or combination (the message names the option); ``--sync-bn`` on a device
+            other than CUDA exits with code 2.
     """
+    parser = build_parser()
+    _check_sync_bn(args, parser)
     spec = get_dataset(args.dataset)
     _finalize_data(args, spec)
-    _check_recipe_options(args, build_parser())
+    _check_recipe_options(args, parser)
     RECIPES[args.model].finalize_args(args, spec)
     args.betas = [float(b) for b in args.betas]
     checks = [

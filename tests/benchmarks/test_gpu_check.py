@@ -12,11 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STEPS = ("runtime", "build", "pytest", "memcheck", "racecheck", "bench_ops", "bench_train", "train_bf16",
-         "train_torchrun")
+STEPS = ("runtime", "build", "first_run", "sync_debug", "launches", "pytest", "memcheck", "racecheck", "initcheck",
+         "bench_ops", "bench_train", "train_bf16", "train_torchrun")
+SANITIZERS = ("memcheck", "racecheck", "initcheck")
+FIRST_RUN_STEPS = ("first_run", "sync_debug", "launches")
 FILES = {"report.md", "report.json", "log.txt", "bench_ops.json", "bench_ops.md", "bench_train.json",
          "bench_train.md"}
 
@@ -49,12 +52,17 @@ def test_dry_run_passes_and_writes_one_report(dry_run):
     assert report["verdict"] == "PASS" and report["failed_steps"] == [] and report["dry_run"] is True
     status = {s["name"]: s["status"] for s in report["steps"]}
     assert list(status) == list(STEPS)
-    assert status == {**{s: "PASS" for s in STEPS}, "memcheck": "SKIPPED", "racecheck": "SKIPPED"}
+    assert status == {**{s: "PASS" for s in STEPS}, **{s: "SKIPPED" for s in SANITIZERS}}
     for s in report["steps"]:
         assert s["seconds"] is not None and s["seconds"] >= 0
         assert s["status"] == "SKIPPED" or s["command"], s["name"]
     assert report["runtime"]["runtime"] and report["runtime"]["commit"]
     assert report["pytest"]["pytest"]["tests"] > 0 and report["pytest"]["pytest"]["failures"] == 0
+    for name in FIRST_RUN_STEPS:  # collected and skipped on the CPU (no CUDA device), none failed
+        counts = report["pytest"][f"pytest_{name}"]
+        assert counts["tests"] > 0 and counts["failures"] == counts["errors"] == 0, (name, counts)
+        if not torch.cuda.is_available():
+            assert counts["skipped"] == counts["tests"], (name, counts)
     assert report["bench_ops"]["rows"] > 0
     assert set(report["bench_train"]["models"]["mtcp"]["configs"]) == {"authors", "fused"}
     for run in ("train_bf16", "train_torchrun"):
@@ -68,7 +76,8 @@ def test_report_markdown_names_every_step(dry_run):
     assert "**Verdict: PASS**" in md and "--dry-run" in md
     for name in STEPS:
         assert f"| {name} | " in md, name
-    assert "| memcheck | SKIPPED |" in md and "dry run (no GPU)" in md
+    assert "| memcheck | SKIPPED |" in md and "| initcheck | SKIPPED |" in md and "dry run (no GPU)" in md
+    assert "## pytest_first_run" in md and "## pytest_launches" in md
     log = (out / "log.txt").read_text()
     assert "===== bench_train:" in log and "===== train_torchrun:" in log
     assert proc.stdout.rstrip().splitlines()[-1] == "gpu_check: PASS"
@@ -100,3 +109,30 @@ def test_usage_errors(tmp_path):
     for args in ([], ["--bogus", str(tmp_path)], [str(tmp_path), str(tmp_path / "second")]):
         proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and "usage:" in proc.stderr, args
+
+
+def test_report_shows_the_recorded_values(tmp_path):
+    """The values the first-run tests record (JUnit properties) reach the report: the launches table and the
+    other tests' lines."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    work.mkdir()
+    (work / "steps.tsv").write_text("launches\tPASS\t0\t1.0\t120\tnote\tcmd\n")
+    (work / "pytest_launches.xml").write_text(
+        '<testsuites><testsuite tests="2" failures="0" errors="0" skipped="0" time="1.0">'
+        '<testcase classname="t" name="test_launches_per_op[sigmoid_gate-fp32]"><properties>'
+        '<property name="fwd_kernels" value="1"/><property name="fwd_copies" value="0"/>'
+        '<property name="bwd_kernels" value="1"/><property name="bwd_copies" value="0"/>'
+        '<property name="fwd_names" value="gate_fwd"/><property name="bwd_names" value="gate_bwd"/>'
+        '</properties></testcase>'
+        '<testcase classname="t" name="test_f3[fp32-mean]"><properties>'
+        '<property name="cpu_outcome" value="ValueError(eps)"/></properties></testcase>'
+        '</testsuite></testsuites>')
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_report.py"), "write", str(out), str(work)],
+                   check=True, timeout=60)
+    report = json.loads((out / "report.json").read_text())
+    props = report["pytest"]["pytest_launches"]["properties"]
+    assert props["test_launches_per_op[sigmoid_gate-fp32]"]["fwd_kernels"] == "1"
+    md = (out / "report.md").read_text()
+    assert "| test_launches_per_op[sigmoid_gate-fp32] | 1 | 0 | 1 | 0 | gate_fwd; gate_bwd |" in md
+    assert "- test_f3[fp32-mean]: cpu_outcome ValueError(eps)" in md

@@ -18,4 +18,4 @@ settings.load_profile(os.environ.get("XTC_HYPOTHESIS_PROFILE", "ci"))
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # after tests/: "conftest" stays tests/conftest.py

@@ -6,6 +6,9 @@ tolerance helpers. Devices: ``DEVICES`` lists the CPU and, when available, CUDA.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -262,3 +265,46 @@ def _grads_close(case, sample, reduction, seed, loss, grads, ref_grads, rtol, at
 
 
 TOL = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-10, 1e-12)}
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA helpers (tests/ops/test_cuda*.py, test_ops_autograd.py)
+
+
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a contiguous tensor whose data pointer is one element past a 16-byte boundary
+    (storage offset 1): the kernels must take their scalar path for it (docs/ops.md, Determinism)."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:]
+    out = flat.view(t.shape)
+    out.copy_(t)
+    assert out.is_contiguous() and out.storage_offset() == 1 and out.data_ptr() % 16 != 0
+    return out
+
+
+OUT_OF_RANGE_SCRIPT = """
+import sys
+import torch
+import xtc_ext
+
+dtype, op, reduction, weighted = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "weighted"
+logits = torch.randn(2, 5, 3, 7, device="cuda")
+target = torch.randint(0, 5, (2, 3, 7), device="cuda").to(getattr(torch, dtype))
+target[1, 2, 6] = 7
+weight = torch.rand(5, device="cuda") + 0.5 if weighted else None
+loss = getattr(xtc_ext.ops, op)(logits, target, -1, weight, 0.1 if weighted else 0.0, reduction)
+print("launched without error", flush=True)
+torch.cuda.synchronize()
+print("synchronised without error", flush=True)
+"""
+"""A label 7 of 5 classes on CUDA: the device-side check fails at the next synchronisation (docs/ops.md, Errors)."""
+
+
+def run_out_of_range(target_dtype: str, op: str = "masked_cross_entropy", reduction: str = "mean",
+                     weighted: bool = False) -> subprocess.CompletedProcess:
+    """OUT_OF_RANGE_SCRIPT in a fresh process (a device assert leaves the CUDA context unusable)."""
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_LAUNCH_BLOCKING"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", OUT_OF_RANGE_SCRIPT, target_dtype, op, reduction, "weighted" if weighted else "plain"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )

@@ -11,6 +11,8 @@ import torch
 
 from xtc_ext import ops, reference
 
+from op_cases import misaligned
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none available)")
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -95,15 +97,6 @@ def test_cuda_bf16_vector_path(name, reduction):
         _close(g, r, 2e-2, 2e-2)
 
 
-def _misaligned(t):
-    """The same values in a contiguous tensor whose data pointer is one element past a 16-byte boundary."""
-    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:]
-    out = flat.view(t.shape)
-    out.copy_(t)
-    assert out.is_contiguous() and out.data_ptr() % 16 != 0
-    return out
-
-
 @pytest.mark.parametrize("name,reduction", _params())
 def test_cuda_misaligned_contiguous_input(name, reduction):
     """Contiguous inputs off the 16-byte alignment take the scalar path: same values as the aligned run (up to
@@ -112,7 +105,7 @@ def test_cuda_misaligned_contiguous_input(name, reduction):
     args, kwargs, idx = _inputs(name, shape, torch.float32, 5)
     args, kwargs = _to(args, kwargs, "cuda")
     aligned = _run(getattr(ops, name), args, kwargs, idx, reduction, 6)
-    shifted = [_misaligned(a) if a.is_floating_point() else a for a in args]
+    shifted = [misaligned(a) if a.is_floating_point() else a for a in args]
     off = _run(getattr(ops, name), shifted, kwargs, idx, reduction, 6)
     _close(off[0], aligned[0], 1e-6, 1e-7)
     for g, a in zip(off[1], aligned[1]):

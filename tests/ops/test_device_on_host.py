@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import device_on_host as dh
-from op_cases import OPS, SHAPES, _gen, _upstream
+from op_cases import OPS, SHAPES, _gen, _upstream, misaligned
 
 pytestmark = pytest.mark.skipif(dh.SKIP_REASON is not None, reason=str(dh.SKIP_REASON))
 
@@ -165,15 +165,6 @@ def reduction_grid(groups: int) -> int:
 
 def map_grid(groups: int) -> int:
     return max(1, min(MAX_MAP_BLOCKS, math.ceil(groups / THREADS)))
-
-
-def misaligned(t: torch.Tensor) -> torch.Tensor:
-    """A copy of t whose data starts one element past a 16-byte boundary (storage offset 1)."""
-    buf = torch.empty(t.numel() + 1, dtype=t.dtype)
-    out = buf[1:].view(t.shape)
-    out.copy_(t)
-    assert out.data_ptr() % 16 != 0
-    return out
 
 
 def loss_launches(groups_fwd: int, groups_bwd: int) -> list[tuple[int, int]]:

@@ -7,9 +7,6 @@ tests (skipped without a CUDA device).
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from functools import lru_cache, partial
 
 import pytest
@@ -25,7 +22,6 @@ from op_cases import (
     OPS,
     OP_IDS,
     OpCase,
-    ROOT,
     Sample,
     _bernoulli,
     _class_weight,
@@ -42,6 +38,7 @@ from op_cases import (
     case_params,
     requires_cuda,
     run,
+    run_out_of_range,
 )
 
 
@@ -477,32 +474,12 @@ def test_cuda_graph_capture(case, reduction):
         _scaled_close(x.grad, eg, 1e-6, 1e-7)
 
 
-_OUT_OF_RANGE_SCRIPT = """
-import sys
-import torch
-import xtc_ext
-
-logits = torch.randn(2, 5, 3, 7, device="cuda")
-target = torch.randint(0, 5, (2, 3, 7), device="cuda").to(getattr(torch, sys.argv[1]))
-target[1, 2, 6] = 7
-loss = getattr(xtc_ext.ops, sys.argv[2])(logits, target, -1)
-print("launched without error", flush=True)
-torch.cuda.synchronize()
-print("synchronised without error", flush=True)
-"""
-
-
 @requires_cuda
 @pytest.mark.parametrize("target_dtype", ["int64", "uint8"])
 def test_cuda_out_of_range_label_fails_at_synchronisation(target_dtype):
     """On CUDA a bad label cannot raise at the call (that would need a host sync): a device-side check
     fails at the next synchronisation. It poisons the CUDA context, hence the subprocess."""
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_LAUNCH_BLOCKING"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-c", _OUT_OF_RANGE_SCRIPT, target_dtype, "masked_cross_entropy"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
+    proc = run_out_of_range(target_dtype)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     assert "launched without error" in proc.stdout, output
