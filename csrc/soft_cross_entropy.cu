@@ -103,7 +103,9 @@ struct SoftCrossEntropyBackward {
       for (int i = 0; i < VEC; ++i) {
         const acc_t p = acc_exp((vz[i] - mz[i]) - ln[i]);
         const acc_t q = acc_exp((vt[i] - mt[i]) - st[i]);
-        vz[i] = valid[i] ? s[i] * (p - q) : acc_t(0);
+        // exactly 0 where the scale is 0 (masked pixel or zero upstream gradient), as the CPU kernel
+        const acc_t si = valid[i] ? s[i] : acc_t(0);
+        vz[i] = si != acc_t(0) ? si * (p - q) : acc_t(0);
       }
       store_acc<VEC>(g + c * HW, vz);
     }
