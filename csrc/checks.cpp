@@ -166,7 +166,12 @@ LossInfo check_cosine_similarity_loss(const at::Tensor& a, const at::Tensor& b, 
   LossInfo info{parse_reduction(reduction, op), make_layout(a, dim < 0 ? dim + rank : dim, op, "a", a.dim() > 0), {}};
   check_same(b, a, op, "b", "a");
   check_mask(mask, info.layout, a, op, "a");
-  TORCH_CHECK_VALUE(eps > 0, op, ": eps must be > 0, got ", eps);
+  // The kernels use eps in the accumulation type (float32 unless a is float64): it must be > 0 there too, as
+  // an eps below ~7e-46 rounds to 0 in float32 (a zero vector would then give NaN). docs/ops.md, "Reductions".
+  const bool acc64 = a.scalar_type() == at::kDouble;
+  const double eps_acc = acc64 ? eps : static_cast<double>(static_cast<float>(eps));
+  TORCH_CHECK_VALUE(eps > 0 && eps_acc > 0, op, ": eps must be > 0 in the accumulation type (",
+                    acc64 ? "float64" : "float32", " for ", a.scalar_type(), " inputs), got ", eps);
   info.none_shape = info.layout.pixel_shape;
   return info;
 }

@@ -63,7 +63,7 @@ inline void vexp_parts(double y, double& p, int32_t& k) {
 inline float pow2(float, int32_t k) { return std::bit_cast<float>(static_cast<uint32_t>(k + 127) << 23); }
 inline double pow2(double, int32_t k) { return std::bit_cast<double>(static_cast<uint64_t>(k + 1023) << 52); }
 
-// t * 2^k for k in [-400, 0] (fp32) or [-3000, 0] (fp64), as three exact power-of-two factors.
+// t * 2^k for k in [-400, 1] (fp32) or [-3000, 1] (fp64), as three exact power-of-two factors.
 template <typename acc_t>
 inline acc_t scale_pow2(acc_t t, int32_t k) {
   constexpr int32_t kMin = std::is_same_v<acc_t, float> ? -126 : -1022;

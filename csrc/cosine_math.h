@@ -67,7 +67,9 @@ XTC_COS_HD CosTerms<acc_t> cos_from_sums(acc_t aa, acc_t bb, acc_t ab, acc_t eps
 }
 
 // The pixel recomputed from its channels, a(c) and b(c) for c < C, each vector divided by its largest
-// magnitude (a NaN channel propagates; a zero vector has norm 0 and cosine 0).
+// magnitude (a zero vector has norm 0 and cosine 0). A NaN or inf channel in either vector makes every
+// term NaN (a_big, b_big set), so the whole pixel's loss and both gradients are NaN, as in PyTorch
+// (docs/ops.md, "Values"); the kernels keep a zero-scale pixel's gradient exactly 0 all the same.
 template <typename acc_t, typename LoadA, typename LoadB>
 XTC_COS_HD CosTerms<acc_t> cos_scaled(const LoadA& a, const LoadB& b, int64_t C, acc_t eps) {
   acc_t sa = 0, sb = 0;
@@ -75,6 +77,10 @@ XTC_COS_HD CosTerms<acc_t> cos_scaled(const LoadA& a, const LoadB& b, int64_t C,
     const acc_t x = cos_abs(a(c)), y = cos_abs(b(c));
     sa = (x > sa || x != x) ? x : sa;
     sb = (y > sb || y != y) ? y : sb;
+  }
+  if (!(sa <= CosRange<acc_t>::hi && sb <= CosRange<acc_t>::hi)) {
+    const acc_t nan = (sa + sb) * acc_t(0);  // inf * 0 or NaN * 0: NaN
+    return {nan, nan, nan, true, true};
   }
   acc_t aa = 0, bb = 0, ab = 0;
   for (int64_t c = 0; c < C; ++c) {

@@ -128,9 +128,11 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_loss_in, 
       acc_t s[kPixelBlock], sa[kPixelBlock], sb[kPixelBlock];
       scale.fill(px, s, L);
       for (int64_t i = 0; i < L; ++i) {
+        // 0 where the pixel does not count or its scale is 0 (its terms may be NaN: cosine_math.h), so
+        // row_lincomb writes exactly 0 there; NaN terms of a counted pixel reach all its channels.
         const acc_t si = (!mk || mk[px + i]) ? s[i] : acc_t(0);
-        sa[i] = si * bc.inv_a[i];
-        sb[i] = si * bc.inv_b[i];
+        sa[i] = si != acc_t(0) ? si * bc.inv_a[i] : acc_t(0);
+        sb[i] = si != acc_t(0) ? si * bc.inv_b[i] : acc_t(0);
       }
       for (int64_t c = 0; c < C; ++c) {
         const int64_t o = off + c * HW;

@@ -142,7 +142,10 @@ struct CrossEntropyBackward {
       for (int i = 0; i < VEC; ++i) {
         const acc_t p = acc_exp((v[i] - m[i]) - ln[i]);
         const acc_t d = a[i] * p - wc - (c == y[i] ? ty[i] : acc_t(0));
-        v[i] = valid[i] ? s[i] * d : acc_t(0);
+        // exactly 0 where the scale is 0 (ignored pixel, zero upstream gradient, zero-weight mean), as the CPU
+        // kernel: a NaN or inf d there never leaks (docs/ops.md, "Gradients")
+        const acc_t si = valid[i] ? s[i] : acc_t(0);
+        v[i] = si != acc_t(0) ? si * d : acc_t(0);
       }
       store_acc<VEC>(g + c * HW, v);
     }

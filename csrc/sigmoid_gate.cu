@@ -49,8 +49,12 @@ struct GateExp {
   }
   // t * sigmoid(g)
   XTC_HD acc_t times_s(acc_t t) const { return positive ? t / d : mul_pow2(t, p / d, k); }
-  // t * u * sigmoid(g) * (1 - sigmoid(g))
-  XTC_HD acc_t times_ds(acc_t t, acc_t u) const { return mul_pow2(t * (p / (d * d)), u, k); }
+  // t * u * sigmoid(g) * (1 - sigmoid(g)) = t * q * u * 2^k, q = p / d^2 <= 1.42: where t * q overflows
+  // (|t| above ~2.4e38 in fp32), t is halved first (exactly) and the scale doubled, as the CPU kernel.
+  XTC_HD acc_t times_ds(acc_t t, acc_t u) const {
+    const acc_t q = p / (d * d), tq = t * q;
+    return acc_abs(tq) <= GateConst<acc_t>::max_finite ? mul_pow2(tq, u, k) : mul_pow2((t * acc_t(0.5)) * q, u, k + 1);
+  }
 
   // a * b * 2^k with no intermediate overflow: the scaling goes first where a * b would overflow.
   XTC_HD static acc_t mul_pow2(acc_t a, acc_t b, int k) {

@@ -94,6 +94,10 @@ struct SoftCrossEntropyBackward {
     scale.template load<VEC>(p0, s);
     bool valid[VEC];
     load_mask<VEC>(mask, p0, valid);
+    // the gradient is exactly 0 where the scale is 0 (masked pixel or zero upstream gradient), as the CPU
+    // kernel: NaN or inf there never leak (docs/ops.md, "Values")
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) s[i] = valid[i] ? s[i] : acc_t(0);
 #pragma unroll 4
     for (int64_t c = 0; c < C; ++c) {
       acc_t vz[VEC], vt[VEC];
@@ -103,7 +107,7 @@ struct SoftCrossEntropyBackward {
       for (int i = 0; i < VEC; ++i) {
         const acc_t p = acc_exp((vz[i] - mz[i]) - ln[i]);
         const acc_t q = acc_exp((vt[i] - mt[i]) - st[i]);
-        vz[i] = valid[i] ? s[i] * (p - q) : acc_t(0);
+        vz[i] = s[i] != acc_t(0) ? s[i] * (p - q) : acc_t(0);
       }
       store_acc<VEC>(g + c * HW, vz);
     }

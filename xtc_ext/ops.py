@@ -161,7 +161,8 @@ def cosine_similarity_loss(
             broadcasting, as ``F.cosine_similarity``). Gradients flow to both; detach one in the caller
             for a one-sided loss.
         mask: optional, the (broadcast) shape without ``dim`` or with size 1 there, nonzero = valid pixel.
-        eps: floor of each norm, > 0.
+        eps: floor of each norm, > 0 in the accumulation type: an ``eps`` that rounds to 0 in float32 (below
+            ~7e-46) is rejected for float16/bfloat16/float32 inputs (``docs/ops.md``).
         reduction: ``"mean"`` (over valid pixels of the batch), ``"sum"`` or ``"none"``.
         dim: the channel dimension (default 1: ``[N, C, H, W]`` feature maps).
 
@@ -170,7 +171,7 @@ def cosine_similarity_loss(
 
     Raises:
         ValueError: shapes that do not broadcast, a zero-size ``dim``, ``dim`` out of range, bad mask
-            shape, ``eps <= 0`` or bad ``reduction``.
+            shape, ``eps`` not > 0 in the accumulation type, or bad ``reduction``.
         TypeError: inputs not float16/bfloat16/float32/float64, mismatched dtypes, or a bad mask dtype.
         RuntimeError: tensors on different devices.
     """

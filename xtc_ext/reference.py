@@ -136,6 +136,9 @@ def cosine_similarity_loss(
     dim: int = 1,
 ) -> torch.Tensor:
     """Eager reference of :func:`xtc_ext.ops.cosine_similarity_loss` (``1 - F.cosine_similarity`` over ``dim``)."""
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    if not (eps > 0 and torch.tensor(eps, dtype=acc).item() > 0):  # the op's rule: docs/ops.md, "Reductions"
+        raise ValueError(f"cosine_similarity_loss: eps must be > 0 in the accumulation type ({acc}), got {eps}")
     per = 1 - F.cosine_similarity(_acc(a), _acc(b), dim=dim, eps=eps)
     rank = max(a.dim(), b.dim())
     m = _pixel_mask(mask, rank, dim % max(rank, 1), "cosine_similarity_loss")
