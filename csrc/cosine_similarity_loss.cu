@@ -108,7 +108,7 @@ struct CosineForward {
 
   // The group pixel by pixel with the fallback; out of line, and the functor by value (its address would
   // copy the kernel parameter to the stack).
-  static __host__ __device__ __noinline__ Sums run_scaled(const CosineForward op, int64_t p0) {
+  static XTC_NOINLINE Sums run_scaled(const CosineForward op, int64_t p0) {
     Sums r{acc_t(0), acc_t(0)};
     for (int i = 0; i < VEC; ++i) op.template run<true, 1>(p0 + i, r.loss, r.count);
     return r;
@@ -188,7 +188,7 @@ struct CosineBackward {
   }
 
   // The group pixel by pixel with the fallback; out of line, as CosineForward::run_scaled.
-  static __host__ __device__ __noinline__ void run_scaled(const CosineBackward op, int64_t p0) {
+  static XTC_NOINLINE void run_scaled(const CosineBackward op, int64_t p0) {
     for (int i = 0; i < VEC; ++i) op.template run<true, 1>(p0 + i);
   }
 };

@@ -28,6 +28,12 @@
 // C++ against the launch emulator of tests/cuda_host (XTC_HOST_EMULATION), which runs the kernels on the
 // CPU thread by thread (docs/ops.md, "The device code executed on the host").
 #define XTC_HD __host__ __device__ __forceinline__
+// Out of line on the device and on the host (nvcc's __noinline__ is a keyword; g++ spells it as an attribute).
+#ifdef XTC_HOST_EMULATION
+#define XTC_NOINLINE __host__ __device__ __attribute__((noinline))
+#else
+#define XTC_NOINLINE __host__ __device__ __noinline__
+#endif
 
 // The emulator checks the alignment of every vector access; on the device it is a precondition.
 #ifndef XTC_CHECK_ALIGNED
