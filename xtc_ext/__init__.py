@@ -18,7 +18,7 @@ import torch  # noqa: F401  (libtorch must be loaded before the extension)
 from xtc_ext._extension import load as _load
 
 build_info = _load(__path__)
-"""How ``xtc_ext._C`` was built: ``torch_version``, ``with_cuda``, ``cuda_arch_list``, ``compiler``, ``cxx11_abi``, ``source_hash``."""
+"""How ``xtc_ext._C`` was built: ``torch_version``, ``with_cuda``, ``cuda_arch_list``, ``nvcc_version``, ``compiler``, ``cxx11_abi``, ``source_hash``."""
 
 from xtc_ext import ops, reference  # noqa: E402
 

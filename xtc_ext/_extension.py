@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import sys
 import warnings
@@ -38,6 +39,15 @@ def _installed_package_dirs(package_dir: Path):
             yield candidate
 
 
+def _build_config(directory: Path) -> dict:
+    """What CMake recorded next to ``_C`` beyond ``_C.build_info()``: ``nvcc_version`` ("" without CUDA)."""
+    try:
+        config = json.loads((directory / "_build_config.json").read_text())
+    except (OSError, ValueError):
+        return {"nvcc_version": ""}
+    return {"nvcc_version": str(config.get("nvcc_version", ""))}
+
+
 def load(package_path: list[str]) -> dict:
     """Import ``xtc_ext._C`` (which registers ``torch.ops.xtc_ext.*``) and return its build info.
 
@@ -63,6 +73,7 @@ def load(package_path: list[str]) -> dict:
             f"The package was not built, or was built for another torch/Python. {_REBUILD}"
         ) from exc
     info = dict(_C.build_info())
+    info.update(_build_config(Path(_C.__file__).parent))
     if info["torch_version"] != torch.__version__:
         raise ImportError(
             f"xtc_ext: the compiled extension was built against torch {info['torch_version']} "

@@ -211,9 +211,9 @@ def sigmoid_gate(x: Tensor, gate_logits: Tensor) -> Tensor:
 # Autograd: per internal op a torch.autograd.Function with a separate setup_context (the form torch.func
 # requires; torch.library.register_autograd's generated Function has none). The public functions above
 # apply it directly, so torch.func transforms see it (an autograd.Function applied from inside a
-# dispatcher kernel is invisible to them); it is also the op's Autograd kernel, so that
-# torch.ops.xtc_ext.* calls are differentiable too. Its forward calls the op with grad disabled, which
-# dispatches below autograd to the device or Meta kernel.
+# dispatcher kernel is invisible to them). The op's Autograd kernel, so that torch.ops.xtc_ext.* calls
+# (and torch.compile's traces) are differentiable too, is torch.library.register_autograd's with the
+# same setup_context and backward: public API only (torch 2.11 and 2.13; tests/ops/test_torch_api.py).
 
 _autograd_lib = torch.library.Library("xtc_ext", "FRAGMENT")
 _FUNCTIONS: dict[str, type[torch.autograd.Function]] = {}
@@ -235,14 +235,7 @@ def _register_autograd(name: str, setup_context: Callable, backward: Callable) -
             "generate_vmap_rule": True,
         },
     )
-
-    def autograd_kernel(keyset, *args):
-        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
-            return function.apply(*args)
-        with torch._C._AutoDispatchBelowAutograd():
-            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
-
-    _autograd_lib.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+    torch.library.register_autograd(f"xtc_ext::{name}", backward, setup_context=setup_context, lib=_autograd_lib)
     _FUNCTIONS[name] = function
 
 
