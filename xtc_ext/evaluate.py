@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "test); the memory format follows the run's --channels-last")
     p.add_argument("--num-figures", type=int, default=0, help="also save PNG figures of this many samples next to --output")
     p.add_argument("--output", default=None, metavar="JSON", help="write the results to this JSON file")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar when stderr is a terminal")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="tqdm progress bar when stderr is a terminal")
     return p
 
 
