@@ -1,13 +1,14 @@
 """xtc_ext: fused losses for cross-task consistency and coherence multi-task learning.
 
-Importing the package loads the compiled extension (registering ``torch.ops.xtc_ext.*``) and
-the Python autograd and fake-tensor registrations of the ops. Public modules:
+Importing the package loads the compiled extension, which registers ``torch.ops.xtc_ext.*`` with their
+CPU, CUDA and Meta (fake-tensor) kernels (``csrc/meta.cpp``), and the Python autograd of the ops
+(:mod:`xtc_ext.ops`). Public modules:
 
 - :mod:`xtc_ext.ops`: the fused ops (``masked_cross_entropy``, ``masked_l1_loss``, ``soft_cross_entropy``,
   ``cosine_similarity_loss``, ``sigmoid_gate``).
 - :mod:`xtc_ext.reference`: eager PyTorch references with the same signatures.
-- :mod:`xtc_ext.losses` (XTasC-Net), :mod:`xtc_ext.mtcp_losses` (MT-CP), :mod:`xtc_ext.weighting` (equal,
-  uncertainty, DWA, GradNorm, LPS).
+- :mod:`xtc_ext.losses` (XTasC-Net and MT-CP), :mod:`xtc_ext.weighting` (equal, uncertainty, DWA, GradNorm,
+  LPS), :mod:`xtc_ext.regularizers` (the cross-task contrastive regularizer, docs/contrastive.md).
 - :mod:`xtc_ext.data`, :mod:`xtc_ext.metrics`, :mod:`xtc_ext.visualize`: data readers, metrics, figures.
 - ``python -m xtc_ext.train`` (training program, configs in ``xtc_ext/configs``) and
   ``python -m xtc_ext.evaluate`` (metrics, inference time and delta-m of a checkpoint).

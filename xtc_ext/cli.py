@@ -23,21 +23,37 @@ import yaml
 
 from xtc_ext.data import DATASETS, DEPTH_SCALINGS, DatasetSpec, get_dataset
 from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, RUN_ARGS_FILE, CheckpointError, load_checkpoint
+from xtc_ext.engine.errors import UsageError
 from xtc_ext.engine.runtime import AMP_CHOICES, SWITCH_CHOICES, resolve_device
 from xtc_ext.losses import LOSS_IMPLS
 from xtc_ext.recipes import RECIPE_CLASSES, RECIPES
 from xtc_ext.recipes.regularization import add_contrastive_arguments
 from xtc_ext.weighting import WEIGHTINGS
 
-__all__ = ["CONFIG_DIR", "build_parser", "list_configs", "config_path", "load_config", "parse_args",
-           "finalize_args", "recipe_options"]
+__all__ = ["PROG", "CONFIG_DIR", "build_parser", "list_configs", "config_path", "load_config", "parse_args",
+           "finalize_args", "default_output_dir", "recipe_options", "HelpFormatter"]
 
 log = logging.getLogger("xtc_ext.train")
+
+PROG = "python -m xtc_ext.train"
+"""The program name in ``--help`` and in the ``PROG: error: ...`` lines."""
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 """The shipped YAML configs (one per row of the papers' tables), usable as ``--config NAME``."""
 
 _NOT_CONFIGURABLE = {"help", "config", "resume"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with one default per option: argparse's ``(default: X)`` is added only where the default is
+    not None and the help text does not state it already as ``(default ...)`` (a default that depends on the
+    dataset or the method is described in the help text instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "(default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -52,16 +68,16 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="label set (default: the dataset's first): "
                    + "; ".join(f"{n}: {' or '.join(map(str, s.classes))}" for n, s in DATASETS.items()))
     g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="resize to H W (multiples of 32): "
-                   + "; ".join(f"{n}: default {s.default_size[0]} {s.default_size[1]}"
+                   help="resize to H W, multiples of 32 (default per dataset: "
+                   + ", ".join(f"{n} {s.default_size[0]} {s.default_size[1]}"
                                for n, s in DATASETS.items() if s.default_size)
-                   + "; the other datasets keep their stored size")
+                   + "; the other datasets keep their stored size)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random scale crop (1, 1.2, 1.5) and horizontal flip of the training samples")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                    help="ImageNet-normalise the input images (XTasC-Net paper §V-A; the authors' NYUv2 code does not)")
     g.add_argument("--depth-scaling", choices=("auto",) + tuple(DEPTH_SCALINGS), default="auto",
-                   help="depth rescaling under the scale crop: 'auto' = the dataset's default (NYUv2 metres: divide "
+                   help="depth rescaling under the scale crop: 'auto' = the dataset's own (NYUv2 metres: divide "
                    "by the scale; Cityscapes disparity: none, as the authors)")
     g.add_argument("--val-fraction", type=float, default=None,
                    help="fraction of the TRAIN split held out for validation and checkpoint selection, in [0, 1) "
@@ -77,9 +93,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                    + " (each family's options are in its own group below)")
     g.add_argument("--weighting", choices=sorted(WEIGHTINGS), default=None,
                    help="task weighting of the task losses (XTasC-Net paper Eq. 16): the XTasC-Net family takes "
-                   "equal, uncertainty (default), dwa, gradnorm (ignored by stnet); mtcp takes the MT-CP Table 4 loss "
+                   "equal, uncertainty, dwa, gradnorm (ignored by stnet); mtcp takes the MT-CP Table 4 loss "
                    "schemes equal (EW), lps-log (log smoothing), lps-prio (prioritization without the log), lps "
-                   "(default, full LPS), and uncertainty, dwa")
+                   "(full LPS), and uncertainty, dwa (default: uncertainty for the XTasC-Net family, lps for mtcp)")
     g.add_argument("--dwa-temperature", type=float, default=2.0, help="DWA temperature (MTAN: 2)")
     g.add_argument("--loss-impl", choices=sorted(LOSS_IMPLS), default="fused", help="fused xtc_ext ops or the eager references")
     g.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="stop",
@@ -140,21 +156,25 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
                    "include delta_m (percent) against their merged metrics")
     g.add_argument("--num-figures", type=int, default=3, help="PNG figures of this many test samples")
     g.add_argument("--checkpoint-every", type=int, default=1, help="write last.pt every this many epochs (and after the last)")
-    g.add_argument("--output-dir", default="runs/xtasc_nyuv2", help="where checkpoints, logs, metrics and figures go")
+    g.add_argument("--output-dir", default=None,
+                   help="where checkpoints, logs, metrics and figures go (default: runs/DATASET_MODEL, e.g. "
+                   "runs/frames_xtasc, runs/nyudmt_mtcp; --model stnet adds its task: runs/nyuv2_stnet_seg)")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="write TensorBoard scalars to OUTPUT_DIR/tb")
     g.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
     g.add_argument("--seed", type=int, default=0, help="seed of Python, NumPy, torch, model init, data order and augmentation")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="tqdm progress bars when stderr is a terminal (a log written to a file or a pipe gets one line "
+                   "per epoch, no bar)")
 
 
 def build_parser(parser_class: type = argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The parser of ``python -m xtc_ext.train`` (every option has a help text), an instance of ``parser_class``."""
     p = parser_class(
-        prog="python -m xtc_ext.train",
+        prog=PROG,
         description="Train a multi-task dense-prediction model (XTasC-Net and its baselines, MT-CP), select the "
         "checkpoint on a held-out part of the training split and test it once on the test split.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--config", default=None,
                    help="YAML file, or the name of one in xtc_ext/configs/ (e.g. nyuv2_xtasc); its keys are option names "
@@ -204,16 +224,16 @@ def config_path(name_or_path: str) -> Path:
     """Resolve ``--config``: an existing file path, or a NAME of ``xtc_ext/configs/NAME.yaml``.
 
     Raises:
-        SystemExit: neither exists (the message lists the shipped configs).
+        UsageError: neither exists (the message lists the shipped configs).
     """
     p = Path(name_or_path)
     if p.is_file():
         return p
     if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
-        raise SystemExit(f"error: config file not found: {p}")
+        raise UsageError(f"config file not found: {p}")
     named = CONFIG_DIR / f"{name_or_path}.yaml"
     if not named.is_file():
-        raise SystemExit(f"error: unknown config {name_or_path!r} (no file {named}); shipped configs: {', '.join(list_configs())}")
+        raise UsageError(f"unknown config {name_or_path!r} (no file {named}); shipped configs: {', '.join(list_configs())}")
     return named
 
 
@@ -227,18 +247,18 @@ def _config_tokens(raw: Dict[str, Any], actions: Dict[str, argparse.Action], whe
     for key, value in raw.items():
         dest = str(key).replace("-", "_")
         if dest in _NOT_CONFIGURABLE or dest not in actions:
-            raise SystemExit(f"error: config {where}: unknown key {key!r} (keys are the options of "
+            raise UsageError(f"config {where}: unknown key {key!r} (keys are the options of "
                              f"`python -m xtc_ext.train --help` without the dashes)")
         action = actions[dest]
         opt = action.option_strings[0]
         if isinstance(action, argparse.BooleanOptionalAction):
             if not isinstance(value, bool):
-                raise SystemExit(f"error: config {where}: key {key!r}: expected true or false, got {value!r}")
+                raise UsageError(f"config {where}: key {key!r}: expected true or false, got {value!r}")
             tokens.append(opt if value else "--no-" + opt[2:])
         elif isinstance(value, (list, tuple)):
             tokens += [opt] + [str(v) for v in value]
         elif value is None or isinstance(value, (bool, dict)):
-            raise SystemExit(f"error: config {where}: key {key!r}: expected a number or a string, got {value!r}")
+            raise UsageError(f"config {where}: key {key!r}: expected a number or a string, got {value!r}")
         else:
             tokens += [opt, str(value)]
     return tokens
@@ -249,7 +269,7 @@ def load_config(name_or_path: str, parser: Optional[argparse.ArgumentParser] = N
     (``parser``: an already built one, to look the keys up in).
 
     Raises:
-        SystemExit: missing file, invalid YAML, a top level that is not a mapping, an unknown key, or a
+        UsageError: missing file, invalid YAML, a top level that is not a mapping, an unknown key, or a
             value of the wrong type, count or outside the choices (the message names the file and the key).
     """
     parser = parser or build_parser()
@@ -257,16 +277,16 @@ def load_config(name_or_path: str, parser: Optional[argparse.ArgumentParser] = N
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise SystemExit(f"error: config {path}: invalid YAML: {e}") from e
+        raise UsageError(f"config {path}: invalid YAML: {e}") from e
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise SystemExit(f"error: config {path}: the top level must be a mapping of option names to values")
+        raise UsageError(f"config {path}: the top level must be a mapping of option names to values")
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     tokens = _config_tokens(raw, actions, str(path))
     try:
         parsed = build_parser(_RaisingParser).parse_args(tokens)
     except ValueError as e:
-        raise SystemExit(f"error: config {path}: {e}") from e
+        raise UsageError(f"config {path}: {e}") from e
     return {str(k).replace("-", "_"): getattr(parsed, str(k).replace("-", "_")) for k in raw}
 
 
@@ -274,8 +294,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line (precedence: explicit options > ``--config`` > ``--resume`` arguments > defaults).
 
     Raises:
-        SystemExit: parse errors (argparse, exit code 2), config errors, an unreadable ``--resume`` checkpoint
-            (exit code 2, one line naming the file).
+        SystemExit: parse errors (argparse: usage and one ``error:`` line, exit code 2).
+        UsageError: config errors, an unreadable ``--resume`` checkpoint (exit code 2, one line naming the file).
     """
     parser = build_parser()
     pre = argparse.ArgumentParser(add_help=False)
@@ -300,7 +320,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def _resume_args(path: str, parser: argparse.ArgumentParser) -> Tuple[Dict[str, Any], bool]:
     """The arguments stored in the ``--resume`` checkpoint, and False; or, when the checkpoint does not exist but
     its folder holds the ``args.json`` of a run killed before its first checkpoint, those arguments and True (the
-    run starts again from scratch). Exits with code 2 and one line naming the file otherwise."""
+    run starts again from scratch). Raises :class:`UsageError` (exit code 2, one line naming the file) otherwise."""
     try:
         return load_checkpoint(path)["args"], False
     except CheckpointError as e:
@@ -310,38 +330,48 @@ def _resume_args(path: str, parser: argparse.ArgumentParser) -> Tuple[Dict[str, 
             try:
                 return json.loads(run_args.read_text()), True
             except (OSError, ValueError) as bad:
-                parser.exit(2, f"error: --resume: cannot read {run_args}: {bad}\n")
-        parser.exit(2, f"error: --resume: {e}\n")
+                raise UsageError(f"--resume: cannot read {run_args}: {bad}") from None
+        raise UsageError(f"--resume: {e}") from None
 
 
 # --------------------------------------------------------------------------- checks and defaults
 def _finalize_data(args: argparse.Namespace, spec: DatasetSpec) -> None:
     if args.data_root is None:
         if spec.default_root is None:
-            raise SystemExit(f"error: --data-root is required for --dataset {args.dataset}")
+            raise UsageError(f"--data-root is required for --dataset {args.dataset}")
         args.data_root = spec.default_root
     args.data_root = str(args.data_root)
     if args.classes is None:
         args.classes = spec.classes[0]
     if args.classes not in spec.classes:
-        raise SystemExit(f"error: --classes {args.classes} is not available for --dataset {args.dataset} "
+        raise UsageError(f"--classes {args.classes} is not available for --dataset {args.dataset} "
                          f"(choose {' or '.join(map(str, spec.classes))})")
     if args.size is None:
         args.size = spec.default_size
     elif spec.default_size is None:
-        raise SystemExit(f"error: --size does not apply to --dataset {args.dataset} (the files keep their stored size)")
+        raise UsageError(f"--size does not apply to --dataset {args.dataset} (the files keep their stored size)")
     args.size = None if args.size is None else [int(s) for s in args.size]
     if args.val_fraction is None:
         args.val_fraction = spec.val_fraction
 
 
+def default_output_dir(args: argparse.Namespace) -> str:
+    """``runs/DATASET_MODEL`` (``runs/DATASET_stnet_seg`` or ``_depth`` for a Base ST-Net): the default
+    ``--output-dir``, named as the shipped configs name theirs (``--config nyuv2_xtasc`` writes ``runs/nyuv2_xtasc``)."""
+    name = f"{args.dataset}_{args.model}"
+    task = getattr(args, "task", None)
+    if args.model == "stnet" and task:
+        name += "_" + {"segmentation": "seg"}.get(task, task)
+    return f"runs/{name}"
+
+
 def _check_recipe_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     for dest, (option, default, models) in recipe_options(parser).items():
         if args.model not in models and getattr(args, dest) != default:
-            raise SystemExit(f"error: {option} applies to --model {', '.join(models)} only (got --model {args.model})")
+            raise UsageError(f"{option} applies to --model {', '.join(models)} only (got --model {args.model})")
 
 
-def _check_sync_bn(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def _check_sync_bn(args: argparse.Namespace) -> None:
     """Refuse ``--sync-bn`` off CUDA before anything is built: torch's SyncBatchNorm works only with GPU modules
     (under torchrun on the CPU it failed at the first training step with torch's traceback). Exit code 2 and
     one line, as the other unusable arguments of ``--resume`` (docs/training.md, Failures)."""
@@ -349,23 +379,24 @@ def _check_sync_bn(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         return
     device = resolve_device(args.device)
     if device.type != "cuda":
-        parser.exit(2, f"error: --sync-bn needs CUDA devices (torch's SyncBatchNorm works only with GPU modules), "
-                       f"but this run's device is {device.type}: drop --sync-bn or pass --no-sync-bn\n")
+        raise UsageError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm works only with GPU modules), "
+                         f"but this run's device is {device.type}: drop --sync-bn or pass --no-sync-bn")
 
 
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the dataset- and method-dependent defaults in place and check every value.
 
     Raises:
-        SystemExit: an invalid value or combination (the message names the option); ``--sync-bn`` on a device
-            other than CUDA exits with code 2.
+        UsageError: an invalid value or combination (the message names the option), ``--sync-bn`` on a device
+            other than CUDA included.
     """
-    parser = build_parser()
-    _check_sync_bn(args, parser)
+    _check_sync_bn(args)
     spec = get_dataset(args.dataset)
     _finalize_data(args, spec)
-    _check_recipe_options(args, parser)
+    _check_recipe_options(args, build_parser())
     RECIPES[args.model].finalize_args(args, spec)
+    if args.output_dir is None:
+        args.output_dir = default_output_dir(args)
     args.betas = [float(b) for b in args.betas]
     checks = [
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
@@ -386,5 +417,5 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     ]
     for ok, message in checks:
         if not ok:
-            raise SystemExit(f"error: {message}")
+            raise UsageError(message)
     return args

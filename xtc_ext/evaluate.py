@@ -31,9 +31,9 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from xtc_ext.cli import build_parser as build_train_parser
+from xtc_ext.cli import HelpFormatter, build_parser as build_train_parser
 from xtc_ext.data import DATASETS, get_dataset
-from xtc_ext.engine import CheckpointError, evaluate, load_checkpoint, resolve_device
+from xtc_ext.engine import CheckpointError, UsageError, evaluate, exit_with_error, load_checkpoint, resolve_device
 from xtc_ext.engine.runtime import AMP_CHOICES, resolve_amp, resolve_channels_last
 from xtc_ext.engine.logs import write_json
 from xtc_ext.metrics import format_metrics_table
@@ -41,14 +41,16 @@ from xtc_ext.recipes import get_recipe
 
 __all__ = ["build_parser", "evaluate_checkpoint", "main"]
 
+PROG = "python -m xtc_ext.evaluate"
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``python -m xtc_ext.evaluate`` (every option has a help text)."""
     p = argparse.ArgumentParser(
-        prog="python -m xtc_ext.evaluate",
+        prog=PROG,
         description="Evaluate a checkpoint of python -m xtc_ext.train on a test split: the method's metrics, "
         "#parameters, inference time per image, and delta_m against baseline metrics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", help="best.pt or last.pt written by python -m xtc_ext.train")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the one stored in the checkpoint)")
@@ -68,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "test); the memory format follows the run's --channels-last")
     p.add_argument("--num-figures", type=int, default=0, help="also save PNG figures of this many samples next to --output")
     p.add_argument("--output", default=None, metavar="JSON", help="write the results to this JSON file")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="tqdm progress bar when stderr is a terminal")
     return p
 
 
@@ -86,7 +89,7 @@ def stored_run_args(stored: Dict[str, Any], args: argparse.Namespace) -> argpars
     spec = get_dataset(run.dataset)
     if run.data_root is None:
         if spec.default_root is None:
-            raise SystemExit(f"error: --data-root is required for --dataset {run.dataset}")
+            raise UsageError(f"--data-root is required for --dataset {run.dataset}")
         run.data_root = str(spec.default_root)
     if run.classes is None:
         run.classes = spec.classes[0]
@@ -99,12 +102,12 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
     (also written to ``args.output`` when given).
 
     Raises:
-        SystemExit: bad ``--batch-size``/``--warmup``/``--workers``/``--num-figures``.
+        UsageError: bad ``--batch-size``/``--warmup``/``--workers``/``--num-figures``.
         CheckpointError: ``args.checkpoint`` is not a usable checkpoint.
         FileNotFoundError, ValueError: the data (named).
     """
     if args.batch_size < 1 or args.warmup < 0 or args.workers < 0 or args.num_figures < 0:
-        raise SystemExit("error: --batch-size must be >= 1; --warmup, --workers and --num-figures >= 0")
+        raise UsageError("--batch-size must be >= 1; --warmup, --workers and --num-figures >= 0")
     state = load_checkpoint(args.checkpoint)
     run = stored_run_args(state["args"], args)
     spec = get_dataset(run.dataset)
@@ -154,12 +157,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         result = evaluate_checkpoint(args)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (UsageError, CheckpointError) as e:
+        exit_with_error(PROG, e, 2)
     except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_with_error(PROG, e, 1)
     extra = {
         "#parameters": f"{result['num_parameters']:,}",
         "inference time / image": f"{result['inference_ms_per_image']:.2f} ms (batch {result['batch_size']}, {result['device']})",

@@ -12,7 +12,7 @@ runs training, selection and the test.
 
 Exit codes: 0 done; 1 the run failed (a non-finite loss with ``--nonfinite stop``, non-finite weights, a file
 that could not be written or read); 2 bad arguments or an unreadable ``--resume`` checkpoint. Failures print one
-line, no traceback.
+line, ``python -m xtc_ext.train: error: ...`` as argparse does, no traceback.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any, Dict, Optional, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from xtc_ext.cli import finalize_args, parse_args
+from xtc_ext.cli import PROG, finalize_args, parse_args
 from xtc_ext.data import build_splits, get_dataset
-from xtc_ext.engine import CheckpointError, NonFiniteLoss, fit
+from xtc_ext.engine import CheckpointError, NonFiniteLoss, UsageError, exit_with_error, fit
 from xtc_ext.engine.distributed import shutdown
 from xtc_ext.recipes import get_recipe
 
@@ -55,22 +55,20 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Entry point of ``python -m xtc_ext.train`` (see the module docstring for the exit codes)."""
-    args = finalize_args(parse_args(argv))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    log.setLevel(logging.INFO)
     finished = False
     try:
+        args = finalize_args(parse_args(argv))
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+        log.setLevel(logging.INFO)
         with logging_redirect_tqdm():
             result = train(args)
         finished = True
         return result
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (UsageError, CheckpointError) as e:
+        exit_with_error(PROG, e, 2)
     except (NonFiniteLoss, FloatingPointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_with_error(PROG, e, 1)
     finally:
         shutdown(wait=finished)
 

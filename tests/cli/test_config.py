@@ -73,8 +73,9 @@ def test_command_line_overrides_config(tmp_path):
 def test_bad_config_exits_naming_the_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(SystemExit, match=message) as exc:
         cli.parse_args(["--config", str(path)])
+    assert exc.value.code == 2  # a bad argument, as on the command line
 
 
 def test_unknown_config_name_lists_the_shipped_ones():

@@ -29,7 +29,7 @@ def test_sync_bn_off_cuda_is_one_line_and_exit_code_2(device, nothing_is_built, 
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert err.startswith("error: --sync-bn needs CUDA") and "cpu" in err and "--no-sync-bn" in err
+    assert ": error: --sync-bn needs CUDA" in err and "cpu" in err and "--no-sync-bn" in err
 
 
 def test_no_sync_bn_and_the_default_pass_on_the_cpu():

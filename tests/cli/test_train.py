@@ -294,15 +294,25 @@ def test_missing_data_root_names_the_path(tmp_path, capsys):
         (["--task", "depth"], "--task applies"),
         (["--classes", "19"], "--classes 19"),
         (["--val-fraction", "1.0"], "--val-fraction"),
+        (["--batch-size", "0"], "--batch-size"),
     ],
 )
-def test_bad_arguments_exit_with_a_message(tiny_frames, tmp_path, extra, message):
-    with pytest.raises(SystemExit, match=message):
+def test_bad_arguments_exit_with_code_2_and_one_error_line(tiny_frames, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exc:
         train_mod.main(_argv(tiny_frames, tmp_path / "bad", *extra))
+    _assert_usage_error(exc.value, capsys, message)
 
 
-def test_dataset_specific_argument_errors(mtan_root, tmp_path):
-    with pytest.raises(SystemExit, match="--data-root is required"):
+def _assert_usage_error(exc, capsys, message):
+    err = capsys.readouterr().err.strip()
+    assert exc.code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("python -m xtc_ext.train: error: ") and message in err, err
+
+
+def test_dataset_specific_argument_errors(mtan_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
         train_mod.main(["--dataset", "nyuv2"])
-    with pytest.raises(SystemExit, match="--size does not apply"):
+    _assert_usage_error(exc.value, capsys, "--data-root is required for --dataset nyuv2")
+    with pytest.raises(SystemExit) as exc:
         train_mod.main(_argv(mtan_root, tmp_path / "run", dataset="nyuv2"))
+    _assert_usage_error(exc.value, capsys, "--size does not apply")

@@ -415,13 +415,16 @@ def test_saliency_ignore_and_empty_rules():
 
 
 def _vandenhende_sal(probs, gts, thresholds):
-    """Literal port of ASTMT/Vandenhende eval_sal + jaccard.precision_recall (numpy)."""
+    """Literal port of ASTMT/Vandenhende eval_sal + jaccard.precision_recall (numpy), as the papers' NumPy 1.x
+    ran it: ``mask > th`` of the float32 mask and the float64 scalar ``th`` is computed in float32 there
+    (value-based casting); NumPy 2 (NEP 50) would upcast to float64, hence the explicit ``np.float32(th)``."""
     n, k = len(probs), len(thresholds)
     jac, prec, rec = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
     for i, (mask, gt) in enumerate(zip(probs, gts)):
         gt = gt.astype(bool)
+        mask = mask.astype(np.float32)
         for j, th in enumerate(thresholds):
-            pred = (mask > th)
+            pred = (mask > np.float32(th))
             if np.isclose(np.sum(gt), 0) and np.isclose(np.sum(pred), 0):
                 jac[i, j] = 1
             else:
@@ -449,6 +452,32 @@ def test_saliency_matches_reference_evaluation():
     assert r["mIoU"] == pytest.approx(miou, rel=1e-6)
     assert r["F"] == pytest.approx(f.tolist(), rel=1e-6)
     assert r["thresholds"] == pytest.approx(th.tolist())
+
+
+def test_saliency_compares_in_float32_as_the_authors_numpy_1x():
+    # every 8-bit probability k/255 (the authors' PNG predictions, read back as float32); 51/255, 102/255,
+    # 153/255 and 204/255 equal the thresholds 0.2, 0.4, 0.6 and 0.8 in float32 (they exceed them in float64)
+    k = torch.arange(256)
+    prob = (k.float() / 255).reshape(1, 1, 16, 16)
+    gt = torch.ones_like(prob)  # all salient: recall(tau) = #(prob > tau) / 256
+    m = SaliencyMeter(from_logits=False)
+    m.update(prob, gt)
+    r = m.compute()
+    th = np.linspace(0.2, 0.9, 15)
+    above = [(k.float() / 255 > torch.tensor(t, dtype=torch.float32)).sum().item() for t in th]
+    assert r["recall"] == pytest.approx([a / 256 for a in above], abs=1e-12)
+    for t, k_on in ((0.2, 51), (0.4, 102), (0.6, 153), (0.8, 204)):
+        j = int(np.argmin(np.abs(th - t)))
+        assert np.float32(k_on / 255) == np.float32(th[j])  # on the threshold in float32 ...
+        assert float(np.float32(k_on) / np.float32(255)) > th[j]  # ... above it in float64
+        assert r["recall"][j] * 256 == pytest.approx(255 - k_on)  # float32: k_on itself is not above
+    assert r["thresholds"] == pytest.approx(th.tolist(), abs=1e-15)  # reported in float64
+    # the same with float64 or bfloat16-exact inputs: the prediction is taken in float32
+    m64 = SaliencyMeter(from_logits=False)
+    m64.update(prob.double(), gt)
+    assert m64.compute()["recall"] == r["recall"]
+    maxf, miou, f = _vandenhende_sal(prob.squeeze(1).numpy(), gt.squeeze(1).numpy(), th)
+    assert r["F"] == pytest.approx(f.tolist(), rel=1e-12) and r["mIoU"] == pytest.approx(miou, rel=1e-12)
 
 
 def test_saliency_errors_reset_empty():

@@ -394,7 +394,7 @@ _CLASS_NAMES = {7: CITYSCAPES7_CLASS_NAMES, 19: CITYSCAPES19_CLASS_NAMES}
 
 CITYSCAPES = register_dataset(DatasetSpec(
     name="cityscapes",
-    summary="Cityscapes official files (leftImg8bit, gtFine labelIds, disparity; resized, default 128x256); "
+    summary="Cityscapes official files (leftImg8bit, gtFine labelIds, disparity; resized, see --size); "
     "test split: val",
     classes=(7, 19),
     tasks=("semseg", "depth"),

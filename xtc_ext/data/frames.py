@@ -174,8 +174,8 @@ def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
 
 FRAMES = register_dataset(DatasetSpec(
     name="frames",
-    summary="NYUv2 frames as PNG files (rgb/, depth/ in mm, label13/ or label40/; default: the ten packaged "
-    "real test frames); one split: the test reads the training frames again",
+    summary="NYUv2 frames as PNG files (rgb/, depth/ in mm, label13/ or label40/; the ten real test "
+    "frames ship in the package); one split: the test reads the training frames again",
     classes=(13, 40),
     tasks=("semseg", "depth", "normals"),
     default_size=(96, 128),

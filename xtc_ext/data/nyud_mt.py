@@ -164,7 +164,7 @@ def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
 NYUD_MT = register_dataset(DatasetSpec(
     name="nyudmt",
     summary="NYUD-v2 in Vandenhende's NYUD_MT layout (images, segmentation, depth, normals, gt_sets; "
-    "default 480x640); test split: val",
+    "resized, see --size); test split: val",
     classes=(40,),
     tasks=("semseg", "depth", "normals"),
     default_size=(480, 640),

@@ -375,7 +375,7 @@ def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
 PASCAL = register_dataset(DatasetSpec(
     name="pascal",
     summary="PASCAL-Context in Vandenhende's PASCAL_MT layout (JPEGImages, semseg, human_parts, sal_distill, "
-    "ImageSets/Context; default 512x512); test split: val",
+    "ImageSets/Context; resized, see --size); test split: val",
     classes=(21,),
     tasks=("semseg", "human_parts", "sal"),
     default_size=(512, 512),

@@ -8,11 +8,13 @@ It knows no model, dataset or task by name: a method plugs in through the :class
 - :mod:`~xtc_ext.engine.checkpoint`: atomic writes, checkpoint loading (:class:`CheckpointError`), RNG state.
 - :mod:`~xtc_ext.engine.logs`: ``log.jsonl``, ``log.csv``, TensorBoard; :mod:`~xtc_ext.engine.report`:
   ``metrics.json`` and ``metrics.md``.
+- :mod:`~xtc_ext.engine.errors`: :class:`UsageError`, a bad option (exit code 2).
 - :mod:`~xtc_ext.engine.optim`: ``--optimizer`` and ``--lr-schedule``; :mod:`~xtc_ext.engine.runtime`: devices,
   seeds, loaders.
 """
 
 from xtc_ext.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xtc_ext.engine.errors import UsageError, exit_with_error
 from xtc_ext.engine.evaluation import evaluate
 from xtc_ext.engine.loop import NONFINITE_POLICIES, RUN_ARGS_FILE, NonFiniteLoss, Trainer, fit
 from xtc_ext.engine.optim import LR_SCHEDULES, OPTIMIZERS
@@ -24,6 +26,8 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "evaluate",
+    "UsageError",
+    "exit_with_error",
     "NONFINITE_POLICIES",
     "RUN_ARGS_FILE",
     "NonFiniteLoss",

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+from xtc_ext.engine.errors import UsageError
+
 __all__ = ["Dist", "init_distributed", "ShardSampler", "sync_gradients", "gather_objects", "run_on_main",
            "shutdown"]
 
@@ -60,7 +62,7 @@ def init_distributed(device: torch.device) -> tuple:
     ``--device`` is then an error, since every rank would use it).
 
     Raises:
-        SystemExit: ``--device cuda:K`` with torchrun, or more local ranks than CUDA devices.
+        UsageError: ``--device cuda:K`` with torchrun, or more local ranks than CUDA devices.
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist(), device
@@ -68,9 +70,9 @@ def init_distributed(device: torch.device) -> tuple:
     local = int(os.environ.get("LOCAL_RANK", rank))
     if device.type == "cuda":
         if device.index is not None:
-            raise SystemExit("error: under torchrun every rank uses cuda:LOCAL_RANK; pass --device cuda or auto")
+            raise UsageError("under torchrun every rank uses cuda:LOCAL_RANK; pass --device cuda or auto")
         if local >= torch.cuda.device_count():
-            raise SystemExit(f"error: local rank {local} but only {torch.cuda.device_count()} CUDA devices")
+            raise UsageError(f"local rank {local} but only {torch.cuda.device_count()} CUDA devices")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

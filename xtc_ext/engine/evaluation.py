@@ -9,10 +9,9 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from xtc_ext.engine.protocol import Recipe
-from xtc_ext.engine.runtime import autocast
+from xtc_ext.engine.runtime import autocast, progress_bar
 
 __all__ = ["evaluate"]
 
@@ -42,7 +41,7 @@ def evaluate(model: nn.Module, loader: DataLoader, recipe: Recipe, device: torch
     times: List[float] = []
     warmed = not time_inference or warmup <= 0
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in progress_bar(loader, progress, desc=desc, leave=False):
         image = batch["image"].to(device, non_blocking=True, memory_format=fmt)
         with autocast(device, amp):
             if not warmed:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from tqdm import tqdm
 
 import xtc_ext
 from xtc_ext.data import DataSplits
@@ -50,6 +49,7 @@ from xtc_ext.engine.protocol import Recipe
 from xtc_ext.engine.report import write_report
 from xtc_ext.engine.runtime import (
     autocast,
+    progress_bar,
     resolve_amp,
     resolve_channels_last,
     resolve_device,
@@ -272,7 +272,7 @@ class Trainer:
         kept: List[torch.Tensor] = []
         totals: List[float] = []
         skipped, stop = 0, False
-        for batch in tqdm(self.loaders.train, desc=f"epoch {epoch}", leave=False, disable=not self._progress):
+        for batch in progress_bar(self.loaders.train, self._progress, desc=f"epoch {epoch}", leave=False):
             self.optimizer.zero_grad(set_to_none=True)  # before the weighting: GradNorm writes its gradient there
             total, values = self._step(batch)
             if self._check_step(values, epoch):
@@ -373,8 +373,8 @@ class Trainer:
             write_history(self.out_dir, st.history)
         stop = bool(args.max_steps and st.step >= args.max_steps)
         start = st.epoch + 1
-        epochs = tqdm(range(start, args.epochs + 1), desc="epochs", disable=not self._progress or stop,
-                      dynamic_ncols=True, initial=start - 1, total=args.epochs)
+        epochs = progress_bar(range(start, args.epochs + 1), self._progress and not stop, desc="epochs",
+                              dynamic_ncols=True, initial=start - 1, total=args.epochs)
         try:
             for epoch in epochs if not stop else ():
                 epoch_start = time.perf_counter()

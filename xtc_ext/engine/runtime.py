@@ -1,33 +1,37 @@
-"""Devices, seeding, data loaders and the precision settings of a run (``--amp``, ``--channels-last``)."""
+"""Devices, seeding, data loaders, progress bars and the precision settings of a run (``--amp``,
+``--channels-last``)."""
 
 from __future__ import annotations
 
 import contextlib
 import random
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from xtc_ext.engine.errors import UsageError
 
 __all__ = ["resolve_device", "seed_everything", "seed_worker", "make_loader", "AMP_CHOICES", "SWITCH_CHOICES",
-           "native_bf16", "resolve_amp", "resolve_channels_last", "autocast"]
+           "native_bf16", "resolve_amp", "resolve_channels_last", "autocast", "progress_bar"]
 
 
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
 
     Raises:
-        SystemExit: a CUDA device is requested but CUDA is not available (the message names ``--device``).
+        UsageError: a CUDA device is requested but CUDA is not available (the message names ``--device``).
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise SystemExit(f"error: --device {name!r} is not a device ({e})") from e
+        raise UsageError(f"--device {name!r} is not a device ({e})") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} requested but CUDA is not available")
+        raise UsageError(f"--device {name} requested but CUDA is not available")
     return device
 
 
@@ -83,7 +87,7 @@ def resolve_amp(choice: str, device: torch.device) -> Optional[torch.dtype]:
     times faster with channels_last, benchmarks/RESULTS.md), full precision elsewhere.
 
     Raises:
-        SystemExit: fp16 on the CPU (no fp16 autocast for CPU convolutions); an unknown choice.
+        UsageError: fp16 on the CPU (no fp16 autocast for CPU convolutions); an unknown choice.
     """
     if choice == "auto":
         return torch.bfloat16 if native_bf16(device) else None
@@ -93,9 +97,9 @@ def resolve_amp(choice: str, device: torch.device) -> Optional[torch.dtype]:
         return torch.bfloat16
     if choice == "fp16":
         if device.type != "cuda":
-            raise SystemExit("error: --amp fp16 needs a CUDA device (use --amp bf16 on the CPU)")
+            raise UsageError("--amp fp16 needs a CUDA device (use --amp bf16 on the CPU)")
         return torch.float16
-    raise SystemExit(f"error: --amp must be one of {AMP_CHOICES}, got {choice!r}")
+    raise UsageError(f"--amp must be one of {AMP_CHOICES}, got {choice!r}")
 
 
 def resolve_channels_last(choice: str, device: torch.device, amp: Optional[torch.dtype] = None) -> bool:
@@ -112,3 +116,10 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.A
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def progress_bar(iterable: Iterable, enabled: bool, **kwargs: Any) -> tqdm:
+    """A tqdm bar over ``iterable`` (``kwargs``: tqdm's) when ``enabled`` (``--progress``) and tqdm's stream,
+    stderr, is a terminal. Logs written to a file or a pipe get no bar, hence no escape codes; their progress
+    is the one log line per epoch (tqdm's ``disable=None``: disabled on a non-TTY)."""
+    return tqdm(iterable, disable=None if enabled else True, **kwargs)

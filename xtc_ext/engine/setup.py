@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from xtc_ext.data import DataSplits
 from xtc_ext.engine.distributed import Dist, ShardSampler
+from xtc_ext.engine.errors import UsageError
 from xtc_ext.engine.runtime import make_loader
 
 __all__ = ["Loaders", "per_rank_batch_size", "build_loaders", "training_model"]
@@ -37,10 +38,10 @@ def per_rank_batch_size(batch_size: int, dist: Dist) -> int:
     """``--batch-size`` (global) divided over the ranks.
 
     Raises:
-        SystemExit: the global batch size is not a multiple of the number of processes.
+        UsageError: the global batch size is not a multiple of the number of processes.
     """
     if batch_size % dist.world_size:
-        raise SystemExit(f"error: --batch-size {batch_size} (the global batch) is not divisible by the "
+        raise UsageError(f"--batch-size {batch_size} (the global batch) is not divisible by the "
                          f"{dist.world_size} processes")
     return batch_size // dist.world_size
 

@@ -2,7 +2,7 @@
 
 - :data:`LOSS_IMPLS`: the ``--loss-impl`` choices, modules with the same op functions and signatures
   (:mod:`xtc_ext.ops`, the fused kernels, and :mod:`xtc_ext.reference`, their eager PyTorch references).
-- :func:`accumulation_dtype_of` / :func:`to_accumulation`: float32 accumulation (float64 for float64 input),
+- :func:`to_accumulation`: a tensor in its accumulation dtype, float32 (float64 for float64 input),
   the convention of every op of the library (docs/ops.md).
 - :func:`check_choice`, :func:`check_nchw`: argument checks whose errors name the argument.
 """

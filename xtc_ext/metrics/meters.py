@@ -406,7 +406,8 @@ class NormalsMeter(_Meter):
 class SaliencyMeter(_Meter):
     """Saliency maxF and max mIoU over binarisation thresholds (Vandenhende / ASTMT ``eval_sal``).
 
-    For every image and threshold ``tau``: the prediction mask ``prob > tau`` against the ground truth
+    For every image and threshold ``tau``: the prediction mask ``prob > tau``, compared in float32 (below),
+    against the ground truth
     ``target >= 0.5`` over the image's valid pixels (``target >= 0``; -1 = ignored, the "void pixels"
     of Vandenhende's code), with ``tp, fp, fn`` counted there:
     ``precision = tp / (tp + fp + 1e-12)``, ``recall = tp / (tp + fn + 1e-12)`` and
@@ -428,9 +429,12 @@ class SaliencyMeter(_Meter):
     NaN (empty lists kept at their length, NaN values) if no image was seen.
 
     Args:
-        thresholds: 1-D thresholds on the probability, kept in float64 (default 15 thresholds
-            ``linspace(0.2, 0.9, 15)`` built in float64, as Vandenhende's NumPy ``linspace``: a
-            float32 build would compare against 0.60000002 instead of 0.6).
+        thresholds: 1-D thresholds on the probability (default 15 thresholds ``linspace(0.2, 0.9, 15)``,
+            built in float64 as Vandenhende's NumPy ``linspace`` and reported so). The comparison
+            ``prob > tau`` is made in **float32**, the probability and the threshold both rounded to float32,
+            as in the authors' runs: there ``eval_sal`` compares a float32 array with the float64 NumPy
+            scalar threshold, which NumPy 1.x (the papers' NumPy) computes in float32 (docs/fidelity.md,
+            "Metrics": a probability k/255 equal to a threshold, e.g. 153/255 and 0.6, is not above it).
         from_logits: apply ``sigmoid`` to ``pred``.
 
     Raises:
@@ -471,10 +475,11 @@ class SaliencyMeter(_Meter):
         p = pred.to(dev).reshape(N, -1).to(torch.promote_types(pred.dtype, torch.float32))
         if self.from_logits:
             p = torch.sigmoid(p)
+        p = p.to(torch.float32)  # the authors' float32 prediction (docs/fidelity.md, "Metrics")
         t = target.to(dev).reshape(N, -1)
         valid = t >= 0
         gt = valid & (t >= 0.5)
-        above = (p.to(torch.float64)[:, None, :] > self._th_dev[None, :, None]) & valid[:, None, :]
+        above = (p[:, None, :] > self._th_dev[None, :, None]) & valid[:, None, :]  # float32 with float32
         tp = (above & gt[:, None, :]).sum(-1).to(torch.float64)  # [N, K]
         fp = above.sum(-1).to(torch.float64) - tp
         fn = gt.sum(-1, keepdim=True).to(torch.float64) - tp
@@ -490,7 +495,7 @@ class SaliencyMeter(_Meter):
         if self._sums is None:
             self._sums = torch.zeros(3, self.thresholds.numel(), dtype=torch.float64, device=device)
             self._images = torch.zeros((), dtype=torch.int64, device=device)
-            self._th_dev = self.thresholds.to(device)
+            self._th_dev = self.thresholds.to(device, torch.float32)
         return [self._sums, self._images]
 
 

@@ -104,7 +104,7 @@ class XTasCRecipe(BaseRecipe):
                        help="GradNorm asymmetry alpha (Chen et al. NYUv2: 1.5; the XTasC-Net authors hard-code 0.16)")
         g.add_argument("--gradnorm-optimizer", choices=GRADNORM_OPTIMIZERS, default="shared",
                        help="what steps the GradNorm task weights: 'shared' = the run's optimizer and lr schedule; "
-                       "'separate' = an Adam of their own (default betas, --lr, no schedule), as the authors' code")
+                       "'separate' = an Adam of their own (betas 0.9 0.999, --lr, no schedule), as the authors' code")
 
     @classmethod
     def required_tasks(cls, args: argparse.Namespace, spec: DatasetSpec) -> Tuple[str, ...]:
