@@ -1,6 +1,6 @@
 """CUDA-only tests of the device code paths that the CPU cannot reach (skipped without a CUDA device):
 grids past the finalize block and the 4096-block cap, the half-type vector path, misaligned inputs, and the
-hostile-input behaviour of issue 9 on CUDA (shapes, layouts, broadcast gradients, exact gate, huge norms,
+hostile-input behaviour on CUDA (shapes, layouts, broadcast gradients, exact gate, huge norms,
 device mixing). Each compares the CUDA kernels with the CPU kernels or a float64 reference.
 """
 
@@ -67,7 +67,7 @@ def _params(reductions=REDUCTIONS):
 
 
 # ----------------------------------------------------------------------------------------------
-# Risk 4 of the static CUDA review: device-only code paths
+# Device-only code paths: grid-stride loops past the block cap, half-type vector loads, misalignment
 
 
 @pytest.mark.parametrize("name,reduction", _params(("mean", "none")))
@@ -113,7 +113,7 @@ def test_cuda_misaligned_contiguous_input(name, reduction):
 
 
 # ----------------------------------------------------------------------------------------------
-# Issue 9 on CUDA: the shared validation and the hostile inputs
+# Hostile inputs on CUDA: the shared validation, shapes, layouts, broadcast gradients, extreme values
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 7), (2, 7, 5), (2, 7, 3, 2, 5)], ids=str)
