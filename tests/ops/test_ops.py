@@ -97,6 +97,17 @@ def test_empty_inputs(case, reduction, shape):
     assert [tuple(g.shape) for g in grads] == [shape] * len(sample.grad_idx)
 
 
+def test_every_op_of_the_table_has_a_case_and_every_kernel_is_registered():
+    """The op table drives the tests: every op has a row in op_cases.OPS, and every internal op of the table
+    (and no other) is a torch op of the library with its autograd."""
+    assert {c.op for c in OPS} == {spec.name for spec in ops.OP_TABLE}
+    kernels = {k.name for spec in ops.OP_TABLE for k in spec.kernels}
+    library = {n for n in dir(torch.ops.xtc_ext) if hasattr(getattr(torch.ops.xtc_ext, n), "default")}
+    publics = {spec.name for spec in ops.OP_TABLE}
+    assert library == kernels | publics
+    assert set(ops._FUNCTIONS) == kernels
+
+
 @pytest.mark.parametrize("case", OPS, ids=OP_IDS)
 def test_public_ops_are_torch_ops(case):
     assert case.op in ops.__all__
