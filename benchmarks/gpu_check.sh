@@ -11,8 +11,8 @@
 #   build           pip install --no-build-isolation --no-deps . with TORCH_CUDA_ARCH_LIST = the device's
 #                   compute capability (wheels under $XTC_WHEELS, default .whl/, are installed first if present:
 #                   e.g. import-linter for the architecture test; tests of missing extras skip)
-#   first_run       pytest tests/ops/test_cuda_first_run.py: the cases of the first GPU run (F1 NaN/inf at a
-#                   valid pixel with a zero upstream scale, F2 gate overflow, F3 eps 1e-46, F5 non-finite cosine
+#   cuda_vs_cpu     pytest tests/ops/test_cuda_vs_cpu.py: CUDA against CPU where they may part (NaN/inf at a
+#                   valid pixel with a zero upstream scale, gate overflow, cosine eps 1e-46, non-finite cosine
 #                   inputs, the vector path past the block cap, fp64/uint8, fp16, misaligned targets and masks,
 #                   channels_last with copy-kernel counts, P = 1, empty shapes, > 2^31 elements, the bad-label
 #                   device assert), CUDA against CPU; JUnit counts and recorded values in the report
@@ -24,7 +24,7 @@
 #   memcheck        compute-sanitizer --tool memcheck over a short CUDA op-test selection (empty shapes included)
 #   racecheck       compute-sanitizer --tool racecheck over the reduction kernels' tests
 #   initcheck       compute-sanitizer --tool initcheck (uninitialised device memory read) over the reductions,
-#                   the empty shapes and the first-run cases
+#                   the empty shapes and the CUDA-vs-CPU cases
 #                   (all three SKIPPED with the reason where compute-sanitizer does not work: gVisor, or absent)
 #   bench_ops       python benchmarks/bench_ops.py (no torch.compile column, to fit the budget)
 #   bench_train     python benchmarks/bench_train.py (both models, every configuration, capped in minutes)
@@ -41,7 +41,7 @@
 # that need the extension are skipped when the build failed); 2 for a usage error.
 #
 # --dry-run: on the CPU, no build and no GPU: every step in its dry form (the installed extension imported
-# instead of built, tiny pytest selections (first_run, sync_debug and launches collect and skip their CUDA
+# instead of built, tiny pytest selections (cuda_vs_cpu, sync_debug and launches collect and skip their CUDA
 # tests), the sanitizers skipped, the benchmarks' --dry-run, 1-step training smokes on the CPU), the same
 # report files. CI runs it (tests/benchmarks/test_gpu_check.py).
 # --only: run the named steps alone (the others are listed as not selected).
@@ -200,51 +200,52 @@ else
 fi
 
 # ------------------------------------------------------------------------------------------------ tests
-# The first-run cases first (the most wanted results when the run is cut short), in three steps of one file.
-FIRST_RUN=tests/ops/test_cuda_first_run.py
-first_run_pytest() {  # NAME -k-EXPRESSION: one selection of $FIRST_RUN, JUnit XML with the recorded values
+# The CUDA-vs-CPU cases first (the most wanted results when the run is cut short), in three steps of one file.
+CUDA_VS_CPU=tests/ops/test_cuda_vs_cpu.py
+cuda_vs_cpu_pytest() {  # NAME -k-EXPRESSION: one selection of $CUDA_VS_CPU, JUnit XML with the recorded values
   "$PY" -m pytest -q -p no:cacheprovider -ra -o junit_family=xunit1 --junitxml="$WORK/pytest_$1.xml" \
-    "$FIRST_RUN" -k "$2"
+    "$CUDA_VS_CPU" -k "$2"
 }
-export -f first_run_pytest
-export WORK FIRST_RUN
+export -f cuda_vs_cpu_pytest
+export WORK CUDA_VS_CPU
 DRY_NOTE=""
 [ "$DRY" = 1 ] && DRY_NOTE="dry run: collected, the CUDA tests skip on the CPU; "
-step first_run 240 1 "${DRY_NOTE}CUDA vs CPU: F1, F2, F3, F5, block cap, dtypes, misaligned, layouts, 2^31, bad label" \
-  -- bash -c 'first_run_pytest "$@"' _ first_run "not sync_debug and not launches"
+step cuda_vs_cpu 240 1 "${DRY_NOTE}CUDA vs CPU: non-finite at valid pixels, gate overflow, eps 1e-46, block cap, dtypes, misaligned, layouts, 2^31, bad label" \
+  -- bash -c 'cuda_vs_cpu_pytest "$@"' _ cuda_vs_cpu "not sync_debug and not launches"
 step sync_debug 120 1 "${DRY_NOTE}set_sync_debug_mode(\"error\") around forward + backward of every op" \
-  -- bash -c 'first_run_pytest "$@"' _ sync_debug "sync_debug"
+  -- bash -c 'cuda_vs_cpu_pytest "$@"' _ sync_debug "sync_debug"
 step launches 120 1 "${DRY_NOTE}kernel launches per op, forward and backward (torch.profiler)" \
-  -- bash -c 'first_run_pytest "$@"' _ launches "launches"
+  -- bash -c 'cuda_vs_cpu_pytest "$@"' _ launches "launches"
 
 if [ "$DRY" = 1 ]; then
   step pytest 300 1 "dry run: a tiny selection (the CUDA tests skip on the CPU)" -- \
     "$PY" -m pytest -q -p no:cacheprovider -ra --junitxml="$WORK/pytest.xml" \
     tests/ops/test_extension.py tests/ops/test_ops_autograd.py::test_cuda_matches_cpu
 else
-  step pytest 600 1 "the suite without $FIRST_RUN (its own steps above)" -- \
+  step pytest 600 1 "the suite without $CUDA_VS_CPU (its own steps above)" -- \
     "$PY" -m pytest -q -p no:cacheprovider -ra --durations=15 --junitxml="$WORK/pytest.xml" tests \
-    --ignore="$FIRST_RUN"
+    --ignore="$CUDA_VS_CPU"
 fi
 
 # compute-sanitizer: on the CUDA tests of the ops; no caching allocator, so each tensor is its own allocation
 # and an out-of-bounds access cannot land in a neighbour's memory unseen.
-# The selections include the empty shapes and the first-run cases (test names of $FIRST_RUN), not its
+# The selections include the empty shapes and the CUDA-vs-CPU cases (test names of $CUDA_VS_CPU), not its
 # > 2^31-element, subprocess, sync_debug or launches tests.
 MEMCHECK_K="test_cuda_matches_cpu and fp32 or test_cuda_many_pixels_odd_count and N1 or test_cuda_misaligned \
-or test_cuda_bf16_vector or test_empty_shapes or test_f1_zero_times_loss and mean or test_f1_zero_pixel \
-or test_f1_zero_weights or test_f2_ or test_f3_ or test_f5_ or test_misaligned_operand or test_p1_inputs and 1037 \
+or test_cuda_bf16_vector or test_empty_shapes or test_nonfinite_at_valid_pixel_zero_times_loss and mean \
+or test_nonfinite_at_valid_pixel_zero_pixel or test_nonfinite_at_valid_pixel_zero_weights \
+or test_gate_huge_grad_out or test_cosine_eps_1e_46 or test_cosine_nonfinite_a_at or test_misaligned_operand or test_p1_inputs and 1037 \
 or test_fp64_uint8 or test_dtype_paths or test_channels_last_losses or test_vector_path_past_block_cap and mean"
 RACECHECK_K="test_cuda_many_pixels_odd_count and N1 and (mean or sum) or test_empty_shapes and mean \
-or test_f1_zero_weights and fp32-vec or test_p1_inputs and 4096 and mean"
+or test_nonfinite_at_valid_pixel_zero_weights and fp32-vec or test_p1_inputs and 4096 and mean"
 INITCHECK_K="test_cuda_many_pixels_odd_count and N1 and (mean or none) or test_empty_shapes \
-or test_f1_zero_weights and fp32-vec or test_misaligned_operand and fp32 or test_p1_inputs and 1037 and mean \
+or test_nonfinite_at_valid_pixel_zero_weights and fp32-vec or test_misaligned_operand and fp32 or test_p1_inputs and 1037 and mean \
 or test_fp64_uint8 and even and mean or test_vector_path_past_block_cap and mean"
 sanitize() {  # TOOL -k-EXPRESSION
   local tool=$1 expr=$2 log
   log=$(mktemp)
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 50 \
-    "$PY" -m pytest -q -p no:cacheprovider -x tests/ops/test_ops_autograd.py tests/ops/test_cuda.py "$FIRST_RUN" \
+    "$PY" -m pytest -q -p no:cacheprovider -x tests/ops/test_ops_autograd.py tests/ops/test_cuda.py "$CUDA_VS_CPU" \
     -k "$expr" > "$log" 2>&1
   local rc=$?
   cat "$log"

@@ -60,7 +60,7 @@ def read_runtime(work: Path) -> Dict[str, str]:
 def junit_counts(path: Path) -> Optional[Dict[str, Any]]:
     """Tests, failures, errors and skips of a pytest JUnit XML file (None if absent or unreadable), the
     names of the failed tests (at most 20) and the values the tests recorded (``record_property``: test name
-    -> {name: value}; the launch counts, copy-kernel counts and messages of tests/ops/test_cuda_first_run.py)."""
+    -> {name: value}; the launch counts, copy-kernel counts and messages of tests/ops/test_cuda_vs_cpu.py)."""
     if not path.is_file():
         return None
     try:

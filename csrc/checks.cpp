@@ -1,4 +1,4 @@
-// Argument validation of every op (declared and documented in checks.h).
+// The argument-validation helpers of the ops' check functions (declared and documented in checks.h).
 #include "checks.h"
 
 #include <c10/core/WrapDimMinimal.h>
@@ -6,6 +6,7 @@
 #include <cmath>
 
 namespace xtc {
+
 namespace {
 
 constexpr const char* kFloatTypes = "float16, bfloat16, float32 or float64";
@@ -13,6 +14,8 @@ constexpr const char* kFloatTypes = "float16, bfloat16, float32 or float64";
 bool is_supported_float(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
+
+}  // namespace
 
 void check_float(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), op, ": ", name, " must be ", kFloatTypes, ", got ",
@@ -25,7 +28,6 @@ void check_device(const at::Tensor& t, const at::Tensor& ref, const char* op, co
               ref.device(), " (all tensors must be on one device)");
 }
 
-// Same shape, dtype and device as ref.
 void check_same(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name, const char* ref_name) {
   check_device(t, ref, op, name, ref_name);
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have the dtype of ", ref_name, " (",
@@ -34,7 +36,6 @@ void check_same(const at::Tensor& t, const at::Tensor& ref, const char* op, cons
                     ref.sym_sizes(), ", got ", t.sym_sizes());
 }
 
-// The [N, C, P] view of x with class/channel dimension cdim (a 0-D x is one pixel of one channel).
 Layout make_layout(const at::Tensor& x, int64_t cdim, const char* op, const char* name, bool need_class) {
   Layout l;
   l.N = 1;
@@ -57,8 +58,9 @@ Layout make_layout(const at::Tensor& x, int64_t cdim, const char* op, const char
   return l;
 }
 
-// PyTorch's class dimension: 1, or 0 for a 1-D input.
 int64_t default_cdim(const at::Tensor& x) { return x.dim() >= 2 ? 1 : 0; }
+
+namespace {
 
 std::string pixel_forms(const Layout& l, bool with_class_form) {
   std::ostringstream s;
@@ -71,6 +73,8 @@ std::string pixel_forms(const Layout& l, bool with_class_form) {
   return s.str();
 }
 
+}  // namespace
+
 void check_pixel_shape(const at::Tensor& t, const Layout& l, const at::Tensor& ref, const char* op, const char* name,
                        const char* ref_name) {
   check_device(t, ref, op, name, ref_name);
@@ -78,8 +82,6 @@ void check_pixel_shape(const at::Tensor& t, const Layout& l, const at::Tensor& r
                     pixel_forms(l, false), " (", ref_name, "'s shape without dim ", l.cdim, "), got ", t.sym_sizes());
 }
 
-// Per-pixel mask: the pixel shape, or the input's shape with size 1 in the class dimension; bool, integer
-// or one of the four float dtypes (nonzero = valid).
 void check_mask(const OptTensor& mask, const Layout& l, const at::Tensor& ref, const char* op, const char* ref_name) {
   if (!mask) return;
   const at::Tensor& m = *mask;
@@ -97,6 +99,8 @@ void check_mask(const OptTensor& mask, const Layout& l, const at::Tensor& ref, c
   TORCH_CHECK_VALUE(ok, op, ": mask must have shape ", pixel_forms(l, true), ", got ", m.sym_sizes());
 }
 
+namespace {
+
 void check_denominator_like(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name) {
   check_device(t, ref, op, name, "the input");
   check_float(t, op, name);
@@ -110,80 +114,6 @@ Reduction parse_reduction(std::string_view reduction, const char* op) {
   if (reduction == "sum") return Reduction::Sum;
   if (reduction == "none") return Reduction::None;
   TORCH_CHECK_VALUE(false, op, ": reduction must be 'none', 'mean' or 'sum', got '", reduction, "'");
-}
-
-LossInfo check_masked_cross_entropy(const at::Tensor& logits, const at::Tensor& target, const OptTensor& weight,
-                                    int64_t ignore_index, double label_smoothing, std::string_view reduction) {
-  constexpr const char* op = "masked_cross_entropy";
-  check_float(logits, op, "logits");
-  LossInfo info{parse_reduction(reduction, op), make_layout(logits, default_cdim(logits), op, "logits", true), {}};
-  check_pixel_shape(target, info.layout, logits, op, "target", "logits");
-  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte, op,
-                   ": target must be int64 or uint8 class indices, got ", target.scalar_type());
-  if (weight) {
-    check_device(*weight, logits, op, "weight", "logits");
-    check_float(*weight, op, "weight");
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->sym_size(0) == info.layout.C, op, ": weight must have shape [C] = [",
-                      info.layout.C, "], got ", weight->sym_sizes());
-  }
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op, ": label_smoothing must be in [0, 1], got ",
-                    label_smoothing);
-  info.none_shape = info.layout.pixel_shape;
-  return info;
-}
-
-LossInfo check_soft_cross_entropy(const at::Tensor& logits, const at::Tensor& target_logits, const OptTensor& mask,
-                                  std::string_view reduction) {
-  constexpr const char* op = "soft_cross_entropy";
-  check_float(logits, op, "logits");
-  LossInfo info{parse_reduction(reduction, op), make_layout(logits, default_cdim(logits), op, "logits", true), {}};
-  check_same(target_logits, logits, op, "target_logits", "logits");
-  check_mask(mask, info.layout, logits, op, "logits");
-  info.none_shape = info.layout.pixel_shape;
-  return info;
-}
-
-LossInfo check_masked_l1_loss(const at::Tensor& pred, const at::Tensor& target, const OptTensor& mask,
-                              std::optional<double> invalid_value, std::string_view reduction) {
-  constexpr const char* op = "masked_l1_loss";
-  check_float(pred, op, "pred");
-  LossInfo info{parse_reduction(reduction, op), make_layout(pred, default_cdim(pred), op, "pred", false), {}};
-  check_same(target, pred, op, "target", "pred");
-  check_mask(mask, info.layout, pred, op, "pred");
-  TORCH_CHECK_VALUE(!invalid_value || !std::isnan(*invalid_value), op,
-                    ": invalid_value must not be NaN (NaN equals no target; exclude NaN targets with mask=)");
-  info.none_shape = c10::SymDimVector(pred.sym_sizes().begin(), pred.sym_sizes().end());
-  return info;
-}
-
-LossInfo check_cosine_similarity_loss(const at::Tensor& a, const at::Tensor& b, const OptTensor& mask, double eps,
-                                      std::string_view reduction, int64_t dim) {
-  constexpr const char* op = "cosine_similarity_loss";
-  check_float(a, op, "a");
-  const int64_t rank = std::max<int64_t>(a.dim(), 1);
-  TORCH_CHECK_VALUE(dim >= -rank && dim < rank, op, ": dim must be in [", -rank, ", ", rank - 1, "] for a ",
-                    a.dim(), "-D input, got ", dim);
-  LossInfo info{parse_reduction(reduction, op), make_layout(a, dim < 0 ? dim + rank : dim, op, "a", a.dim() > 0), {}};
-  check_same(b, a, op, "b", "a");
-  check_mask(mask, info.layout, a, op, "a");
-  // The kernels use eps in the accumulation type (float32 unless a is float64): it must be > 0 there too, as
-  // an eps below ~7e-46 rounds to 0 in float32 (a zero vector would then give NaN). docs/ops.md, "Reductions".
-  const bool acc64 = a.scalar_type() == at::kDouble;
-  const double eps_acc = acc64 ? eps : static_cast<double>(static_cast<float>(eps));
-  TORCH_CHECK_VALUE(eps > 0 && eps_acc > 0, op, ": eps must be > 0 in the accumulation type (",
-                    acc64 ? "float64" : "float32", " for ", a.scalar_type(), " inputs), got ", eps);
-  info.none_shape = info.layout.pixel_shape;
-  return info;
-}
-
-void check_sigmoid_gate(const at::Tensor& x, const at::Tensor& gate_logits) {
-  check_float(x, "sigmoid_gate", "x");
-  check_same(gate_logits, x, "sigmoid_gate", "gate_logits", "x");
-}
-
-void check_sigmoid_gate_bwd(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& gate_logits) {
-  check_sigmoid_gate(x, gate_logits);
-  check_same(grad_out, x, "sigmoid_gate", "grad_out", "x");
 }
 
 void check_loss_backward(const LossInfo& info, const char* op, const at::Tensor& input, const at::Tensor& grad_loss,
@@ -201,6 +131,18 @@ void check_loss_backward(const LossInfo& info, const char* op, const at::Tensor&
     check_float(*saved_per_pixel, op, "lse_minus_max");
     check_pixel_shape(*saved_per_pixel, info.layout, input, op, "lse_minus_max", "logits");
   }
+}
+
+Tensor2 loss_outputs(const LossInfo& info, const at::Tensor& input) {
+  const auto opts = input.options().dtype(loss_dtype(input));
+  at::Tensor loss = info.red == Reduction::None ? at::empty_symint(info.none_shape, opts) : at::empty({}, opts);
+  return {loss, at::empty({}, opts)};
+}
+
+Tensor3 ce_outputs(const LossInfo& info, const at::Tensor& logits) {
+  auto [loss, denom] = loss_outputs(info, logits);
+  at::Tensor lse = at::empty_symint(info.layout.pixel_shape, logits.options().dtype(loss_dtype(logits)));
+  return {loss, lse, denom};
 }
 
 OptTensor kernel_mask(const OptTensor& mask) {

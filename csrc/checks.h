@@ -1,5 +1,6 @@
 // Argument validation shared by every kernel of every op: the CPU kernels, the CUDA glue and the Meta
-// (fake-tensor) kernels call the same function per op, before touching memory. The checks work on
+// (fake-tensor) kernels of an op (csrc/<op>.cpp) call the op's one check function, built from the helpers
+// below, before touching memory. The checks work on
 // symbolic shapes (sym_sizes), so the Meta kernels serve torch.compile(dynamic=True) without
 // specialising a dimension. Errors: ValueError (shape, value), TypeError (dtype), RuntimeError
 // (device), each naming the argument.
@@ -14,12 +15,12 @@
 
 #include <ATen/ATen.h>
 
+#include "op_table.h"
+
 #include <optional>
 #include <string_view>
 
 namespace xtc {
-
-using OptTensor = std::optional<at::Tensor>;
 
 enum class Reduction { None, Mean, Sum };
 
@@ -48,16 +49,24 @@ inline at::ScalarType loss_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-LossInfo check_masked_cross_entropy(const at::Tensor& logits, const at::Tensor& target, const OptTensor& weight,
-                                    int64_t ignore_index, double label_smoothing, std::string_view reduction);
-LossInfo check_soft_cross_entropy(const at::Tensor& logits, const at::Tensor& target_logits, const OptTensor& mask,
-                                  std::string_view reduction);
-LossInfo check_masked_l1_loss(const at::Tensor& pred, const at::Tensor& target, const OptTensor& mask,
-                              std::optional<double> invalid_value, std::string_view reduction);
-LossInfo check_cosine_similarity_loss(const at::Tensor& a, const at::Tensor& b, const OptTensor& mask, double eps,
-                                      std::string_view reduction, int64_t dim);
-void check_sigmoid_gate(const at::Tensor& x, const at::Tensor& gate_logits);
-void check_sigmoid_gate_bwd(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& gate_logits);
+// Helpers of the check functions; each error names the op `op` and the argument `name`.
+// A float16/bfloat16/float32/float64 tensor (TypeError).
+void check_float(const at::Tensor& t, const char* op, const char* name);
+// t on ref's device (RuntimeError).
+void check_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name, const char* ref_name);
+// Same shape, dtype and device as ref.
+void check_same(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name, const char* ref_name);
+// The [N, C, P] view of x with class/channel dimension cdim (a 0-D x is one pixel of one channel);
+// need_class: x must have a class dimension of size >= 1.
+Layout make_layout(const at::Tensor& x, int64_t cdim, const char* op, const char* name, bool need_class);
+// PyTorch's class dimension: 1, or 0 for a 1-D input.
+int64_t default_cdim(const at::Tensor& x);
+// t has the pixel shape of layout l (ref's shape without dim l.cdim), on ref's device.
+void check_pixel_shape(const at::Tensor& t, const Layout& l, const at::Tensor& ref, const char* op, const char* name,
+                       const char* ref_name);
+// Per-pixel mask (if any): the pixel shape, or the input's shape with size 1 in the class dimension; bool,
+// integer or one of the four float dtypes (nonzero = valid).
+void check_mask(const OptTensor& mask, const Layout& l, const at::Tensor& ref, const char* op, const char* ref_name);
 
 // The extra arguments of a loss backward: grad_loss (a scalar, or none_shape for reduction="none"),
 // the saved denominator (a scalar) and, for the cross-entropies, the saved per-pixel normaliser.
@@ -66,6 +75,11 @@ void check_loss_backward(const LossInfo& info, const char* op, const at::Tensor&
 
 // A mask as the kernels read it: bool, contiguous (the [N,1,...] and [N,...] forms share that layout).
 OptTensor kernel_mask(const OptTensor& mask);
+
+// Outputs of a loss forward (real or Meta): (loss, denom) in the loss dtype, the loss of none_shape for
+// reduction "none", else 0-D; ce_outputs adds the per-pixel lse_minus_max of the two cross-entropies.
+Tensor2 loss_outputs(const LossInfo& info, const at::Tensor& input);
+Tensor3 ce_outputs(const LossInfo& info, const at::Tensor& logits);
 
 // t with the strides of `like` (a non-overlapping, dense tensor of t's shape, e.g. at::empty_like(x)):
 // t itself when it already has them, else a copy in that layout. Elementwise kernels then run over
@@ -76,17 +90,3 @@ at::Tensor dense_like(const at::Tensor& t, const at::Tensor& like);
 bool is_broadcast_scalar(const at::Tensor& t);
 
 }  // namespace xtc
-
-// Registers the kernels of the ten device-dispatched ops, functions named like the ops in the current
-// scope (the Meta kernels in meta.cpp, the CUDA glue in cuda_ops.cpp; the CPU kernels register per file).
-#define XTC_REGISTER_KERNELS(m)                                               \
-  m.impl("masked_cross_entropy_fwd", &masked_cross_entropy_fwd);              \
-  m.impl("masked_cross_entropy_bwd", &masked_cross_entropy_bwd);              \
-  m.impl("soft_cross_entropy_fwd", &soft_cross_entropy_fwd);                  \
-  m.impl("soft_cross_entropy_bwd", &soft_cross_entropy_bwd);                  \
-  m.impl("masked_l1_loss_fwd", &masked_l1_loss_fwd);                          \
-  m.impl("masked_l1_loss_bwd", &masked_l1_loss_bwd);                          \
-  m.impl("cosine_similarity_loss_fwd", &cosine_similarity_loss_fwd);          \
-  m.impl("cosine_similarity_loss_bwd", &cosine_similarity_loss_bwd);          \
-  m.impl("sigmoid_gate", &sigmoid_gate);                                      \
-  m.impl("sigmoid_gate_bwd", &sigmoid_gate_bwd)

@@ -4,12 +4,37 @@
 // and symmetrically for b, with s the upstream scale. Norms and cosine without overflow or underflow:
 // cosine_math.h. Nothing is saved: the backward recomputes the three per-pixel sums.
 #include "common.h"
-#include "cosine_math.h"
+#include "op_table.h"
 
-#include <torch/library.h>
+#if XTC_WITH_CUDA
+#include "cuda_glue.h"
+#endif
+#include "cosine_math.h"
 
 namespace xtc {
 namespace {
+
+// Argument validation: the one check of every kernel of this op (CPU, Meta, CUDA); checks.h.
+LossInfo check_cosine_similarity_loss(const at::Tensor& a, const at::Tensor& b, const OptTensor& mask, double eps,
+                                      std::string_view reduction, int64_t dim) {
+  constexpr const char* op = "cosine_similarity_loss";
+  check_float(a, op, "a");
+  const int64_t rank = std::max<int64_t>(a.dim(), 1);
+  TORCH_CHECK_VALUE(dim >= -rank && dim < rank, op, ": dim must be in [", -rank, ", ", rank - 1, "] for a ",
+                    a.dim(), "-D input, got ", dim);
+  LossInfo info{parse_reduction(reduction, op), make_layout(a, dim < 0 ? dim + rank : dim, op, "a", a.dim() > 0), {}};
+  check_same(b, a, op, "b", "a");
+  check_mask(mask, info.layout, a, op, "a");
+  // The kernels use eps in the accumulation type (float32 unless a is float64): it must be > 0 there too, as
+  // an eps below ~7e-46 rounds to 0 in float32 (a zero vector would then give NaN). docs/ops.md, "Reductions".
+  const bool acc64 = a.scalar_type() == at::kDouble;
+  const double eps_acc = acc64 ? eps : static_cast<double>(static_cast<float>(eps));
+  TORCH_CHECK_VALUE(eps > 0 && eps_acc > 0, op, ": eps must be > 0 in the accumulation type (",
+                    acc64 ? "float64" : "float32", " for ", a.scalar_type(), " inputs), got ", eps);
+  info.none_shape = info.layout.pixel_shape;
+  return info;
+}
+
 
 constexpr const char* kOp = "cosine_similarity_loss";
 
@@ -61,9 +86,14 @@ struct BlockCosine {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
-                                               const std::optional<at::Tensor>& mask_in, double eps,
-                                               c10::string_view reduction, int64_t dim) {
+}  // namespace
+
+// CPU kernels (registered by ops.cpp from the op table).
+namespace cpu {
+
+std::tuple<at::Tensor, at::Tensor> cosine_similarity_loss_fwd(const at::Tensor& a_in, const at::Tensor& b_in,
+                                                              const std::optional<at::Tensor>& mask_in, double eps,
+                                                              c10::string_view reduction, int64_t dim) {
   const LossInfo info = check_cosine_similarity_loss(a_in, b_in, mask_in, eps, reduction, dim);
   const Reduction red = info.red;
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
@@ -99,10 +129,10 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& a_in, const at:
   return {loss, denom};
 }
 
-std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& a_in,
-                                                const at::Tensor& b_in, const std::optional<at::Tensor>& mask_in,
-                                                const at::Tensor& denom, double eps, c10::string_view reduction,
-                                                int64_t dim) {
+std::tuple<at::Tensor, at::Tensor> cosine_similarity_loss_bwd(const at::Tensor& grad_loss_in, const at::Tensor& a_in,
+                                                              const at::Tensor& b_in, const std::optional<at::Tensor>& mask_in,
+                                                              const at::Tensor& denom, double eps, c10::string_view reduction,
+                                                              int64_t dim) {
   const LossInfo info = check_cosine_similarity_loss(a_in, b_in, mask_in, eps, reduction, dim);
   check_loss_backward(info, kOp, a_in, grad_loss_in, denom, nullptr);
   const Reduction red = info.red;
@@ -144,11 +174,99 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_loss_in, 
   return {grad_a, grad_b};
 }
 
+}  // namespace cpu
+
+// Meta (fake-tensor) kernels: the same check, outputs of the real kernels' shapes, dtypes and strides.
+namespace meta {
+
+Tensor2 cosine_similarity_loss_fwd(const Tensor& a, const Tensor& b, const OptTensor& mask, double eps,
+                                   c10::string_view reduction, int64_t dim) {
+  return loss_outputs(check_cosine_similarity_loss(a, b, mask, eps, reduction, dim), a);
+}
+
+Tensor2 cosine_similarity_loss_bwd(const Tensor& grad_loss, const Tensor& a, const Tensor& b, const OptTensor& mask,
+                                   const Tensor& denom, double eps, c10::string_view reduction, int64_t dim) {
+  const LossInfo info = check_cosine_similarity_loss(a, b, mask, eps, reduction, dim);
+  check_loss_backward(info, "cosine_similarity_loss", a, grad_loss, denom, nullptr);
+  return {at::empty_like(a, at::MemoryFormat::Contiguous), at::empty_like(b, at::MemoryFormat::Contiguous)};
+}
+
+}  // namespace meta
+
+// The public op: CompositeImplicitAutograd around cosine_similarity_loss_fwd (whose autograd is registered from Python).
+namespace composite {
+namespace {
+
+// PyTorch broadcasting of a and b (cosine_similarity broadcasts its operands); ValueError naming b.
+c10::SymDimVector broadcast_shape(const Tensor& a, const Tensor& b) {
+  const int64_t rank = std::max(a.dim(), b.dim());
+  c10::SymDimVector shape(rank, c10::SymInt(1));
+  for (int64_t i = 0; i < rank; ++i) {
+    const c10::SymInt sa = i < a.dim() ? a.sym_size(a.dim() - 1 - i) : c10::SymInt(1);
+    const c10::SymInt sb = i < b.dim() ? b.sym_size(b.dim() - 1 - i) : c10::SymInt(1);
+    TORCH_CHECK_VALUE(sa == sb || sa == 1 || sb == 1, "cosine_similarity_loss: b must have the shape of a ",
+                      a.sym_sizes(), " or broadcast with it, got ", b.sym_sizes());
+    shape[rank - 1 - i] = sa == 1 ? sb : sa;
+  }
+  return shape;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(xtc_ext, CPU, m) {
-  m.impl("cosine_similarity_loss_fwd", &forward_cpu);
-  m.impl("cosine_similarity_loss_bwd", &backward_cpu);
+Tensor cosine_similarity_loss(const Tensor& a, const Tensor& b, const OptTensor& mask, double eps,
+                              c10::string_view reduction, int64_t dim) {
+  static auto fwd = XTC_KERNEL_OP(cosine_similarity_loss_fwd);
+  if (a.sym_sizes() == b.sym_sizes()) return std::get<0>(fwd.call(a, b, mask, eps, reduction, dim));
+  const c10::SymDimVector shape = broadcast_shape(a, b);
+  return std::get<0>(fwd.call(a.expand_symint(shape), b.expand_symint(shape), mask, eps, reduction, dim));
 }
+
+}  // namespace composite
+
+#if XTC_WITH_CUDA
+// CUDA entry points: the glue around the launchers of cosine_similarity_loss.cu (cuda_glue.h).
+namespace gpu {
+
+constexpr const char* kCos = "cosine_similarity_loss";
+
+std::tuple<Tensor, Tensor> cosine_similarity_loss_fwd(const Tensor& a_in, const Tensor& b_in, const OptTensor& mask_in,
+                                                      double eps, c10::string_view reduction, int64_t dim) {
+  const LossInfo info = check_cosine_similarity_loss(a_in, b_in, mask_in, eps, reduction, dim);
+  const CudaCall call(a_in, kCos, "a");
+  const Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  const OptTensor mask = kernel_mask(mask_in);
+  const int64_t N = info.layout.n(), C = info.layout.c(), P = info.layout.p();
+  auto [loss, denom] = loss_outputs(info, a);
+  Tensor workspace = reduction_workspace(N * P, a.options().dtype(loss_dtype(a)));
+  C10_CUDA_CHECK(cuda::cosine_similarity_loss_forward(cuda_dtype(a, kCos), a.const_data_ptr(), b.const_data_ptr(),
+                                                      mask_ptr(mask), eps, N, C, P, cuda_reduction(info.red),
+                                                      loss.data_ptr(), denom.data_ptr(), workspace.data_ptr(),
+                                                      call.stream));
+  return {loss, denom};
+}
+
+std::tuple<Tensor, Tensor> cosine_similarity_loss_bwd(const Tensor& grad_loss_in, const Tensor& a_in,
+                                                      const Tensor& b_in, const OptTensor& mask_in,
+                                                      const Tensor& denom_in, double eps, c10::string_view reduction,
+                                                      int64_t dim) {
+  const LossInfo info = check_cosine_similarity_loss(a_in, b_in, mask_in, eps, reduction, dim);
+  check_loss_backward(info, kCos, a_in, grad_loss_in, denom_in, nullptr);
+  const CudaCall call(a_in, kCos, "a");
+  const Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  const OptTensor mask = kernel_mask(mask_in);
+  const GradLoss grad_loss = prepare_grad_loss(grad_loss_in, a, info.red);
+  const Tensor denom = prepare_denom(denom_in, a);
+  const int64_t N = info.layout.n(), C = info.layout.c(), P = info.layout.p();
+  Tensor grad_a = at::empty_like(a, at::MemoryFormat::Contiguous);
+  Tensor grad_b = at::empty_like(b, at::MemoryFormat::Contiguous);
+  C10_CUDA_CHECK(cuda::cosine_similarity_loss_backward(
+      cuda_dtype(a, kCos), grad_loss.values.const_data_ptr(), a.const_data_ptr(), b.const_data_ptr(), mask_ptr(mask),
+      eps, N, C, P, grad_mode(grad_loss, info.red), denom.const_data_ptr(), grad_a.data_ptr(), grad_b.data_ptr(),
+      call.stream));
+  return {grad_a, grad_b};
+}
+
+}  // namespace gpu
+#endif  // XTC_WITH_CUDA
 
 }  // namespace xtc

@@ -1,5 +1,5 @@
 // Launchers of the CUDA kernels. This header is the whole interface between the kernels (the .cu
-// files, which include only CUDA headers and this file) and the torch glue (cuda_ops.cpp), so the
+// files, which include only CUDA headers and this file) and the torch glue (the gpu:: section of each csrc/<op>.cpp, cuda_glue.h), so the
 // .cu files compile in about a second and can be compile-checked on machines without a GPU.
 //
 // Conventions shared by every launcher:

@@ -1,13 +1,38 @@
 // masked_cross_entropy: CPU kernels. The forward saves log_norm - max per pixel (bounded by log C, so exact to
 // fp32 rounding even for huge logits); the backward recomputes the max and the softmax from it.
 #include "common.h"
+#include "op_table.h"
+
+#if XTC_WITH_CUDA
+#include "cuda_glue.h"
+#endif
 
 #include <atomic>
 
-#include <torch/library.h>
-
 namespace xtc {
 namespace {
+
+// Argument validation: the one check of every kernel of this op (CPU, Meta, CUDA); checks.h.
+LossInfo check_masked_cross_entropy(const at::Tensor& logits, const at::Tensor& target, const OptTensor& weight,
+                                    int64_t ignore_index, double label_smoothing, std::string_view reduction) {
+  constexpr const char* op = "masked_cross_entropy";
+  check_float(logits, op, "logits");
+  LossInfo info{parse_reduction(reduction, op), make_layout(logits, default_cdim(logits), op, "logits", true), {}};
+  check_pixel_shape(target, info.layout, logits, op, "target", "logits");
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte, op,
+                   ": target must be int64 or uint8 class indices, got ", target.scalar_type());
+  if (weight) {
+    check_device(*weight, logits, op, "weight", "logits");
+    check_float(*weight, op, "weight");
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->sym_size(0) == info.layout.C, op, ": weight must have shape [C] = [",
+                      info.layout.C, "], got ", weight->sym_sizes());
+  }
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op, ": label_smoothing must be in [0, 1], got ",
+                    label_smoothing);
+  info.none_shape = info.layout.pixel_shape;
+  return info;
+}
+
 
 constexpr const char* kOp = "masked_cross_entropy";
 
@@ -69,10 +94,15 @@ inline void row_grad(const scalar_t* __restrict z, const acc_t* __restrict m, co
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
-                                                           const std::optional<at::Tensor>& weight_in,
-                                                           int64_t ignore_index, double label_smoothing,
-                                                           c10::string_view reduction) {
+}  // namespace
+
+// CPU kernels (registered by ops.cpp from the op table).
+namespace cpu {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_cross_entropy_fwd(const at::Tensor& logits_in, const at::Tensor& target_in,
+                                                                        const std::optional<at::Tensor>& weight_in,
+                                                                        int64_t ignore_index, double label_smoothing,
+                                                                        c10::string_view reduction) {
   const LossInfo info =
       check_masked_cross_entropy(logits_in, target_in, weight_in, ignore_index, label_smoothing, reduction);
   const Reduction red = info.red;
@@ -139,10 +169,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
   return {loss, log_norm, denom};
 }
 
-at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits_in, const at::Tensor& target_in,
-                        const std::optional<at::Tensor>& weight_in, const at::Tensor& log_norm_in,
-                        const at::Tensor& denom, int64_t ignore_index, double label_smoothing,
-                        c10::string_view reduction) {
+at::Tensor masked_cross_entropy_bwd(const at::Tensor& grad_loss_in, const at::Tensor& logits_in, const at::Tensor& target_in,
+                                    const std::optional<at::Tensor>& weight_in, const at::Tensor& log_norm_in,
+                                    const at::Tensor& denom, int64_t ignore_index, double label_smoothing,
+                                    c10::string_view reduction) {
   const LossInfo info =
       check_masked_cross_entropy(logits_in, target_in, weight_in, ignore_index, label_smoothing, reduction);
   check_loss_backward(info, kOp, logits_in, grad_loss_in, denom, &log_norm_in);
@@ -204,11 +234,99 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
   return grad;
 }
 
+}  // namespace cpu
+
+// Meta (fake-tensor) kernels: the same check, outputs of the real kernels' shapes, dtypes and strides.
+namespace meta {
+
+Tensor3 masked_cross_entropy_fwd(const Tensor& logits, const Tensor& target, const OptTensor& weight,
+                                 int64_t ignore_index, double label_smoothing, c10::string_view reduction) {
+  return ce_outputs(check_masked_cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction),
+                    logits);
+}
+
+Tensor masked_cross_entropy_bwd(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                                const OptTensor& weight, const Tensor& lse, const Tensor& denom, int64_t ignore_index,
+                                double label_smoothing, c10::string_view reduction) {
+  const LossInfo info = check_masked_cross_entropy(logits, target, weight, ignore_index, label_smoothing, reduction);
+  check_loss_backward(info, "masked_cross_entropy", logits, grad_loss, denom, &lse);
+  return at::empty_like(logits, at::MemoryFormat::Contiguous);
+}
+
+}  // namespace meta
+
+// The public op: CompositeImplicitAutograd around masked_cross_entropy_fwd (whose autograd is registered from Python).
+namespace composite {
+namespace {
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(xtc_ext, CPU, m) {
-  m.impl("masked_cross_entropy_fwd", &forward_cpu);
-  m.impl("masked_cross_entropy_bwd", &backward_cpu);
+Tensor masked_cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index, const OptTensor& weight,
+                            double label_smoothing, c10::string_view reduction) {
+  static auto fwd = XTC_KERNEL_OP(masked_cross_entropy_fwd);
+  return std::get<0>(fwd.call(logits, target, weight, ignore_index, label_smoothing, reduction));
 }
+
+}  // namespace composite
+
+#if XTC_WITH_CUDA
+// CUDA entry points: the glue around the launchers of masked_cross_entropy.cu (cuda_glue.h).
+namespace gpu {
+
+constexpr const char* kCe = "masked_cross_entropy";
+
+// Class weights in the loss dtype, contiguous (nullopt without weights).
+OptTensor prepare_weight(const OptTensor& weight, const Tensor& logits) {
+  return weight ? OptTensor(weight->to(loss_dtype(logits)).contiguous()) : std::nullopt;
+}
+
+std::tuple<Tensor, Tensor, Tensor> masked_cross_entropy_fwd(const Tensor& logits_in, const Tensor& target_in,
+                                                            const OptTensor& weight_in, int64_t ignore_index,
+                                                            double label_smoothing, c10::string_view reduction) {
+  const LossInfo info =
+      check_masked_cross_entropy(logits_in, target_in, weight_in, ignore_index, label_smoothing, reduction);
+  const CudaCall call(logits_in, kCe, "logits");
+  const Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
+  const OptTensor weight = prepare_weight(weight_in, logits);
+  const int64_t N = info.layout.n(), C = info.layout.c(), P = info.layout.p();
+  const auto opts = logits.options().dtype(loss_dtype(logits));
+  Tensor log_norm = at::empty_symint(info.layout.pixel_shape, opts);
+  auto [loss, denom] = loss_outputs(info, logits);
+  Tensor workspace = reduction_workspace(N * P, opts);
+  Tensor error_flag = at::zeros({}, logits.options().dtype(at::kInt));
+  C10_CUDA_CHECK(cuda::masked_cross_entropy_forward(
+      cuda_dtype(logits, kCe), logits.const_data_ptr(), target.const_data_ptr(), target.scalar_type() == at::kByte,
+      weight ? weight->const_data_ptr() : nullptr, N, C, P, ignore_index, label_smoothing,
+      cuda_reduction(info.red), loss.data_ptr(), log_norm.data_ptr(), denom.data_ptr(), workspace.data_ptr(),
+      error_flag.data_ptr<int32_t>(), call.stream));
+  at::_assert_async(error_flag.eq(0),
+                    "masked_cross_entropy: target contains a class index outside [0, C) that is not ignore_index");
+  return {loss, log_norm, denom};
+}
+
+Tensor masked_cross_entropy_bwd(const Tensor& grad_loss_in, const Tensor& logits_in, const Tensor& target_in,
+                                const OptTensor& weight_in, const Tensor& log_norm_in, const Tensor& denom_in,
+                                int64_t ignore_index, double label_smoothing, c10::string_view reduction) {
+  const LossInfo info =
+      check_masked_cross_entropy(logits_in, target_in, weight_in, ignore_index, label_smoothing, reduction);
+  check_loss_backward(info, kCe, logits_in, grad_loss_in, denom_in, &log_norm_in);
+  const CudaCall call(logits_in, kCe, "logits");
+  const Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
+  const OptTensor weight = prepare_weight(weight_in, logits);
+  const Tensor log_norm = prepare_log_norm(log_norm_in, logits);
+  const GradLoss grad_loss = prepare_grad_loss(grad_loss_in, logits, info.red);
+  const Tensor denom = prepare_denom(denom_in, logits);
+  const int64_t N = info.layout.n(), C = info.layout.c(), P = info.layout.p();
+  Tensor grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
+  C10_CUDA_CHECK(cuda::masked_cross_entropy_backward(
+      cuda_dtype(logits, kCe), grad_loss.values.const_data_ptr(), logits.const_data_ptr(), target.const_data_ptr(),
+      target.scalar_type() == at::kByte, weight ? weight->const_data_ptr() : nullptr, N, C, P, ignore_index,
+      label_smoothing, grad_mode(grad_loss, info.red), log_norm.const_data_ptr(), denom.const_data_ptr(),
+      grad.data_ptr(), call.stream));
+  return grad;
+}
+
+}  // namespace gpu
+#endif  // XTC_WITH_CUDA
 
 }  // namespace xtc

@@ -1,11 +1,29 @@
 // masked_l1_loss: CPU kernels. Element (n,c,h,w) is valid when mask[n,h,w] (if given) and
 // target != invalid_value (if given); the mean runs over valid elements.
 #include "common.h"
+#include "op_table.h"
 
-#include <torch/library.h>
+#if XTC_WITH_CUDA
+#include "cuda_glue.h"
+#endif
 
 namespace xtc {
 namespace {
+
+// Argument validation: the one check of every kernel of this op (CPU, Meta, CUDA); checks.h.
+LossInfo check_masked_l1_loss(const at::Tensor& pred, const at::Tensor& target, const OptTensor& mask,
+                              std::optional<double> invalid_value, std::string_view reduction) {
+  constexpr const char* op = "masked_l1_loss";
+  check_float(pred, op, "pred");
+  LossInfo info{parse_reduction(reduction, op), make_layout(pred, default_cdim(pred), op, "pred", false), {}};
+  check_same(target, pred, op, "target", "pred");
+  check_mask(mask, info.layout, pred, op, "pred");
+  TORCH_CHECK_VALUE(!invalid_value || !std::isnan(*invalid_value), op,
+                    ": invalid_value must not be NaN (NaN equals no target; exclude NaN targets with mask=)");
+  info.none_shape = c10::SymDimVector(pred.sym_sizes().begin(), pred.sym_sizes().end());
+  return info;
+}
+
 
 constexpr const char* kOp = "masked_l1_loss";
 
@@ -53,9 +71,14 @@ inline void row_l1_grad(const scalar_t* __restrict p, const scalar_t* __restrict
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
-                                               const std::optional<at::Tensor>& mask_in,
-                                               std::optional<double> invalid_value, c10::string_view reduction) {
+}  // namespace
+
+// CPU kernels (registered by ops.cpp from the op table).
+namespace cpu {
+
+std::tuple<at::Tensor, at::Tensor> masked_l1_loss_fwd(const at::Tensor& pred_in, const at::Tensor& target_in,
+                                                      const std::optional<at::Tensor>& mask_in,
+                                                      std::optional<double> invalid_value, c10::string_view reduction) {
   const LossInfo info = check_masked_l1_loss(pred_in, target_in, mask_in, invalid_value, reduction);
   const Reduction red = info.red;
   const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
@@ -89,9 +112,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& pred_in, const 
   return {loss, denom};
 }
 
-at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& pred_in, const at::Tensor& target_in,
-                        const std::optional<at::Tensor>& mask_in, const at::Tensor& denom,
-                        std::optional<double> invalid_value, c10::string_view reduction) {
+at::Tensor masked_l1_loss_bwd(const at::Tensor& grad_loss_in, const at::Tensor& pred_in, const at::Tensor& target_in,
+                              const std::optional<at::Tensor>& mask_in, const at::Tensor& denom,
+                              std::optional<double> invalid_value, c10::string_view reduction) {
   const LossInfo info = check_masked_l1_loss(pred_in, target_in, mask_in, invalid_value, reduction);
   check_loss_backward(info, kOp, pred_in, grad_loss_in, denom, nullptr);
   const Reduction red = info.red;
@@ -115,11 +138,81 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& pred_i
   return grad;
 }
 
+}  // namespace cpu
+
+// Meta (fake-tensor) kernels: the same check, outputs of the real kernels' shapes, dtypes and strides.
+namespace meta {
+
+Tensor2 masked_l1_loss_fwd(const Tensor& pred, const Tensor& target, const OptTensor& mask,
+                           std::optional<double> invalid_value, c10::string_view reduction) {
+  return loss_outputs(check_masked_l1_loss(pred, target, mask, invalid_value, reduction), pred);
+}
+
+Tensor masked_l1_loss_bwd(const Tensor& grad_loss, const Tensor& pred, const Tensor& target, const OptTensor& mask,
+                          const Tensor& denom, std::optional<double> invalid_value, c10::string_view reduction) {
+  const LossInfo info = check_masked_l1_loss(pred, target, mask, invalid_value, reduction);
+  check_loss_backward(info, "masked_l1_loss", pred, grad_loss, denom, nullptr);
+  return at::empty_like(pred, at::MemoryFormat::Contiguous);
+}
+
+}  // namespace meta
+
+// The public op: CompositeImplicitAutograd around masked_l1_loss_fwd (whose autograd is registered from Python).
+namespace composite {
+namespace {
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(xtc_ext, CPU, m) {
-  m.impl("masked_l1_loss_fwd", &forward_cpu);
-  m.impl("masked_l1_loss_bwd", &backward_cpu);
+Tensor masked_l1_loss(const Tensor& pred, const Tensor& target, const OptTensor& mask,
+                      std::optional<double> invalid_value, c10::string_view reduction) {
+  static auto fwd = XTC_KERNEL_OP(masked_l1_loss_fwd);
+  return std::get<0>(fwd.call(pred, target, mask, invalid_value, reduction));
 }
+
+}  // namespace composite
+
+#if XTC_WITH_CUDA
+// CUDA entry points: the glue around the launchers of masked_l1_loss.cu (cuda_glue.h).
+namespace gpu {
+
+constexpr const char* kL1 = "masked_l1_loss";
+
+std::tuple<Tensor, Tensor> masked_l1_loss_fwd(const Tensor& pred_in, const Tensor& target_in, const OptTensor& mask_in,
+                                              std::optional<double> invalid_value, c10::string_view reduction) {
+  const LossInfo info = check_masked_l1_loss(pred_in, target_in, mask_in, invalid_value, reduction);
+  const CudaCall call(pred_in, kL1, "pred");
+  const Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
+  const OptTensor mask = kernel_mask(mask_in);
+  const int64_t N = info.layout.n(), C = info.layout.c(), P = info.layout.p();
+  auto [loss, denom] = loss_outputs(info, pred);
+  Tensor workspace = reduction_workspace(N * P, pred.options().dtype(loss_dtype(pred)));
+  C10_CUDA_CHECK(cuda::masked_l1_loss_forward(cuda_dtype(pred, kL1), pred.const_data_ptr(), target.const_data_ptr(),
+                                              mask_ptr(mask), invalid_value.has_value(), invalid_value.value_or(0.0),
+                                              N, C, P, cuda_reduction(info.red), loss.data_ptr(), denom.data_ptr(),
+                                              workspace.data_ptr(), call.stream));
+  return {loss, denom};
+}
+
+Tensor masked_l1_loss_bwd(const Tensor& grad_loss_in, const Tensor& pred_in, const Tensor& target_in,
+                          const OptTensor& mask_in, const Tensor& denom_in, std::optional<double> invalid_value,
+                          c10::string_view reduction) {
+  const LossInfo info = check_masked_l1_loss(pred_in, target_in, mask_in, invalid_value, reduction);
+  check_loss_backward(info, kL1, pred_in, grad_loss_in, denom_in, nullptr);
+  const CudaCall call(pred_in, kL1, "pred");
+  const Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
+  const OptTensor mask = kernel_mask(mask_in);
+  const GradLoss grad_loss = prepare_grad_loss(grad_loss_in, pred, info.red);
+  const Tensor denom = prepare_denom(denom_in, pred);
+  const int64_t N = info.layout.n(), C = info.layout.c(), P = info.layout.p();
+  Tensor grad = at::empty_like(pred, at::MemoryFormat::Contiguous);
+  C10_CUDA_CHECK(cuda::masked_l1_loss_backward(
+      cuda_dtype(pred, kL1), grad_loss.values.const_data_ptr(), pred.const_data_ptr(), target.const_data_ptr(),
+      mask_ptr(mask), invalid_value.has_value(), invalid_value.value_or(0.0), N, C, P,
+      grad_mode(grad_loss, info.red), denom.const_data_ptr(), grad.data_ptr(), call.stream));
+  return grad;
+}
+
+}  // namespace gpu
+#endif  // XTC_WITH_CUDA
 
 }  // namespace xtc

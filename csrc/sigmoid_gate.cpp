@@ -10,13 +10,28 @@
 // the raw memory of operands that share the output's dense strides (others are copied into that layout
 // once); an upstream gradient that is one value broadcast everywhere (out.sum()) is read as that value.
 #include "common.h"
+#include "op_table.h"
 
-#include <torch/library.h>
+#if XTC_WITH_CUDA
+#include "cuda_glue.h"
+#endif
 
 #include <limits>
 
 namespace xtc {
 namespace {
+
+// Argument validation: the one check of every kernel of this op (CPU, Meta, CUDA); checks.h.
+void check_sigmoid_gate(const at::Tensor& x, const at::Tensor& gate_logits) {
+  check_float(x, "sigmoid_gate", "x");
+  check_same(gate_logits, x, "sigmoid_gate", "gate_logits", "x");
+}
+
+void check_sigmoid_gate_bwd(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& gate_logits) {
+  check_sigmoid_gate(x, gate_logits);
+  check_same(grad_out, x, "sigmoid_gate", "grad_out", "x");
+}
+
 
 constexpr int64_t kGrain = 16384;
 constexpr int64_t kPiece = 256;  // elements whose gates decide together between the two formulas
@@ -110,7 +125,12 @@ inline void row_gate_grad(const scalar_t* __restrict go, const scalar_t* __restr
   }
 }
 
-at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& gate_in) {
+}  // namespace
+
+// CPU kernels (registered by ops.cpp from the op table).
+namespace cpu {
+
+at::Tensor sigmoid_gate(const at::Tensor& x_in, const at::Tensor& gate_in) {
   check_sigmoid_gate(x_in, gate_in);
   at::Tensor out = at::empty_like(x_in);
   const at::Tensor x = dense_like(x_in, out), gate = dense_like(gate_in, out);
@@ -129,8 +149,8 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& gate_in) {
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
-                                                const at::Tensor& gate_in) {
+std::tuple<at::Tensor, at::Tensor> sigmoid_gate_bwd(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                                    const at::Tensor& gate_in) {
   check_sigmoid_gate_bwd(grad_out_in, x_in, gate_in);
   at::Tensor grad_x = at::empty_like(x_in);
   at::Tensor grad_gate = at::empty_like(grad_x);
@@ -159,11 +179,55 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out_in, c
   return {grad_x, grad_gate};
 }
 
-}  // namespace
+}  // namespace cpu
 
-TORCH_LIBRARY_IMPL(xtc_ext, CPU, m) {
-  m.impl("sigmoid_gate", &forward_cpu);
-  m.impl("sigmoid_gate_bwd", &backward_cpu);
+// Meta (fake-tensor) kernels: the same check, outputs of the real kernels' shapes, dtypes and strides.
+namespace meta {
+
+Tensor sigmoid_gate(const Tensor& x, const Tensor& gate_logits) {
+  check_sigmoid_gate(x, gate_logits);
+  return at::empty_like(x);
 }
+
+Tensor2 sigmoid_gate_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& gate_logits) {
+  check_sigmoid_gate_bwd(grad_out, x, gate_logits);
+  Tensor grad_x = at::empty_like(x);
+  return {grad_x, at::empty_like(grad_x)};
+}
+
+}  // namespace meta
+
+#if XTC_WITH_CUDA
+// CUDA entry points: the glue around the launchers of sigmoid_gate.cu (cuda_glue.h).
+namespace gpu {
+
+constexpr const char* kGate = "sigmoid_gate";
+
+Tensor sigmoid_gate(const Tensor& x_in, const Tensor& gate_in) {
+  check_sigmoid_gate(x_in, gate_in);
+  const CudaCall call(x_in, kGate, "x");
+  Tensor out = at::empty_like(x_in);
+  const Tensor x = dense_like(x_in, out), gate = dense_like(gate_in, out);
+  C10_CUDA_CHECK(cuda::sigmoid_gate_forward(cuda_dtype(x, kGate), x.const_data_ptr(), gate.const_data_ptr(), x.numel(),
+                                            out.data_ptr(), call.stream));
+  return out;
+}
+
+std::tuple<Tensor, Tensor> sigmoid_gate_bwd(const Tensor& grad_out_in, const Tensor& x_in, const Tensor& gate_in) {
+  check_sigmoid_gate_bwd(grad_out_in, x_in, gate_in);
+  const CudaCall call(x_in, kGate, "x");
+  Tensor grad_x = at::empty_like(x_in);
+  Tensor grad_gate = at::empty_like(grad_x);
+  const Tensor x = dense_like(x_in, grad_x), gate = dense_like(gate_in, grad_x);
+  const bool scalar_grad = is_broadcast_scalar(grad_out_in);
+  const Tensor grad_out = scalar_grad ? grad_out_in : dense_like(grad_out_in, grad_x);
+  C10_CUDA_CHECK(cuda::sigmoid_gate_backward(cuda_dtype(x, kGate), grad_out.const_data_ptr(), scalar_grad,
+                                             x.const_data_ptr(), gate.const_data_ptr(), x.numel(), grad_x.data_ptr(),
+                                             grad_gate.data_ptr(), call.stream));
+  return {grad_x, grad_gate};
+}
+
+}  // namespace gpu
+#endif  // XTC_WITH_CUDA
 
 }  // namespace xtc

@@ -2,11 +2,27 @@
 // (XTasC-Net Eq. 13). Forward saves log_norm - max of the logits per pixel (bounded by log C, so exact to
 // fp32 rounding); the backward recomputes both maxima and the target softmax.
 #include "common.h"
+#include "op_table.h"
 
-#include <torch/library.h>
+#if XTC_WITH_CUDA
+#include "cuda_glue.h"
+#endif
 
 namespace xtc {
 namespace {
+
+// Argument validation: the one check of every kernel of this op (CPU, Meta, CUDA); checks.h.
+LossInfo check_soft_cross_entropy(const at::Tensor& logits, const at::Tensor& target_logits, const OptTensor& mask,
+                                  std::string_view reduction) {
+  constexpr const char* op = "soft_cross_entropy";
+  check_float(logits, op, "logits");
+  LossInfo info{parse_reduction(reduction, op), make_layout(logits, default_cdim(logits), op, "logits", true), {}};
+  check_same(target_logits, logits, op, "target_logits", "logits");
+  check_mask(mask, info.layout, logits, op, "logits");
+  info.none_shape = info.layout.pixel_shape;
+  return info;
+}
+
 
 constexpr const char* kOp = "soft_cross_entropy";
 
@@ -24,9 +40,14 @@ inline void row_soft_ce(const scalar_t* __restrict z, const scalar_t* __restrict
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits_in, const at::Tensor& target_in,
-                                                           const std::optional<at::Tensor>& mask_in,
-                                                           c10::string_view reduction) {
+}  // namespace
+
+// CPU kernels (registered by ops.cpp from the op table).
+namespace cpu {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_cross_entropy_fwd(const at::Tensor& logits_in, const at::Tensor& target_in,
+                                                                      const std::optional<at::Tensor>& mask_in,
+                                                                      c10::string_view reduction) {
   const LossInfo info = check_soft_cross_entropy(logits_in, target_in, mask_in, reduction);
   const Reduction red = info.red;
   const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
@@ -73,9 +94,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& log
   return {loss, log_norm, denom};
 }
 
-at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits_in, const at::Tensor& target_in,
-                        const std::optional<at::Tensor>& mask_in, const at::Tensor& log_norm_in, const at::Tensor& denom,
-                        c10::string_view reduction) {
+at::Tensor soft_cross_entropy_bwd(const at::Tensor& grad_loss_in, const at::Tensor& logits_in, const at::Tensor& target_in,
+                                  const std::optional<at::Tensor>& mask_in, const at::Tensor& log_norm_in, const at::Tensor& denom,
+                                  c10::string_view reduction) {
   const LossInfo info = check_soft_cross_entropy(logits_in, target_in, mask_in, reduction);
   check_loss_backward(info, kOp, logits_in, grad_loss_in, denom, &log_norm_in);
   const Reduction red = info.red;
@@ -115,11 +136,85 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& logits
   return grad;
 }
 
+}  // namespace cpu
+
+// Meta (fake-tensor) kernels: the same check, outputs of the real kernels' shapes, dtypes and strides.
+namespace meta {
+
+Tensor3 soft_cross_entropy_fwd(const Tensor& logits, const Tensor& target_logits, const OptTensor& mask,
+                               c10::string_view reduction) {
+  return ce_outputs(check_soft_cross_entropy(logits, target_logits, mask, reduction), logits);
+}
+
+Tensor soft_cross_entropy_bwd(const Tensor& grad_loss, const Tensor& logits, const Tensor& target_logits,
+                              const OptTensor& mask, const Tensor& lse, const Tensor& denom,
+                              c10::string_view reduction) {
+  const LossInfo info = check_soft_cross_entropy(logits, target_logits, mask, reduction);
+  check_loss_backward(info, "soft_cross_entropy", logits, grad_loss, denom, &lse);
+  return at::empty_like(logits, at::MemoryFormat::Contiguous);
+}
+
+}  // namespace meta
+
+// The public op: CompositeImplicitAutograd around soft_cross_entropy_fwd (whose autograd is registered from Python).
+namespace composite {
+namespace {
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(xtc_ext, CPU, m) {
-  m.impl("soft_cross_entropy_fwd", &forward_cpu);
-  m.impl("soft_cross_entropy_bwd", &backward_cpu);
+Tensor soft_cross_entropy(const Tensor& logits, const Tensor& target_logits, const OptTensor& mask,
+                          c10::string_view reduction) {
+  static auto fwd = XTC_KERNEL_OP(soft_cross_entropy_fwd);
+  return std::get<0>(fwd.call(logits, target_logits, mask, reduction));
 }
+
+}  // namespace composite
+
+#if XTC_WITH_CUDA
+// CUDA entry points: the glue around the launchers of soft_cross_entropy.cu (cuda_glue.h).
+namespace gpu {
+
+constexpr const char* kSoftCe = "soft_cross_entropy";
+
+std::tuple<Tensor, Tensor, Tensor> soft_cross_entropy_fwd(const Tensor& logits_in, const Tensor& target_in,
+                                                          const OptTensor& mask_in, c10::string_view reduction) {
+  const LossInfo info = check_soft_cross_entropy(logits_in, target_in, mask_in, reduction);
+  const CudaCall call(logits_in, kSoftCe, "logits");
+  const Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
+  const OptTensor mask = kernel_mask(mask_in);
+  const int64_t N = info.layout.n(), C = info.layout.c(), P = info.layout.p();
+  const auto opts = logits.options().dtype(loss_dtype(logits));
+  Tensor log_norm = at::empty_symint(info.layout.pixel_shape, opts);
+  auto [loss, denom] = loss_outputs(info, logits);
+  Tensor workspace = reduction_workspace(N * P, opts);
+  C10_CUDA_CHECK(cuda::soft_cross_entropy_forward(cuda_dtype(logits, kSoftCe), logits.const_data_ptr(),
+                                                  target.const_data_ptr(), mask_ptr(mask), N, C, P,
+                                                  cuda_reduction(info.red), loss.data_ptr(), log_norm.data_ptr(),
+                                                  denom.data_ptr(), workspace.data_ptr(), call.stream));
+  return {loss, log_norm, denom};
+}
+
+Tensor soft_cross_entropy_bwd(const Tensor& grad_loss_in, const Tensor& logits_in, const Tensor& target_in,
+                              const OptTensor& mask_in, const Tensor& log_norm_in, const Tensor& denom_in,
+                              c10::string_view reduction) {
+  const LossInfo info = check_soft_cross_entropy(logits_in, target_in, mask_in, reduction);
+  check_loss_backward(info, kSoftCe, logits_in, grad_loss_in, denom_in, &log_norm_in);
+  const CudaCall call(logits_in, kSoftCe, "logits");
+  const Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
+  const OptTensor mask = kernel_mask(mask_in);
+  const Tensor log_norm = prepare_log_norm(log_norm_in, logits);
+  const GradLoss grad_loss = prepare_grad_loss(grad_loss_in, logits, info.red);
+  const Tensor denom = prepare_denom(denom_in, logits);
+  const int64_t N = info.layout.n(), C = info.layout.c(), P = info.layout.p();
+  Tensor grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
+  C10_CUDA_CHECK(cuda::soft_cross_entropy_backward(
+      cuda_dtype(logits, kSoftCe), grad_loss.values.const_data_ptr(), logits.const_data_ptr(),
+      target.const_data_ptr(), mask_ptr(mask), N, C, P, grad_mode(grad_loss, info.red), log_norm.const_data_ptr(),
+      denom.const_data_ptr(), grad.data_ptr(), call.stream));
+  return grad;
+}
+
+}  // namespace gpu
+#endif  // XTC_WITH_CUDA
 
 }  // namespace xtc

@@ -1,8 +1,8 @@
 """xtc_ext: fused losses for cross-task consistency and coherence multi-task learning.
 
 Importing the package loads the compiled extension, which registers ``torch.ops.xtc_ext.*`` with their
-CPU, CUDA and Meta (fake-tensor) kernels (``csrc/meta.cpp``), and the Python autograd of the ops
-(:mod:`xtc_ext.ops`). Public modules:
+CPU, CUDA and Meta (fake-tensor) kernels (``csrc/<op>.cpp``, registered from the op table
+``csrc/op_table.h``), and the Python autograd of the ops (:mod:`xtc_ext.ops`). Public modules:
 
 - :mod:`xtc_ext.ops`: the fused ops (``masked_cross_entropy``, ``masked_l1_loss``, ``soft_cross_entropy``,
   ``cosine_similarity_loss``, ``sigmoid_gate``).

@@ -25,6 +25,7 @@ a separate ``setup_context`` (what :mod:`torch.func` needs: ``grad``, ``vjp``, `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -508,22 +509,6 @@ def _gate_bwd_backward(ctx, vx, vg):
     )
 
 
-for _name, _setup, _backward in (
-    ("masked_cross_entropy_fwd", _ce_setup, _ce_backward),
-    ("soft_cross_entropy_fwd", _soft_ce_setup, _soft_ce_backward),
-    ("masked_l1_loss_fwd", _l1_setup, _l1_backward),
-    ("cosine_similarity_loss_fwd", _cos_setup, _cos_backward),
-    ("sigmoid_gate", _gate_setup, _gate_backward),
-    ("masked_cross_entropy_bwd", _ce_bwd_setup, _ce_bwd_backward),
-    ("soft_cross_entropy_bwd", _soft_ce_bwd_setup, _soft_ce_bwd_backward),
-    ("masked_l1_loss_bwd", _l1_bwd_setup, _l1_bwd_backward),
-    ("cosine_similarity_loss_bwd", _cos_bwd_setup, _cos_bwd_backward),
-    ("sigmoid_gate_bwd", _gate_bwd_setup, _gate_bwd_backward),
-):
-    _register_autograd(_name, _setup, _backward)
-
-
-
 # ----------------------------------------------------------------------------------------------
 # vmap batching rules (torch.library.register_vmap; they replace PyTorch's slow per-sample fallback).
 # sigmoid_gate is elementwise: the batch is one more leading dim. A loss sees the vmapped dim as more
@@ -531,19 +516,6 @@ for _name, _setup, _backward in (
 # cosine_similarity_loss, kept in front with dim shifted by one. Backward calls of mean/sum become
 # reduction="none" calls with each sample's upstream scale (grad_loss / denom) at its pixels. Forward
 # calls of mean/sum (per-sample denominators) and batched class weights run once per sample.
-
-# Per op: the role of each argument (x: an input with a class dim, p: per-pixel, w: class weights,
-# g: grad_loss, d: denom, -: not a tensor) and the position of reduction.
-_VMAP_ROLES = {
-    "masked_cross_entropy_fwd": ("xpw---", 5),
-    "masked_cross_entropy_bwd": ("gxpwpd---", 8),
-    "soft_cross_entropy_fwd": ("xxp-", 3),
-    "soft_cross_entropy_bwd": ("gxxppd-", 6),
-    "masked_l1_loss_fwd": ("xxp--", 4),
-    "masked_l1_loss_bwd": ("gxxpd--", 6),
-    "cosine_similarity_loss_fwd": ("xxp---", 4),
-    "cosine_similarity_loss_bwd": ("gxxpd---", 6),
-}
 
 
 def _vmap_gate(op):
@@ -557,7 +529,7 @@ def _vmap_gate(op):
 
 def _vmap_loss(name):
     op = getattr(_lib, name).default
-    roles, red_at = _VMAP_ROLES[name]
+    roles, red_at = _KERNELS[name].vmap_roles
     cosine = name.startswith("cosine")
 
     def per_sample(info, in_dims, args):
@@ -610,7 +582,71 @@ def _pixel_shape(x: Tensor, args, cosine: bool) -> tuple:
     return tuple(s for i, s in enumerate(x.shape) if i != cdim)
 
 
-for _name in ("sigmoid_gate", "sigmoid_gate_bwd"):
-    torch.library.register_vmap(f"xtc_ext::{_name}", _vmap_gate(getattr(_lib, _name).default), lib=_autograd_lib)
-for _name in _VMAP_ROLES:
-    torch.library.register_vmap(f"xtc_ext::{_name}", _vmap_loss(_name), lib=_autograd_lib)
+# ----------------------------------------------------------------------------------------------
+# The op table: one entry per op, from which the autograd, the vmap rules, the op tests' list
+# (tests/ops/op_cases.py) and the benchmark's list (benchmarks/bench_ops.py) are driven. Its C++ twin,
+# csrc/op_table.h, holds the schemas and registers the kernels.
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One internal op ``torch.ops.xtc_ext.<name>`` and its Python-side registrations.
+
+    Attributes:
+        name: the internal op (``<op>_fwd``, ``<op>_bwd``, or the public name of an op without wrapper).
+        setup_context, backward: its autograd (``torch.library.register_autograd`` and the
+            ``torch.autograd.Function`` that :mod:`torch.func` sees).
+        vmap_roles: its batching rule: None for an elementwise op (the batch is one more leading dim),
+            else ``(roles, reduction_position)``; roles has one letter per argument: ``x`` an input with
+            a class dim, ``p`` per-pixel, ``w`` class weights, ``g`` grad_loss, ``d`` denom, ``-`` not a
+            tensor.
+    """
+
+    name: str
+    setup_context: Callable
+    backward: Callable
+    vmap_roles: tuple[str, int] | None
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One op: its public function (``xtc_ext.ops.<name>``, ``xtc_ext.reference.<name>``,
+    ``torch.ops.xtc_ext.<name>``) and its internal ops, forward first."""
+
+    name: str
+    kernels: tuple[KernelSpec, ...]
+
+    @property
+    def internal(self) -> tuple[str, ...]:
+        """The internal ops other than the public one (what tests/ops list per op)."""
+        return tuple(k.name for k in self.kernels if k.name != self.name)
+
+
+OP_TABLE: tuple[OpSpec, ...] = (
+    OpSpec("masked_cross_entropy", (
+        KernelSpec("masked_cross_entropy_fwd", _ce_setup, _ce_backward, ("xpw---", 5)),
+        KernelSpec("masked_cross_entropy_bwd", _ce_bwd_setup, _ce_bwd_backward, ("gxpwpd---", 8)),
+    )),
+    OpSpec("soft_cross_entropy", (
+        KernelSpec("soft_cross_entropy_fwd", _soft_ce_setup, _soft_ce_backward, ("xxp-", 3)),
+        KernelSpec("soft_cross_entropy_bwd", _soft_ce_bwd_setup, _soft_ce_bwd_backward, ("gxxppd-", 6)),
+    )),
+    OpSpec("masked_l1_loss", (
+        KernelSpec("masked_l1_loss_fwd", _l1_setup, _l1_backward, ("xxp--", 4)),
+        KernelSpec("masked_l1_loss_bwd", _l1_bwd_setup, _l1_bwd_backward, ("gxxpd--", 6)),
+    )),
+    OpSpec("cosine_similarity_loss", (
+        KernelSpec("cosine_similarity_loss_fwd", _cos_setup, _cos_backward, ("xxp---", 4)),
+        KernelSpec("cosine_similarity_loss_bwd", _cos_bwd_setup, _cos_bwd_backward, ("gxxpd---", 6)),
+    )),
+    OpSpec("sigmoid_gate", (
+        KernelSpec("sigmoid_gate", _gate_setup, _gate_backward, None),
+        KernelSpec("sigmoid_gate_bwd", _gate_bwd_setup, _gate_bwd_backward, None),
+    )),
+)
+_KERNELS = {k.name: k for spec in OP_TABLE for k in spec.kernels}
+
+for _kernel in _KERNELS.values():
+    _register_autograd(_kernel.name, _kernel.setup_context, _kernel.backward)
+    _rule = _vmap_gate(getattr(_lib, _kernel.name).default) if _kernel.vmap_roles is None else _vmap_loss(_kernel.name)
+    torch.library.register_vmap(f"xtc_ext::{_kernel.name}", _rule, lib=_autograd_lib)

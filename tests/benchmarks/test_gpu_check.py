@@ -16,10 +16,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STEPS = ("runtime", "build", "first_run", "sync_debug", "launches", "pytest", "memcheck", "racecheck", "initcheck",
+STEPS = ("runtime", "build", "cuda_vs_cpu", "sync_debug", "launches", "pytest", "memcheck", "racecheck", "initcheck",
          "bench_ops", "bench_train", "train_bf16", "train_torchrun")
 SANITIZERS = ("memcheck", "racecheck", "initcheck")
-FIRST_RUN_STEPS = ("first_run", "sync_debug", "launches")
+CUDA_VS_CPU_STEPS = ("cuda_vs_cpu", "sync_debug", "launches")
 FILES = {"report.md", "report.json", "log.txt", "bench_ops.json", "bench_ops.md", "bench_train.json",
          "bench_train.md"}
 
@@ -58,7 +58,7 @@ def test_dry_run_passes_and_writes_one_report(dry_run):
         assert s["status"] == "SKIPPED" or s["command"], s["name"]
     assert report["runtime"]["runtime"] and report["runtime"]["commit"]
     assert report["pytest"]["pytest"]["tests"] > 0 and report["pytest"]["pytest"]["failures"] == 0
-    for name in FIRST_RUN_STEPS:  # collected and skipped on the CPU (no CUDA device), none failed
+    for name in CUDA_VS_CPU_STEPS:  # collected and skipped on the CPU (no CUDA device), none failed
         counts = report["pytest"][f"pytest_{name}"]
         assert counts["tests"] > 0 and counts["failures"] == counts["errors"] == 0, (name, counts)
         if not torch.cuda.is_available():
@@ -77,7 +77,7 @@ def test_report_markdown_names_every_step(dry_run):
     for name in STEPS:
         assert f"| {name} | " in md, name
     assert "| memcheck | SKIPPED |" in md and "| initcheck | SKIPPED |" in md and "dry run (no GPU)" in md
-    assert "## pytest_first_run" in md and "## pytest_launches" in md
+    assert "## pytest_cuda_vs_cpu" in md and "## pytest_launches" in md
     log = (out / "log.txt").read_text()
     assert "===== bench_train:" in log and "===== train_torchrun:" in log
     assert proc.stdout.rstrip().splitlines()[-1] == "gpu_check: PASS"
@@ -112,7 +112,7 @@ def test_usage_errors(tmp_path):
 
 
 def test_report_shows_the_recorded_values(tmp_path):
-    """The values the first-run tests record (JUnit properties) reach the report: the launches table and the
+    """The values the CUDA-vs-CPU tests record (JUnit properties) reach the report: the launches table and the
     other tests' lines."""
     out, work = tmp_path / "out", tmp_path / "work"
     out.mkdir()
@@ -125,7 +125,7 @@ def test_report_shows_the_recorded_values(tmp_path):
         '<property name="bwd_kernels" value="1"/><property name="bwd_copies" value="0"/>'
         '<property name="fwd_names" value="gate_fwd"/><property name="bwd_names" value="gate_bwd"/>'
         '</properties></testcase>'
-        '<testcase classname="t" name="test_f3[fp32-mean]"><properties>'
+        '<testcase classname="t" name="test_cosine_eps_1e_46_zero_vectors[fp32-mean]"><properties>'
         '<property name="cpu_outcome" value="ValueError(eps)"/></properties></testcase>'
         '</testsuite></testsuites>')
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_report.py"), "write", str(out), str(work)],
@@ -135,4 +135,4 @@ def test_report_shows_the_recorded_values(tmp_path):
     assert props["test_launches_per_op[sigmoid_gate-fp32]"]["fwd_kernels"] == "1"
     md = (out / "report.md").read_text()
     assert "| test_launches_per_op[sigmoid_gate-fp32] | 1 | 0 | 1 | 0 | gate_fwd; gate_bwd |" in md
-    assert "- test_f3[fp32-mean]: cpu_outcome ValueError(eps)" in md
+    assert "- test_cosine_eps_1e_46_zero_vectors[fp32-mean]: cpu_outcome ValueError(eps)" in md

@@ -3,7 +3,7 @@ tests/cuda_host (g++, the CUDA toolkit's headers, no GPU), loaded with ctypes, b
 signatures and results of the internal ops (``torch.ops.xtc_ext.<name>``), so that a test calls the CPU
 kernel and the device code the same way.
 
-``HOST.<op>(...)`` mirrors what csrc/cuda_ops.cpp does around each launcher (contiguous inputs, bool mask,
+``HOST.<op>(...)`` mirrors what the CUDA glue (csrc/<op>.cpp, namespace gpu) does around each launcher (contiguous inputs, bool mask,
 class weights in the loss dtype, workspace, upstream-gradient mode) and then runs the launcher, i.e. the
 device functors, the kernel skeleton (grid-stride loops, vector paths and their fallbacks) and the
 two-stage reduction in the device's order. ``launches()`` lists the (grid, block) of every launch since
@@ -30,8 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 EMULATOR = ROOT / "tests" / "cuda_host"
-DEVICE_SOURCES = ["cuda_common.cu", "masked_cross_entropy.cu", "soft_cross_entropy.cu", "masked_l1_loss.cu",
-                  "cosine_similarity_loss.cu", "sigmoid_gate.cu"]
+DEVICE_SOURCES = sorted(p.name for p in CSRC.glob("*.cu"))  # every op's .cu and cuda_common.cu
 FLAGS = ["-std=c++20", "-O2", "-fPIC", "-fno-strict-aliasing", "-U_FORTIFY_SOURCE", "-Wall",
          "-Wno-unknown-pragmas", "-include", str(EMULATOR / "emulator.h"), f"-I{CSRC}", f"-I{EMULATOR}"]
 
@@ -121,7 +120,7 @@ def _is_broadcast_scalar(t: torch.Tensor) -> bool:
 
 
 def _grad_loss(grad: torch.Tensor, dtype: torch.dtype, reduction: str) -> tuple[torch.Tensor, int]:
-    """prepare_grad_loss + grad_mode (csrc/common.h, cuda_ops.cpp): the values and how the kernel reads them."""
+    """prepare_grad_loss + grad_mode (csrc/common.h, cuda_glue.h): the values and how the kernel reads them."""
     acc = _acc(dtype)
     if reduction == "none" and not _is_broadcast_scalar(grad):
         return grad.to(acc).contiguous(), REDUCTION_CODE["none"]
@@ -130,7 +129,7 @@ def _grad_loss(grad: torch.Tensor, dtype: torch.dtype, reduction: str) -> tuple[
 
 
 class DeviceOnHost:
-    """The internal ops of csrc/cuda_ops.cpp, with the launchers run on the host (CPU tensors in and out)."""
+    """The internal ops of the CUDA glue (csrc/<op>.cpp), with the launchers run on the host (CPU tensors in and out)."""
 
     def __init__(self, lib_path: Path):
         self.lib = ctypes.CDLL(str(lib_path))

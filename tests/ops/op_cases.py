@@ -161,12 +161,16 @@ class OpCase:
     name: str  # test id
     op: str  # name under xtc_ext.ops / torch.ops.xtc_ext
     build: Callable  # build(shape, dtype, generator) -> Sample
-    internal: tuple[str, ...]  # the op's internal torch.ops
     none_shape: str = "pixel"  # reduction "none": "pixel" [N,H,W] or "element" [N,C,H,W]
     reduces: bool = True  # a loss with a reduction argument (sigmoid_gate: elementwise, input dtype)
     has_mask: bool = False
     curvature: bool = True  # the GradNorm input term is nonzero (d^2 out / d x^2 != 0 for some input)
     term_scale: Callable | None = None  # (sample, upstream, reduction) -> scale of cancelling gradient terms
+
+    @property
+    def internal(self) -> tuple[str, ...]:
+        """The op's internal torch.ops, from the op table (xtc_ext.ops.OP_TABLE)."""
+        return SPECS[self.op].internal
 
     @property
     def fused(self):
@@ -192,18 +196,18 @@ class OpCase:
         return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-_CE_INTERNAL = ("masked_cross_entropy_fwd", "masked_cross_entropy_bwd")
+SPECS = {spec.name: spec for spec in ops.OP_TABLE}
+# The test cases of every op of the op table (test_ops.py checks that none is missing): one row per op,
+# plus variants (extra rows of the same op).
 OPS = [
-    OpCase("masked_cross_entropy", "masked_cross_entropy", build_ce, _CE_INTERNAL, term_scale=_ce_term_scale),
+    OpCase("masked_cross_entropy", "masked_cross_entropy", build_ce, term_scale=_ce_term_scale),
     OpCase("masked_cross_entropy-weighted", "masked_cross_entropy",
-           partial(build_ce, weight="rand", label_smoothing=0.1), _CE_INTERNAL, term_scale=_ce_term_scale),
-    OpCase("soft_cross_entropy", "soft_cross_entropy", build_soft_ce,
-           ("soft_cross_entropy_fwd", "soft_cross_entropy_bwd"), has_mask=True),
-    OpCase("masked_l1_loss", "masked_l1_loss", build_l1, ("masked_l1_loss_fwd", "masked_l1_loss_bwd"),
-           none_shape="element", has_mask=True, curvature=False),
-    OpCase("cosine_similarity_loss", "cosine_similarity_loss", build_cos,
-           ("cosine_similarity_loss_fwd", "cosine_similarity_loss_bwd"), has_mask=True, term_scale=_cos_term_scale),
-    OpCase("sigmoid_gate", "sigmoid_gate", build_gate, ("sigmoid_gate_bwd",), reduces=False),
+           partial(build_ce, weight="rand", label_smoothing=0.1), term_scale=_ce_term_scale),
+    OpCase("soft_cross_entropy", "soft_cross_entropy", build_soft_ce, has_mask=True),
+    OpCase("masked_l1_loss", "masked_l1_loss", build_l1, none_shape="element", has_mask=True, curvature=False),
+    OpCase("cosine_similarity_loss", "cosine_similarity_loss", build_cos, has_mask=True,
+           term_scale=_cos_term_scale),
+    OpCase("sigmoid_gate", "sigmoid_gate", build_gate, reduces=False),
 ]
 OP_IDS = [c.name for c in OPS]
 CASES = {c.name: c for c in OPS}

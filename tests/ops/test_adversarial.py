@@ -1,4 +1,4 @@
-"""Adversarial input classes beyond the numbered defects of issue 9: non-finite values where a pixel does
+"""Adversarial input classes not covered by test_hostile_inputs.py: non-finite values where a pixel does
 not count, aliased and expanded operands, non-contiguous class weights, inference mode, and double backward
 in the new shape conventions. References are float64 PyTorch computations.
 """

@@ -27,7 +27,7 @@ def _randn(shape, seed, dtype=torch.float64):
 
 
 # ----------------------------------------------------------------------------------------------
-# Zero upstream scale at a counted pixel: exactly-zero gradient there (F1; the CUDA kernels gave NaN).
+# Zero upstream scale at a counted pixel: exactly-zero gradient there (not NaN).
 
 
 def _poison_pixel(x, bad, n=0, h=1, w=2):
@@ -106,7 +106,7 @@ def test_zero_weight_mean_is_zero_with_non_finite_logits(bad, smoothing):
 
 
 # ----------------------------------------------------------------------------------------------
-# sigmoid_gate: grad_gate = grad_out * x * s (1 - s) without intermediate overflow (F2).
+# sigmoid_gate: grad_gate = grad_out * x * s (1 - s) without intermediate overflow.
 
 
 def _gate_reference(go, x, g):
@@ -153,7 +153,7 @@ def test_sigmoid_gate_grad_no_intermediate_overflow(dtype, with_large_gate):
 
 
 # ----------------------------------------------------------------------------------------------
-# cosine_similarity_loss eps: > 0 in the accumulation type (F3).
+# cosine_similarity_loss eps: > 0 in the accumulation type.
 
 
 @pytest.mark.parametrize("eps", [1e-46, 7e-46, 1e-300, 5e-324])
@@ -192,7 +192,7 @@ def test_cosine_smallest_float32_eps_zero_vector():
 
 # ----------------------------------------------------------------------------------------------
 # cosine_similarity_loss: a non-finite input at a counted pixel gives a non-finite gradient over the whole
-# pixel (F5; the CPU gave finite gradients of 1e6-1e8 in the pixel's other channels).
+# pixel (every channel, both inputs; not finite values in the pixel's other channels).
 
 
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])

@@ -1,11 +1,12 @@
-"""Tests of the fused ops (xtc_ext.ops) against the eager references (xtc_ext.reference), part 1 of 3.
+"""The fused ops (xtc_ext.ops) agree with the eager references (xtc_ext.reference): every op, and the
+cross-entropy specifics.
 
 Table-driven (tests/ops/op_cases.py): every op of ``OPS`` is compared with its reference on random inputs
 of several (odd) shapes and on empty inputs, plus hand-computable cases, and the cross-entropy specifics
 (ignore_index, class weights, label smoothing, huge and -inf logits, errors) and soft cross-entropy
-specifics (masks, no gradient to the target). Part 2 (test_ops_values.py): L1, cosine and gate specifics,
-reduced precision, strided inputs. Part 3 (test_ops_autograd.py): gradcheck and double backward (GradNorm),
-retain_graph, opcheck, torch.compile, determinism and the CUDA-only tests.
+specifics (masks, no gradient to the target). The L1, cosine and gate specifics,
+reduced precision and strided inputs are test_ops_values.py; gradcheck, double backward (GradNorm),
+retain_graph, opcheck, torch.compile and determinism are test_ops_autograd.py.
 """
 
 from __future__ import annotations
@@ -94,6 +95,17 @@ def test_empty_inputs(case, reduction, shape):
     assert tuple(loss.shape) == case.out_shape(shape, reduction)
     assert torch.equal(loss, torch.zeros_like(loss))
     assert [tuple(g.shape) for g in grads] == [shape] * len(sample.grad_idx)
+
+
+def test_every_op_of_the_table_has_a_case_and_every_kernel_is_registered():
+    """The op table drives the tests: every op has a row in op_cases.OPS, and every internal op of the table
+    (and no other) is a torch op of the library with its autograd."""
+    assert {c.op for c in OPS} == {spec.name for spec in ops.OP_TABLE}
+    kernels = {k.name for spec in ops.OP_TABLE for k in spec.kernels}
+    library = {n for n in dir(torch.ops.xtc_ext) if hasattr(getattr(torch.ops.xtc_ext, n), "default")}
+    publics = {spec.name for spec in ops.OP_TABLE}
+    assert library == kernels | publics
+    assert set(ops._FUNCTIONS) == kernels
 
 
 @pytest.mark.parametrize("case", OPS, ids=OP_IDS)
@@ -327,7 +339,7 @@ def test_ce_all_ignored_is_zero(target_dtype, weight, label_smoothing, reduction
 def test_ce_zero_weight_of_present_classes(reduction):
     """Present classes weighted 0 (F.cross_entropy's mean is NaN there): loss 0 and zero gradient; with
     label smoothing the other classes still contribute to the sum and "none", while the mean over a zero weight
-    sum is 0 with zero gradient (the documented empty-mean rule; it used to be the sum, issue 9 defect 6)."""
+    sum is 0 with zero gradient (the documented empty-mean rule, not the sum)."""
     g = _gen(36)
     logits = _randn((2, 5, 3, 40), g, torch.float64, 3.0).requires_grad_()
     target = torch.randint(0, 2, (2, 3, 40), generator=g)

@@ -1,4 +1,4 @@
-"""Tests of the fused ops against the eager references, part 3 of 3 (see test_ops.py): gradcheck and
+"""Autograd and compilation of the fused ops against the eager references: gradcheck and
 gradgradcheck, the GradNorm double-backward pattern, retain_graph, torch.library.opcheck of every public and
 internal op, torch.compile(fullgraph=True), bitwise determinism across thread counts, and the CUDA-only
 tests (skipped without a CUDA device).

@@ -1,6 +1,6 @@
-"""Tests of the fused ops against the eager references, part 2 of 3 (see test_ops.py): masked_l1_loss,
-cosine_similarity_loss and sigmoid_gate specifics, reduced precision (bf16/fp16 against fp32 on the same
-rounded inputs) and strided, channels_last and sliced inputs.
+"""Op-specific values of the fused ops against the eager references (the shared table: test_ops.py):
+masked_l1_loss, cosine_similarity_loss and sigmoid_gate specifics, reduced precision (bf16/fp16 against fp32
+on the same rounded inputs) and strided, channels_last and sliced inputs.
 """
 
 from __future__ import annotations

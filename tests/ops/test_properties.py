@@ -233,7 +233,7 @@ def test_cosine_similarity_loss(case, eps, dim):
     shape = case["shape"]
     assume(-len(shape) <= dim < len(shape))
     cdim = dim % len(shape)
-    assume(shape[cdim] >= 1)  # a zero-size channel dim is a ValueError (tested in test_hardening.py)
+    assume(shape[cdim] >= 1)  # a zero-size channel dim is a ValueError (tested in test_hostile_inputs.py)
     a = values(case, shape, 0)
     b = (0.6 * a.double() + values(case, shape, 1).double()).to(a.dtype)
     norms = [x.double().norm(dim=cdim) for x in (a, b)]

@@ -1,4 +1,4 @@
-"""PyTorch's shape conventions (issue 9 defect 17): ``(C,)``, ``(N, C)`` and ``(N, C, d1, ..., dk)`` with the
+"""PyTorch's shape conventions: ``(C,)``, ``(N, C)`` and ``(N, C, d1, ..., dk)`` with the
 class/channel dim 1 (``cosine_similarity_loss``: ``dim``), targets and masks of the pixel shape, and the
 reduction="none" output of the pixel shape, against ``torch.nn.functional`` in float64; and PyTorch's own
 OpInfo sample inputs of ``nn.functional.cross_entropy`` (class-index targets), ``l1_loss`` and

@@ -1,14 +1,15 @@
-"""The cases of the first GPU run (benchmarks/RESULTS.md, the GPU acceptance script; docs/ops.md, Values,
+"""CUDA against CPU on the same inputs, where the two kernels are most likely to part (benchmarks/RESULTS.md,
+the GPU acceptance script; docs/ops.md, Values,
 Determinism and Errors), skipped without a CUDA device. Each compares the CUDA kernels with the CPU kernels on
 the same inputs (or, where the CPU cannot go, with a float64 reference or a chunked evaluation):
 
-- F1: NaN/inf logits at a VALID pixel of masked_cross_entropy, soft_cross_entropy and cosine_similarity_loss
+- NaN/inf logits at a VALID pixel of masked_cross_entropy, soft_cross_entropy and cosine_similarity_loss
   with a zero upstream scale ((0 * loss).backward(), a zero per-pixel upstream gradient, zero class weights on
   the present classes): same NaN/inf/zero pattern, finite values close (the CPU gives exactly 0 gradient);
-- F2: sigmoid_gate with grad_out ~3.4e38, x = 1e-10, gate = -29.5 (grad_gate ~5.2456e15), fp32 and bf16;
-- F3: cosine with eps = 1e-46 and zero vectors: CUDA does what the CPU does (raises the same error type, or
+- sigmoid_gate with grad_out ~3.4e38, x = 1e-10, gate = -29.5 (grad_gate ~5.2456e15), fp32 and bf16;
+- cosine with eps = 1e-46 and zero vectors: CUDA does what the CPU does (raises the same error type, or
   gives the same values);
-- F5: cosine with NaN/inf in ``a`` at a counted pixel: that pixel's whole gradient non-finite, masked pixels 0;
+- cosine with NaN/inf in ``a`` at a counted pixel: that pixel's whole gradient non-finite, masked pixels 0;
 - the vector path past the 4096-block cap, fp32 (2, 3, 1536, 1536);
 - fp64 with uint8 labels, fp16, CE without weight and smoothing, a misaligned target or mask (storage offset 1)
   with aligned logits, channels_last inputs (with a profiler count of the copy kernels), P = 1 inputs (N, C),
@@ -16,10 +17,10 @@ the same inputs (or, where the CPU cannot go, with a float64 reference or a chun
 - ``sync_debug``: torch.cuda.set_sync_debug_mode("error") around forward + backward of every op;
 - ``launches``: kernel launches per op, forward and backward (profiler), recorded as JUnit properties.
 
-``bash benchmarks/gpu_check.sh`` runs this file in three steps (``first_run``, ``sync_debug``, ``launches``;
+``bash benchmarks/gpu_check.sh`` runs this file in three steps (``cuda_vs_cpu``, ``sync_debug``, ``launches``;
 its report shows the recorded properties) and a selection under compute-sanitizer. Nothing is written to disk.
 
-``XTC_FIRST_RUN_DEVICE=cpu`` runs every comparison CPU against CPU (the CUDA-only tests skip): a check of
+``XTC_CUDA_VS_CPU_DEVICE=cpu`` runs every comparison CPU against CPU (the CUDA-only tests skip): a check of
 this file's own code on a machine without a GPU.
 """
 
@@ -51,10 +52,10 @@ from op_cases import (
     run_out_of_range,
 )
 
-DEVICE = os.environ.get("XTC_FIRST_RUN_DEVICE", "cuda")
+DEVICE = os.environ.get("XTC_CUDA_VS_CPU_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
                                 reason="needs a CUDA device (none available)")
-cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="CUDA only (XTC_FIRST_RUN_DEVICE is not cuda)")
+cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="CUDA only (XTC_CUDA_VS_CPU_DEVICE is not cuda)")
 
 LOSSES = [CASES[n] for n in ("masked_cross_entropy", "soft_cross_entropy", "masked_l1_loss", "cosine_similarity_loss")]
 LOSS_IDS = [c.name for c in LOSSES]
@@ -107,11 +108,11 @@ def _tol(dtype):
 
 
 # ----------------------------------------------------------------------------------------------
-# F1: NaN/inf at a valid pixel with a zero upstream scale
+# NaN/inf at a valid pixel with a zero upstream scale
 
 
-F1_OPS = ["masked_cross_entropy", "masked_cross_entropy-weighted", "soft_cross_entropy", "cosine_similarity_loss"]
-F1_LAYOUTS = [pytest.param(torch.float32, VEC, id="fp32-vec"), pytest.param(torch.float32, ODD, id="fp32-odd"),
+NONFINITE_OPS = ["masked_cross_entropy", "masked_cross_entropy-weighted", "soft_cross_entropy", "cosine_similarity_loss"]
+NONFINITE_LAYOUTS = [pytest.param(torch.float32, VEC, id="fp32-vec"), pytest.param(torch.float32, ODD, id="fp32-odd"),
               pytest.param(torch.bfloat16, (2, 4, 8, 16), id="bf16-vec")]
 
 
@@ -138,7 +139,7 @@ def _zero_at(pixel):
     return upstream
 
 
-def _f1_check(case, sample, reduction, upstream):
+def _nonfinite_check(case, sample, reduction, upstream):
     cpu = _fwd_bwd(case.fused, sample, reduction, upstream)
     dev = _fwd_bwd(case.fused, _device(sample), reduction, upstream)
     rtol, atol_rel = _tol(sample.args[0].dtype)
@@ -147,45 +148,45 @@ def _f1_check(case, sample, reduction, upstream):
         _same_values(g, cg, rtol, atol_rel, what=f"gradient {i}")
 
 
-@pytest.mark.parametrize("dtype,shape", F1_LAYOUTS)
+@pytest.mark.parametrize("dtype,shape", NONFINITE_LAYOUTS)
 @pytest.mark.parametrize("bad", BAD, ids=BAD_IDS)
-@pytest.mark.parametrize("name", F1_OPS)
+@pytest.mark.parametrize("name", NONFINITE_OPS)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_f1_zero_times_loss(name, bad, dtype, shape, reduction):
+def test_nonfinite_at_valid_pixel_zero_times_loss(name, bad, dtype, shape, reduction):
     """(0 * loss).backward() with a NaN/inf logit at a valid pixel (docs/ops.md, Values)."""
     case, sample, _ = _poisoned(name, dtype, shape, bad)
-    _f1_check(case, sample, reduction, lambda loss: torch.zeros_like(loss))
+    _nonfinite_check(case, sample, reduction, lambda loss: torch.zeros_like(loss))
 
 
-@pytest.mark.parametrize("dtype,shape", F1_LAYOUTS)
+@pytest.mark.parametrize("dtype,shape", NONFINITE_LAYOUTS)
 @pytest.mark.parametrize("bad", BAD, ids=BAD_IDS)
-@pytest.mark.parametrize("name", F1_OPS)
-def test_f1_zero_pixel_upstream(name, bad, dtype, shape):
+@pytest.mark.parametrize("name", NONFINITE_OPS)
+def test_nonfinite_at_valid_pixel_zero_pixel_upstream(name, bad, dtype, shape):
     """reduction "none" with a zero upstream gradient at the poisoned pixel, random elsewhere."""
     case, sample, pixel = _poisoned(name, dtype, shape, bad)
-    _f1_check(case, sample, "none", _zero_at(pixel))
+    _nonfinite_check(case, sample, "none", _zero_at(pixel))
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("bad", BAD, ids=BAD_IDS)
-@pytest.mark.parametrize("dtype,shape", F1_LAYOUTS)
-def test_f1_zero_weights_of_present_classes(dtype, shape, bad, label_smoothing):
+@pytest.mark.parametrize("dtype,shape", NONFINITE_LAYOUTS)
+def test_nonfinite_at_valid_pixel_zero_weights_of_present_classes(dtype, shape, bad, label_smoothing):
     """Classes 0 and 1 present, both weighted 0: the mean's denominator is 0 (the empty-mean rule: loss 0,
     zero gradient, docs/ops.md, Reductions), with a NaN/inf logit at a valid pixel."""
     case, sample, _ = _poisoned("masked_cross_entropy", dtype, shape, bad)
     target = sample.args[1]
     target[target > 1] = 0
     sample.kwargs.update(weight=torch.tensor([0.0, 0.0, 1.0, 2.0], dtype=dtype), label_smoothing=label_smoothing)
-    _f1_check(case, sample, "mean", lambda loss: torch.full_like(loss, 1.3))
+    _nonfinite_check(case, sample, "mean", lambda loss: torch.full_like(loss, 1.3))
 
 
 # ----------------------------------------------------------------------------------------------
-# F2: sigmoid_gate, huge upstream gradient, tiny x, deep negative gate
+# sigmoid_gate, huge upstream gradient, tiny x, deep negative gate
 
 
 @pytest.mark.parametrize("deep", [False, True], ids=["gates-small", "gates-below-87-nearby"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_f2_gate_huge_grad_out_tiny_x(dtype, deep):
+def test_gate_huge_grad_out_tiny_x(dtype, deep):
     """grad_out ~3.4e38 (bf16: its largest value), x = 1e-10, gate = -29.5: grad_gate ~5.2456e15, finite; the
     CPU's exact path too ("deep": gates of -100 in the same 256-element pieces); docs/ops.md, Values."""
     n = 1024
@@ -218,7 +219,7 @@ def test_f2_gate_huge_grad_out_tiny_x(dtype, deep):
 
 
 # ----------------------------------------------------------------------------------------------
-# F3: cosine eps below the smallest fp32 subnormal, with zero vectors
+# cosine eps below the smallest fp32 subnormal, with zero vectors
 
 
 def _outcome(fn, sample, reduction, device):
@@ -230,7 +231,7 @@ def _outcome(fn, sample, reduction, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_f3_cosine_eps_1e_46_zero_vectors(dtype, reduction, record_property):
+def test_cosine_eps_1e_46_zero_vectors(dtype, reduction, record_property):
     """eps = 1e-46 is > 0 as a double but 0 as fp32 (docs/ops.md: eps > 0): CUDA does exactly what the CPU
     does, a ValueError naming eps or the same values (NaN included)."""
     a, b = _randn((2, 3, 4, 8), _gen(55), dtype), _randn((2, 3, 4, 8), _gen(56), dtype)
@@ -257,12 +258,12 @@ def test_f3_cosine_eps_1e_46_zero_vectors(dtype, reduction, record_property):
 
 
 # ----------------------------------------------------------------------------------------------
-# F5: NaN/inf in a at a counted pixel of the cosine loss
+# NaN/inf in a at a counted pixel of the cosine loss
 
 
 @pytest.mark.parametrize("bad", BAD, ids=BAD_IDS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_f5_cosine_nonfinite_a_at_a_counted_pixel(bad, reduction):
+def test_cosine_nonfinite_a_at_a_counted_pixel(bad, reduction):
     """A NaN/inf channel of ``a`` at a counted pixel: that pixel's loss and its whole gradient (every channel, a
     and b) non-finite on both devices, masked pixels (also poisoned) exactly 0, the other pixels finite and as on
     the CPU. (At b28f16c the CPU kernel gives finite values, ~1e7, in a's other channels there.)"""
