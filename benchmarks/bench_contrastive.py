@@ -45,7 +45,8 @@ from python_models import MTCP, XTasCNet
 from xtc_ext.data import get_dataset
 from xtc_ext.engine import Trainer
 from xtc_ext.recipes import get_recipe
-from xtc_ext.regularizers import DEFAULT_SOURCE_KINDS, CrossTaskContrastive
+from xtc_ext.regularizers import CrossTaskContrastive
+from xtc_ext.tasks import get_task
 
 
 def build_host(args: argparse.Namespace) -> Tuple[torch.nn.Module, Dict[str, torch.Tensor], Callable]:
@@ -118,7 +119,7 @@ def main() -> None:
         return
     torch.manual_seed(0)
     model, labels, host_loss = build_host(args)
-    reg = CrossTaskContrastive(model.feature_channels, {t: DEFAULT_SOURCE_KINDS[t] for t in model.feature_channels},
+    reg = CrossTaskContrastive(model.feature_channels, {t: get_task(t).contrastive_kind for t in model.feature_channels},
                                anchors=args.anchors, mining=args.mining)
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(args.batch, 3, *args.size)

@@ -4,8 +4,8 @@ Task-feature interface (:mod:`python_models.interface`): every multi-task model 
 pre-head feature maps, the maps that feed each task's final prediction layer, for training-only
 components such as the cross-task contrastive regularizer (``docs/contrastive.md``):
 
-- ``model.feature_channels``: ``Dict[str, int]``, canonical task name (:data:`FEATURE_TASKS`:
-  ``"semseg"``, ``"depth"``, ``"normals"``, ``"human_parts"``, ``"sal"``) -> channels ``C_t``;
+- ``model.feature_channels``: ``Dict[str, int]``, task name (the registered names of
+  ``xtc_ext/tasks.py``: ``"semseg"``, ``"depth"``, ``"normals"``, ``"sal"``, ``"human_parts"``) -> channels ``C_t``;
 - ``model(x).features``: ``Dict[str, Tensor]``, task name -> ``[N, C_t, h_t, w_t]``, references to
   tensors the forward computes anyway (no extra computation, outputs and parameters unchanged).
 
@@ -14,7 +14,7 @@ components such as the cross-task contrastive regularizer (``docs/contrastive.md
 structural type a future model satisfies.
 """
 
-from .interface import FEATURE_TASKS, TaskFeatureHost, TaskFeatureOutput
+from .interface import TaskFeatureHost, TaskFeatureOutput
 from .mtcp import MTCP, FPN, Mask2FormerBackbone, MTCPOutput, ResNet50FPN, ResNetFPN
 from .mtcp_blocks import (
     CBAM,
@@ -29,7 +29,6 @@ from .resnet import ResNetEncoder
 from .xtasc_net import BaseSTNet, TaskTransferNet, UNetDecoder, XTasCNet, XTasCOutput
 
 __all__ = [
-    "FEATURE_TASKS",
     "TaskFeatureHost",
     "TaskFeatureOutput",
     "XTasCNet",

@@ -14,7 +14,9 @@ The maps are references to tensors the forward computes anyway: exposing them ad
 no parameter and changes no output.  Holding the output keeps them alive; drop ``out.features``
 (or the output) early where memory matters.
 
-Task names are canonical (:data:`FEATURE_TASKS`).  Implementations here:
+Task names are the ones the model was built with: the registered task names of ``xtc_ext/tasks.py``
+(``"semseg"``, ``"depth"``, ``"normals"``, ``"sal"``, ``"human_parts"``, ...; models do not import that
+registry, the recipes that build them do).  Implementations here:
 
 - :class:`~python_models.xtasc_net.XTasCNet`: ``"semseg"`` and ``"depth"``, the last 128-channel
   U-Net decoder map before ``head`` (input resolution).
@@ -32,11 +34,7 @@ from typing import Any, Dict, Optional, Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["FEATURE_TASKS", "TaskFeatureHost", "TaskFeatureOutput"]
-
-FEATURE_TASKS = ("semseg", "depth", "normals", "human_parts", "sal")
-"""Canonical task names of the ``features`` dictionaries: semantic segmentation, depth, surface
-normals, human parts, saliency."""
+__all__ = ["TaskFeatureHost", "TaskFeatureOutput"]
 
 
 @runtime_checkable

@@ -39,7 +39,7 @@ __all__ = [
     "BaseSTNet",
 ]
 
-_TASKS = ("segmentation", "depth")
+_TASKS = ("semseg", "depth")
 
 
 def _init_xavier(module: nn.Module) -> None:
@@ -505,7 +505,7 @@ class BaseSTNet(nn.Module):
     """Single-task baseline ("Base ST-Net"): ResNet encoder + one :class:`UNetDecoder`.
 
     Args:
-        task: ``"segmentation"`` or ``"depth"``.
+        task: ``"semseg"`` (semantic segmentation) or ``"depth"``.
         num_classes: C (int >= 2) for segmentation; must be ``None`` (or 1) for depth.
         encoder_depth: ResNet depth, one of 18, 34 (default), 50, 101, 152.
 
@@ -532,7 +532,7 @@ class BaseSTNet(nn.Module):
         super().__init__()
         if task not in _TASKS:
             raise ValueError(f"task must be one of {_TASKS}, got {task!r}")
-        if task == "segmentation":
+        if task == "semseg":
             out = _check_num_classes(num_classes)
         else:
             if num_classes not in (None, 1):

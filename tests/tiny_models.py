@@ -64,7 +64,7 @@ class TinySTNet(nn.Module):
         super().__init__()
         self.task = task
         self.encoder = TinyEncoder()
-        self.head = nn.Conv2d(WIDTH, num_classes if task == "segmentation" else 1, 1)
+        self.head = nn.Conv2d(WIDTH, num_classes if task == "semseg" else 1, 1)
 
     def forward(self, x):
         return self.head(self.encoder(x))

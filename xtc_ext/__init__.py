@@ -9,6 +9,8 @@ CPU, CUDA and Meta (fake-tensor) kernels (``csrc/<op>.cpp``, registered from the
 - :mod:`xtc_ext.reference`: eager PyTorch references with the same signatures.
 - :mod:`xtc_ext.losses` (XTasC-Net and MT-CP), :mod:`xtc_ext.weighting` (equal, uncertainty, DWA, GradNorm,
   LPS), :mod:`xtc_ext.regularizers` (the cross-task contrastive regularizer, docs/contrastive.md).
+- :mod:`xtc_ext.tasks`: the task registry (one ``TaskSpec`` per task: sample key, channels, loss, meter,
+  metrics, unit, void value, contrastive source kind, figure panel).
 - :mod:`xtc_ext.data`, :mod:`xtc_ext.metrics`, :mod:`xtc_ext.visualize`: data readers, metrics, figures.
 - ``python -m xtc_ext.train`` (training program, configs in ``xtc_ext/configs``) and
   ``python -m xtc_ext.evaluate`` (metrics, inference time and delta-m of a checkpoint).

@@ -158,7 +158,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=1, help="write last.pt every this many epochs (and after the last)")
     g.add_argument("--output-dir", default=None,
                    help="where checkpoints, logs, metrics and figures go (default: runs/DATASET_MODEL, e.g. "
-                   "runs/frames_xtasc, runs/nyudmt_mtcp; --model stnet adds its task: runs/nyuv2_stnet_seg)")
+                   "runs/frames_xtasc, runs/nyudmt_mtcp; --model stnet adds its task: runs/nyuv2_stnet_semseg)")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="write TensorBoard scalars to OUTPUT_DIR/tb")
     g.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -356,12 +356,12 @@ def _finalize_data(args: argparse.Namespace, spec: DatasetSpec) -> None:
 
 
 def default_output_dir(args: argparse.Namespace) -> str:
-    """``runs/DATASET_MODEL`` (``runs/DATASET_stnet_seg`` or ``_depth`` for a Base ST-Net): the default
+    """``runs/DATASET_MODEL`` (``runs/DATASET_stnet_semseg`` or ``_depth`` for a Base ST-Net): the default
     ``--output-dir``, named as the shipped configs name theirs (``--config nyuv2_xtasc`` writes ``runs/nyuv2_xtasc``)."""
     name = f"{args.dataset}_{args.model}"
     task = getattr(args, "task", None)
     if args.model == "stnet" and task:
-        name += "_" + {"segmentation": "seg"}.get(task, task)
+        name += "_" + task
     return f"runs/{name}"
 
 

@@ -3,7 +3,7 @@
 Usage::
 
     python -m xtc_ext.evaluate runs/nyuv2_xtasc/best.pt \\
-        --baseline runs/nyuv2_stnet_seg/metrics.json runs/nyuv2_stnet_depth/metrics.json
+        --baseline runs/nyuv2_stnet_semseg/metrics.json runs/nyuv2_stnet_depth/metrics.json
 
 The model is rebuilt by its recipe (:mod:`xtc_ext.recipes`: XTasC-Net family, MT-CP, ...) from the arguments
 stored in the checkpoint (``--data-root``, ``--dataset`` and ``--split`` override them) and evaluated on the test

@@ -1,4 +1,8 @@
-"""Qualitative figures: input, segmentation and depth (ground truth vs prediction).
+"""Qualitative figures: the input and, per task the model predicts, the ground truth next to the prediction.
+
+Each task is drawn by the panel of its figure kind (:attr:`xtc_ext.tasks.TaskSpec.figure`, :data:`PANELS`):
+class maps in the segmentation palette with a legend (void black, listed), scalar maps in viridis with a colour
+bar in the task's unit, unit vectors as RGB, probability maps in grey.
 
 Uses matplotlib's object-oriented API with the Agg canvas (no pyplot, no global
 state, no display needed), so it is safe inside training loops and on headless
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,10 +23,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, NYU13_CLASS_NAMES
+from .data import IMAGENET_MEAN, IMAGENET_STD
+from .tasks import TaskSpec, get_task
 
-__all__ = ["denormalize", "segmentation_palette", "colorize_segmentation", "save_prediction_figure",
-           "save_single_task_figure", "save_prediction_figures"]
+__all__ = ["denormalize", "segmentation_palette", "colorize_segmentation", "Panels", "PANELS", "save_prediction_figure",
+           "save_prediction_figures"]
+
+_VOID_RGB = (0, 0, 0)
+_VOID_PROBABILITY_RGB = (220, 30, 30)
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
@@ -95,143 +103,179 @@ def colorize_segmentation(seg: torch.Tensor, num_classes: int, ignore_index: int
     return out
 
 
+class Panels(NamedTuple):
+    """The two images of one task's row and what goes with them.
+
+    ``gt``, ``pred``: uint8 ``[H, W, 3]`` RGB, or float ``[H, W]`` (masked where void) drawn with ``cmap``
+    between ``vmin`` and ``vmax``; ``caption``: the prediction panel's title; ``legend``: (colour, label)
+    entries beside the prediction (void included); ``colorbar``: the colour bar's label, or None.
+    """
+
+    gt: np.ndarray
+    pred: np.ndarray
+    caption: str
+    legend: List[Tuple[Tuple[float, float, float], str]]
+    colorbar: Optional[str]
+    cmap: Optional[str] = None
+    vmin: float = 0.0
+    vmax: float = 1.0
+
+
+def _plane(t: torch.Tensor, name: str, channels: int = 1) -> np.ndarray:
+    """A ``[channels, H, W]`` (or ``[H, W]`` when 1) tensor as float32 numpy ``[channels, H, W]``."""
+    t = t.detach().cpu().float()
+    if t.dim() == 2 and channels == 1:
+        t = t[None]
+    if t.dim() != 3 or t.shape[0] != channels:
+        raise ValueError(f"{name} must be [{channels},H,W]" + (" or [H,W]" if channels == 1 else "")
+                         + f", got {tuple(t.shape)}")
+    return t.numpy()
+
+
+def _label_panels(spec: TaskSpec, gt: torch.Tensor, pred: torch.Tensor, valid: Optional[np.ndarray],
+                  class_names: Optional[Sequence[str]], unit: Optional[str]) -> Panels:
+    if pred.dim() != 3 or not pred.is_floating_point():
+        raise ValueError(f"{spec.name} prediction must be float [C,H,W] logits, got {pred.dtype} {tuple(pred.shape)}")
+    num_classes = int(pred.shape[0])
+    labels = pred.detach().cpu().argmax(0)
+    void = int(spec.void)
+    g = gt.detach().cpu()
+    col_gt = colorize_segmentation(g, num_classes, void)
+    col_pr = colorize_segmentation(labels, num_classes, void)
+    g, p = g.numpy().astype(np.int64), labels.numpy()
+    ok = g != void
+    acc = f"{100.0 * (g == p)[ok].mean():.1f}%" if ok.any() else "n/a"
+    pal = segmentation_palette(num_classes) / 255.0
+    present = [int(c) for c in np.unique(np.concatenate([g[ok], p.ravel()])) if 0 <= c < num_classes][:40]
+    names = class_names if spec.channels is None else None
+    legend = [(tuple(pal[c]), names[c] if names is not None and c < len(names) else f"class {c}") for c in present]
+    legend.append((tuple(v / 255.0 for v in _VOID_RGB), f"void ({void})"))
+    return Panels(col_gt, col_pr, f"predicted {spec.title}, pixel acc {acc}", legend, None)
+
+
+def _scalar_panels(spec: TaskSpec, gt: torch.Tensor, pred: torch.Tensor, valid: Optional[np.ndarray],
+                   class_names: Optional[Sequence[str]], unit: Optional[str]) -> Panels:
+    g, p = _plane(gt, f"{spec.name} target")[0], _plane(pred, f"{spec.name} prediction")[0]
+    ok = np.isfinite(g) & (g > spec.void) if valid is None else valid
+    finite = p[np.isfinite(p)]
+    vmin, vmax = ((float(g[ok].min()), float(g[ok].max())) if ok.any() else
+                  (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0))
+    if not vmax > vmin:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    err = f"{np.abs(p[ok] - g[ok]).mean():.3f} {unit or ''}".rstrip() if ok.any() else "n/a"
+    return Panels(np.ma.masked_where(~ok, g), p, f"predicted {spec.title}, abs err {err}", [],
+                  f"{spec.title} ({unit})" if unit else spec.title, "viridis", vmin, vmax)
+
+
+def _normals_panels(spec: TaskSpec, gt: torch.Tensor, pred: torch.Tensor, valid: Optional[np.ndarray],
+                    class_names: Optional[Sequence[str]], unit: Optional[str]) -> Panels:
+    g, p = _plane(gt, f"{spec.name} target", 3), _plane(pred, f"{spec.name} prediction", 3)
+    ok = (np.abs(g) > 0).any(0) & np.isfinite(g).all(0) if valid is None else valid
+    p = p / np.maximum(np.linalg.norm(p, axis=0, keepdims=True), 1e-12)
+    angle = np.degrees(np.arccos(np.clip((p * g).sum(0), -1.0, 1.0)))
+    err = f"{angle[ok].mean():.1f} deg" if ok.any() else "n/a"
+
+    def rgb(n: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = np.round((np.clip(n, -1, 1).transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
+        out[~mask] = _VOID_RGB
+        return out
+
+    legend = [(tuple(v / 255.0 for v in _VOID_RGB), "void (zero vector)")]
+    return Panels(rgb(g, ok), rgb(p, np.ones_like(ok)), f"predicted {spec.title}, mean angle {err}", legend, None)
+
+
+def _probability_panels(spec: TaskSpec, gt: torch.Tensor, pred: torch.Tensor, valid: Optional[np.ndarray],
+                        class_names: Optional[Sequence[str]], unit: Optional[str]) -> Panels:
+    g = _plane(gt, f"{spec.name} target")[0]
+    p = torch.sigmoid(torch.as_tensor(_plane(pred, f"{spec.name} prediction")[0])).numpy()
+    ok = (g >= 0) & (g <= 1) & (g != spec.void) if valid is None else valid
+
+    def rgb(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = np.repeat(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+        out[~mask] = _VOID_PROBABILITY_RGB
+        return out
+
+    legend = [(tuple(v / 255.0 for v in _VOID_PROBABILITY_RGB), f"void ({spec.void:g} or outside [0, 1])")]
+    return Panels(rgb(g, ok), rgb(p, np.ones_like(ok)), f"predicted {spec.title} (sigmoid)", legend, None)
+
+
+PANELS: Dict[str, Callable[..., Panels]] = {
+    "labels": _label_panels,
+    "scalar": _scalar_panels,
+    "normals": _normals_panels,
+    "probability": _probability_panels,
+}
+"""Figure kind (:data:`xtc_ext.tasks.FIGURE_KINDS`) -> ``panels(spec, gt, pred, valid, class_names, unit)``."""
+
+
 def save_prediction_figure(path: Union[str, "os.PathLike[str]"], image: torch.Tensor,
-                           seg_gt: torch.Tensor, seg_pred: torch.Tensor,
-                           depth_gt: torch.Tensor, depth_pred: torch.Tensor,
-                           num_classes: int, ignore_index: int = -1,
-                           title: Optional[str] = None, *,
-                           class_names: Optional[Sequence[str]] = None,
-                           image_normalized: bool = True, dpi: int = 100) -> Path:
-    """Save a 2x3 qualitative figure for ONE frame as an RGB image (PNG by default).
-
-    Layout::
-
-        input RGB        | GT segmentation | predicted segmentation (+ class legend)
-        seg error map    | GT depth        | predicted depth
-
-    * Segmentation panels share one fixed palette (:func:`segmentation_palette`);
-      ignore pixels are black. The legend lists the classes present in GT or
-      prediction (``class_names``, default NYU-13 names when ``num_classes == 13``).
-    * Error map: green = correct, red = wrong, black = ignored; the title gives
-      pixel accuracy over non-ignored pixels.
-    * Depth panels share ``vmin``/``vmax`` = min/max of the valid GT (target > 0)
-      and a colorbar in metres; invalid GT pixels are black in the GT panel. The
-      prediction panel shows every pixel (values outside the range are clipped
-      to the colormap ends). The title gives the frame's mean |error| over valid pixels.
+                           targets: Mapping[str, torch.Tensor], predictions: Mapping[str, torch.Tensor], *,
+                           valid: Optional[Mapping[str, torch.Tensor]] = None,
+                           class_names: Optional[Sequence[str]] = None, units: Optional[Mapping[str, str]] = None,
+                           title: Optional[str] = None, image_normalized: bool = True, dpi: int = 100) -> Path:
+    """Save a qualitative figure of ONE frame as an RGB PNG: the input, then one row per task of ``predictions``
+    (in that order): ground truth | prediction, drawn by the task's figure kind (:data:`PANELS`).
 
     Args:
         path: output file; parent folders are created. Without a suffix, PNG.
-        image: float ``[3,H,W]`` CPU tensor, ImageNet-normalised (or in [0, 1]
-            with ``image_normalized=False``).
-        seg_gt: integer ``[H,W]`` in [0, C) or ``ignore_index``.
-        seg_pred: integer ``[H,W]`` labels, or float ``[C,H,W]`` logits (argmax).
-        depth_gt: float ``[1,H,W]`` (or ``[H,W]``), metres, 0 = invalid.
-        depth_pred: float ``[1,H,W]`` (or ``[H,W]``), metres.
-        num_classes: C.
-        ignore_index: ignore value of ``seg_gt`` (default -1).
+        image: float ``[3,H,W]`` CPU tensor, ImageNet-normalised (or in [0, 1] with ``image_normalized=False``).
+        targets: task -> its target as in a sample (``[H,W]`` int labels with the task's void value,
+            ``[1,H,W]`` depth / saliency, ``[3,H,W]`` normals).
+        predictions: registered task name -> ``[C_t,H,W]`` prediction (logits for label and probability
+            tasks); every task needs a target.
+        valid: optional task -> bool ``[1,H,W]`` validity mask of the target (the readers' ``*_valid``).
+        class_names: names of the dataset's classes (legend of the tasks with the dataset's class count).
+        units: task -> unit of its values (default the task's :attr:`~xtc_ext.tasks.TaskSpec.unit`).
         title: optional figure title.
-        class_names: optional C names for the legend.
         image_normalized: whether ``image`` is ImageNet-normalised.
-        dpi: resolution (the figure is 15 x 8.5 inches).
+        dpi: resolution (each row is 4 inches high).
 
     Returns:
         The written path.
 
     Raises:
-        ValueError: on wrong shapes, mismatched sizes or out-of-range labels.
+        ValueError: wrong shapes, mismatched sizes, labels out of range, no prediction, a task without a
+            target or an unregistered task (named).
     """
-
     image = image.detach().cpu()
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3,H,W], got {tuple(image.shape)}")
-    H, W = int(image.shape[1]), int(image.shape[2])
-    seg_gt = seg_gt.detach().cpu()
-    seg_pred = seg_pred.detach().cpu()
-    if seg_pred.dim() == 3 and seg_pred.is_floating_point():
-        if seg_pred.shape[0] != num_classes:
-            raise ValueError(f"seg_pred logits have {seg_pred.shape[0]} channels, expected {num_classes}")
-        seg_pred = seg_pred.argmax(0)
-
-    def _depth2d(d: torch.Tensor, name: str) -> np.ndarray:
-        d = d.detach().cpu()
-        if d.dim() == 3 and d.shape[0] == 1:
-            d = d[0]
-        if d.dim() != 2:
-            raise ValueError(f"{name} must be [1,H,W] or [H,W], got {tuple(d.shape)}")
-        return d.float().numpy()
-
-    dgt = _depth2d(depth_gt, "depth_gt")
-    dpr = _depth2d(depth_pred, "depth_pred")
-    for name, shp in (("seg_gt", tuple(seg_gt.shape)), ("seg_pred", tuple(seg_pred.shape)),
-                      ("depth_gt", dgt.shape), ("depth_pred", dpr.shape)):
-        if tuple(shp) != (H, W):
-            raise ValueError(f"{name} has spatial shape {shp}, expected ({H}, {W}) like image")
-
-    rgb = denormalize(image) if image_normalized else image.float().clamp(0, 1)
-    rgb = rgb.permute(1, 2, 0).numpy()
-    col_gt = colorize_segmentation(seg_gt, num_classes, ignore_index)
-    col_pr = colorize_segmentation(seg_pred, num_classes, ignore_index)
-
-    g = seg_gt.numpy().astype(np.int64)
-    p = seg_pred.numpy().astype(np.int64)
-    valid_seg = g != ignore_index
-    correct = valid_seg & (g == p)
-    err = np.zeros((H, W, 3), dtype=np.uint8)
-    err[correct] = (40, 170, 60)
-    err[valid_seg & ~correct] = (220, 30, 30)
-    n_valid = int(valid_seg.sum())
-    acc_txt = f"{100.0 * correct.sum() / n_valid:.1f}%" if n_valid else "n/a"
-
-    valid_d = dgt > 0
-    if valid_d.any():
-        vmin, vmax = float(dgt[valid_d].min()), float(dgt[valid_d].max())
-    elif np.isfinite(dpr).any():
-        vmin, vmax = float(np.nanmin(dpr[np.isfinite(dpr)])), float(np.nanmax(dpr[np.isfinite(dpr)]))
-    else:
-        vmin, vmax = 0.0, 1.0
-    if not vmax > vmin:
-        vmin, vmax = vmin - 0.5, vmax + 0.5
-    abs_txt = f"{np.abs(dpr[valid_d] - dgt[valid_d]).mean():.3f} m" if valid_d.any() else "n/a"
-
-    cmap = colormaps["viridis"].with_extremes(bad="black")
-
-    fig = Figure(figsize=(15, 8.5), dpi=dpi, facecolor="white", layout="constrained")
+    if not predictions:
+        raise ValueError("save_prediction_figure: predictions is empty")
+    size = tuple(image.shape[1:])
+    rows = []
+    for task, pred in predictions.items():
+        spec = get_task(task)
+        if task not in targets:
+            raise ValueError(f"save_prediction_figure: no target for task {task!r}")
+        for what, t in (("target", targets[task]), ("prediction", pred)):
+            if tuple(t.shape[-2:]) != size:
+                raise ValueError(f"{task} {what} has spatial shape {tuple(t.shape[-2:])}, expected {size} like image")
+        mask = None if valid is None or task not in valid else valid[task].detach().cpu().reshape(size).numpy()
+        unit = (units or {}).get(task, spec.unit)
+        rows.append(PANELS[spec.figure](spec, targets[task], pred, mask, class_names, unit))
+    rgb = (denormalize(image) if image_normalized else image.float().clamp(0, 1)).permute(1, 2, 0).numpy()
+    fig = Figure(figsize=(15, 1 + 4 * len(rows)), dpi=dpi, facecolor="white", layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3)
+    axes = fig.subplots(len(rows), 3, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     axes[0, 0].imshow(rgb, interpolation="nearest")
     axes[0, 0].set_title("input RGB")
-    axes[0, 1].imshow(col_gt, interpolation="nearest")
-    axes[0, 1].set_title("GT segmentation")
-    axes[0, 2].imshow(col_pr, interpolation="nearest")
-    axes[0, 2].set_title("predicted segmentation")
-    axes[1, 0].imshow(err, interpolation="nearest")
-    axes[1, 0].set_title(f"seg errors (green ok, red wrong), acc {acc_txt}")
-
-    if class_names is None and num_classes == len(NYU13_CLASS_NAMES):
-        class_names = NYU13_CLASS_NAMES
-    pal = segmentation_palette(num_classes) / 255.0
-    present = np.unique(np.concatenate([g[valid_seg], p[(p >= 0) & (p < num_classes)]]))
-    present = [int(c) for c in present if 0 <= c < num_classes][:40]
-    handles = [Patch(facecolor=pal[c], edgecolor="none",
-                     label=(class_names[c] if class_names is not None and c < len(class_names)
-                            else f"class {c}")) for c in present]
-    if handles:
-        axes[0, 2].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                          fontsize=7, frameon=False, ncol=1 if len(handles) <= 20 else 2)
-
-    im_gt = axes[1, 1].imshow(np.ma.masked_where(~valid_d, dgt), cmap=cmap, vmin=vmin, vmax=vmax,
-                              interpolation="nearest")
-    axes[1, 1].set_title("GT depth (invalid black)")
-    im_pr = axes[1, 2].imshow(dpr, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    axes[1, 2].set_title(f"predicted depth, abs err {abs_txt}")
-    for ax, im in ((axes[1, 1], im_gt), (axes[1, 2], im_pr)):
-        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-        cb.set_label("depth (m)")
+    for (task, row), ax in zip(zip(predictions, rows), axes):
+        cmap = colormaps[row.cmap].with_extremes(bad="black") if row.cmap else None
+        im = ax[1].imshow(row.gt, cmap=cmap, vmin=row.vmin, vmax=row.vmax, interpolation="nearest")
+        ax[1].set_title(f"GT {get_task(task).title}")
+        ax[2].imshow(row.pred, cmap=cmap, vmin=row.vmin, vmax=row.vmax, interpolation="nearest")
+        ax[2].set_title(row.caption)
+        if row.colorbar:
+            fig.colorbar(im, ax=ax[1:].tolist(), fraction=0.046, pad=0.02).set_label(row.colorbar)
+        if row.legend:
+            handles = [Patch(facecolor=c, edgecolor="grey", label=label) for c, label in row.legend]
+            ax[2].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
+                         ncol=1 if len(handles) <= 20 else 2)
     if title:
         fig.suptitle(title)
-
     fig.canvas.draw()
     buf = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     path = Path(path)
@@ -240,103 +284,43 @@ def save_prediction_figure(path: Union[str, "os.PathLike[str]"], image: torch.Te
     return path
 
 
-def save_single_task_figure(path: Union[str, "os.PathLike[str]"], image: torch.Tensor, gt: torch.Tensor,
-                            pred: torch.Tensor, task: str, num_classes: int, *, ignore_index: int = -1,
-                            title: str = "", depth_unit: str = "m", image_normalized: bool = True) -> Path:
-    """Save a 1x3 figure (input, ground truth, prediction) of one task of ONE frame as a PNG.
-
-    Args:
-        path: output file; parent folders are created.
-        image: float ``[3,H,W]`` CPU tensor (ImageNet-normalised unless ``image_normalized=False``).
-        gt: ``task == "semseg"``: integer ``[H,W]`` labels (``ignore_index`` = void, drawn black);
-            ``"depth"``: float ``[1,H,W]`` or ``[H,W]`` (0 = invalid, drawn white).
-        pred: integer ``[H,W]`` labels, or float depth ``[1,H,W]`` / ``[H,W]`` in ``depth_unit``.
-        task: ``"semseg"`` or ``"depth"``.
-        num_classes: C (palette of the segmentation panels).
-        ignore_index, title, depth_unit, image_normalized: as named.
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: ``task`` is neither ``"semseg"`` nor ``"depth"``.
-    """
-
-    if task not in ("semseg", "depth"):
-        raise ValueError(f"save_single_task_figure: task must be 'semseg' or 'depth', got {task!r}")
-    img = image.detach().cpu()
-    rgb = (denormalize(img) if image_normalized else img.clamp(0, 1)).permute(1, 2, 0).numpy()
-    fig = Figure(figsize=(13, 4), dpi=100, facecolor="white", layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
-    for ax in axes:
-        ax.set_axis_off()
-    axes[0].imshow(rgb)
-    axes[0].set_title("input RGB")
-    if task == "semseg":
-        axes[1].imshow(colorize_segmentation(gt, num_classes, ignore_index))
-        axes[1].set_title("GT segmentation (void black)")
-        axes[2].imshow(colorize_segmentation(pred, num_classes, ignore_index))
-        axes[2].set_title("predicted segmentation")
-    else:
-        g = gt.detach().cpu().float().reshape(gt.shape[-2:]).numpy()
-        p = pred.detach().cpu().float().reshape(pred.shape[-2:]).numpy()
-        valid = g > 0
-        vmin, vmax = (float(g[valid].min()), float(g[valid].max())) if valid.any() else (float(p.min()), float(p.max()))
-        if not vmax > vmin:
-            vmin, vmax = vmin - 0.5, vmax + 0.5
-        im = axes[1].imshow(np.ma.masked_where(~valid, g), vmin=vmin, vmax=vmax, cmap="viridis")
-        axes[1].set_title("GT depth (invalid white)")
-        axes[2].imshow(p, vmin=vmin, vmax=vmax, cmap="viridis")
-        axes[2].set_title("predicted depth")
-        fig.colorbar(im, ax=axes[1:].tolist(), fraction=0.03).set_label(depth_unit)
-    fig.suptitle(title)
-    fig.canvas.draw()
-    buf = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(buf).save(path)
-    return path
-
-
 @torch.no_grad()
 def save_prediction_figures(predict: Callable[[torch.Tensor], Dict[str, torch.Tensor]], data, indices: Iterable[int],
-                            out_dir: Union[str, "os.PathLike[str]"], *, num_classes: int,
-                            class_names: Optional[Sequence[str]] = None, depth_unit: str = "m", title: str = "",
-                            image_normalized: bool = True, ignore_index: int = -1) -> List[Path]:
-    """PNG figures of a model's semantic-segmentation and depth predictions on ``data[i]`` for ``i`` in ``indices``,
-    written as ``out_dir/{k:02d}_{name}.png``: :func:`save_prediction_figure` when the predictions hold both
-    ``semseg`` and ``depth``, :func:`save_single_task_figure` when they hold one of them, nothing otherwise.
+                            out_dir: Union[str, "os.PathLike[str]"], *, class_names: Optional[Sequence[str]] = None,
+                            depth_unit: Optional[str] = None, title: str = "",
+                            image_normalized: bool = True) -> List[Path]:
+    """PNG figures (:func:`save_prediction_figure`) of every task a model predicts on ``data[i]`` for ``i`` in
+    ``indices``, written as ``out_dir/{k:02d}_{name}.png``.
 
     Args:
         predict: ``predict(image [1,3,H,W] on the model's device) -> {task: [1,C_t,H,W]}``.
-        data: a dataset of samples with ``image``, ``seg`` / ``depth`` targets and ``name``.
+        data: a dataset of samples with ``image``, ``name`` and the target of each predicted task under its
+            :attr:`~xtc_ext.tasks.TaskSpec.sample_key` (with its ``*_valid`` mask where the readers give one).
         indices: the samples to draw.
         out_dir: output folder.
-        num_classes, class_names, depth_unit, title, image_normalized, ignore_index: as in
-            :func:`save_prediction_figure`.
+        class_names, title, image_normalized: as in :func:`save_prediction_figure`.
+        depth_unit: the dataset's depth unit (default the depth task's).
 
     Returns:
         The written paths, in order.
+
+    Raises:
+        KeyError: a sample without the target of a predicted task (the sample key named).
     """
     paths: List[Path] = []
+    units = {"depth": depth_unit} if depth_unit else None
     for k, i in enumerate(indices):
         sample = data[i]
-        preds = predict(sample["image"].unsqueeze(0))
+        preds = {t: p[0].float().cpu() for t, p in predict(sample["image"].unsqueeze(0)).items()}
+        keys = {t: get_task(t).sample_key for t in preds}
+        missing = [key for key in keys.values() if key not in sample]
+        if missing:
+            raise KeyError(f"save_prediction_figures: sample {i} has no {missing[0]!r} target")
         name = sample.get("name", i)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
-        path = Path(out_dir) / f"{k:02d}_{safe}.png"
-        caption = f"{title}, sample {name}" if title else f"sample {name}"
-        seg = preds["semseg"][0].argmax(0).cpu() if "semseg" in preds else None
-        depth = preds["depth"][0].float().cpu() if "depth" in preds else None
-        if seg is not None and depth is not None:
-            paths.append(save_prediction_figure(
-                path, sample["image"], sample["seg"], seg, sample["depth"], depth, num_classes,
-                ignore_index=ignore_index, title=f"{caption} (depth in {depth_unit})", class_names=class_names,
-                image_normalized=image_normalized))
-        elif seg is not None or depth is not None:
-            task, gt, pred = ("semseg", sample["seg"], seg) if seg is not None else ("depth", sample["depth"], depth)
-            paths.append(save_single_task_figure(path, sample["image"], gt, pred, task, num_classes,
-                                                 ignore_index=ignore_index, title=caption, depth_unit=depth_unit,
-                                                 image_normalized=image_normalized))
+        paths.append(save_prediction_figure(
+            Path(out_dir) / f"{k:02d}_{safe}.png", sample["image"], {t: sample[key] for t, key in keys.items()},
+            preds, valid={t: sample[f"{key}_valid"] for t, key in keys.items() if f"{key}_valid" in sample},
+            class_names=class_names, units=units, title=f"{title}, sample {name}" if title else f"sample {name}",
+            image_normalized=image_normalized))
     return paths

@@ -44,7 +44,7 @@ def test_shipped_configs_hold_the_paper_protocol(name):
 def test_every_table_row_has_a_config():
     names = set(cli.list_configs())
     for dataset in ("cityscapes", "nyuv2"):
-        for row in ("stnet_seg", "stnet_depth", "mtnet", "align", "xtasc",
+        for row in ("stnet_semseg", "stnet_depth", "mtnet", "align", "xtasc",
                     "mtnet_equal", "xtasc_equal", "xtasc_gradnorm", "mtnet_gradnorm"):
             assert f"{dataset}_{row}" in names
 

@@ -33,7 +33,7 @@ def runs(tmp_path_factory):
     common = ["--dataset", "nyuv2", "--data-root", str(root), "--encoder-depth", "18", "--epochs", "1",
               "--batch-size", "2", "--lam", "0.1", "--no-progress", "--no-tensorboard", "--num-figures", "0"]
     xtasc = train_mod.main(common + ["--output-dir", str(base / "xtasc")])
-    stseg = train_mod.main(common + ["--output-dir", str(base / "stseg"), "--model", "stnet", "--task", "segmentation"])
+    stseg = train_mod.main(common + ["--output-dir", str(base / "stseg"), "--model", "stnet", "--task", "semseg"])
     return {"base": base, "root": root, "xtasc": xtasc, "stseg": stseg}
 
 

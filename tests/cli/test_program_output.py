@@ -75,7 +75,7 @@ def test_help_shows_one_default_per_option(parser, monkeypatch):
 @pytest.mark.parametrize("argv, folder", [
     ([], "runs/frames_xtasc"),
     (["--model", "mtcp", "--dataset", "nyudmt", "--data-root", "D"], "runs/nyudmt_mtcp"),
-    (["--model", "stnet", "--task", "segmentation", "--dataset", "nyuv2", "--data-root", "D"], "runs/nyuv2_stnet_seg"),
+    (["--model", "stnet", "--task", "semseg", "--dataset", "nyuv2", "--data-root", "D"], "runs/nyuv2_stnet_semseg"),
     (["--model", "stnet", "--task", "depth", "--dataset", "nyuv2", "--data-root", "D"], "runs/nyuv2_stnet_depth"),
     (["--model", "mtnet", "--dataset", "cityscapes", "--data-root", "D"], "runs/cityscapes_mtnet"),
     (["--output-dir", "elsewhere"], "elsewhere"),
@@ -85,7 +85,7 @@ def test_default_output_dir_is_named_after_dataset_and_model(argv, folder):
 
 
 def test_default_output_dir_matches_the_shipped_configs_names():
-    for name in ("nyuv2_xtasc", "cityscapes_mtnet", "nyuv2_stnet_seg", "cityscapes_stnet_depth", "nyuv2_align"):
+    for name in ("nyuv2_xtasc", "cityscapes_mtnet", "nyuv2_stnet_semseg", "cityscapes_stnet_depth", "nyuv2_align"):
         args = cli.parse_args(["--config", name, "--data-root", "D"])
         args.output_dir = None
         assert cli.finalize_args(args).output_dir == f"runs/{name}"

@@ -169,7 +169,7 @@ def test_resume_missing_or_corrupt_checkpoint_is_one_line_and_exit_code_2(tmp_pa
         (["--model", "align", "--lp", "smoothl1"], "ttnets"),
         (["--model", "xtasc", "--weighting", "gradnorm", "--gradnorm-alpha", "0.5", "--seg-consistency", "hard"], "gradnorm"),
         (["--model", "xtasc", "--lp", "logl1", "--weighting", "dwa"], "ttnets"),
-        (["--model", "stnet", "--task", "segmentation", "--betas", "0.9", "0.999"], "segmentation"),
+        (["--model", "stnet", "--task", "semseg", "--betas", "0.9", "0.999"], "semseg"),
         (["--model", "stnet", "--task", "depth", "--lp", "mse"], "depth"),
     ],
 )
@@ -188,13 +188,13 @@ def test_variants_train_and_test(mtan_root, tmp_path, extra, check, tiny):
         assert set(ckpt["weighting"]) == {"task_weights", "initial_losses", "num_steps"}
         assert int(ckpt["weighting"]["num_steps"]) == 2
         assert sum(ckpt["history"][0]["task_weights"]) == pytest.approx(2.0, rel=1e-5)
-    if check in ("segmentation", "depth"):
+    if check in ("semseg", "depth"):
         tiny.stnet(check, 13).load_state_dict(ckpt["model"])
-        present = {"segmentation": ("mIoU", "pixel_acc"), "depth": ("abs_err", "rel_err")}[check]
-        absent = {"segmentation": ("abs_err", "rel_err"), "depth": ("mIoU", "pixel_acc")}[check]
+        present = {"semseg": ("mIoU", "pixel_acc"), "depth": ("abs_err", "rel_err")}[check]
+        absent = {"semseg": ("abs_err", "rel_err"), "depth": ("mIoU", "pixel_acc")}[check]
         assert all(k in result["test"] for k in present) and not any(k in result["test"] for k in absent)
-        assert ckpt["args"]["lam"] == 0.0 and result["tasks"] == [{"segmentation": "semseg"}.get(check, check)]
-        if check == "segmentation":
+        assert ckpt["args"]["lam"] == 0.0 and result["tasks"] == [check]
+        if check == "semseg":
             assert ckpt["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999) or \
                 list(ckpt["optimizer"]["param_groups"][0]["betas"]) == [0.9, 0.999]
 

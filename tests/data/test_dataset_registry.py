@@ -19,14 +19,13 @@ from xtc_ext.data import (
     NYU13_CLASS_NAMES,
     NYUV2_TEST10,
     PASCAL_SEMSEG_CLASS_NAMES,
-    SAMPLE_KEYS,
-    TASK_NAMES,
     BuildRequest,
     DatasetSpec,
     NYUv2Frames,
     get_dataset,
     register_dataset,
 )
+from xtc_ext.tasks import get_task
 
 from conftest import REAL_FRAMES
 from fixtures import DATASET_WRITERS
@@ -82,9 +81,8 @@ def test_registered_datasets_and_facts():
         assert (spec.test_split, spec.test_description) == (test_split, text)
         assert (spec.depth_unit, spec.default_depth_scaling) == (unit, scaling)
         assert spec.default_root == (NYUV2_TEST10 if name == "frames" else None)
-    assert TASK_NAMES == ("semseg", "depth", "normals", "human_parts", "sal")
-    assert SAMPLE_KEYS == {"semseg": "seg", "depth": "depth", "normals": "normals",
-                           "human_parts": "human_parts", "sal": "sal"}
+    assert {t: get_task(t).sample_key for t in ("semseg", "depth", "normals", "human_parts", "sal")} == {
+        "semseg": "seg", "depth": "depth", "normals": "normals", "human_parts": "human_parts", "sal": "sal"}
 
 
 def test_get_dataset_unknown_lists_the_names():
@@ -128,7 +126,7 @@ def _check_sample(s, spec, classes, tasks):
     assert s["image"].dtype == torch.float32 and s["image"].shape == (3, H, W)
     assert isinstance(s["name"], str) and s["name"]
     for t in tasks:
-        assert SAMPLE_KEYS[t] in s, (spec.name, t)
+        assert get_task(t).sample_key in s, (spec.name, t)
     if "semseg" in tasks:
         seg = s["seg"]
         assert seg.dtype == torch.int64 and seg.shape == (H, W)

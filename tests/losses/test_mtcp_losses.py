@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from xtc_ext.losses.mtcp import (
-    MTCP_TASKS,
+    LOSSES,
     MTCPLoss,
     MTCPLossTerms,
     balanced_bce,
@@ -19,6 +19,7 @@ from xtc_ext.losses.mtcp import (
     segmentation_loss,
     task_loss,
 )
+from xtc_ext.tasks import LOSS_KINDS
 from xtc_ext.weighting import LPS, EqualWeighting, GradNorm
 
 IMPLS = ("fused", "eager")
@@ -157,8 +158,8 @@ def test_task_loss_dispatch():
     sal = torch.randn(1, 1, 3, 3, generator=g)
     sal_t = (torch.rand(1, 1, 3, 3, generator=g) > 0.5).float()
     assert torch.equal(task_loss("sal", sal, sal_t, impl="eager"), balanced_bce(sal, sal_t))
-    with pytest.raises(ValueError, match="unknown MT-CP task"):
-        task_loss("edge", seg, lab)
+    with pytest.raises(ValueError, match="unknown task"):
+        task_loss("segmentation", seg, lab)
     with pytest.raises(ValueError, match="unknown loss impl"):
         task_loss("sal", sal, sal_t, impl="cuda")
 
@@ -294,8 +295,8 @@ def test_mtcp_loss_with_gradnorm_and_float64():
 def test_mtcp_loss_errors():
     with pytest.raises(ValueError, match="at least one task"):
         MTCPLoss(())
-    with pytest.raises(ValueError, match="unknown MT-CP task"):
-        MTCPLoss(("semseg", "edge"))
+    with pytest.raises(ValueError, match="unknown task"):
+        MTCPLoss(("semseg", "segmentation"))
     with pytest.raises(ValueError, match="repeated"):
         MTCPLoss(("semseg", "semseg"))
     with pytest.raises(ValueError, match="num_tasks"):
@@ -321,5 +322,5 @@ def test_mtcp_loss_errors():
         crit(out._replace(predictions={k: v for k, v in out.predictions.items() if k != "normals"}), targets)
     with pytest.raises(ValueError, match="scalar"):
         crit(out._replace(coherence_loss=torch.ones(2)), targets)
-    assert set(MTCP_TASKS) == {"semseg", "depth", "normals", "human_parts", "sal"}
+    assert set(LOSSES) == set(LOSS_KINDS)
     assert "MTCPLoss(tasks=" in repr(crit)

@@ -246,7 +246,7 @@ def test_single_task_loss(lp):
     out, seg, depth = _outputs(14)
     valid = _valid_mask(depth, 14)
     for impl in ("fused", "eager"):
-        s = single_task_loss("segmentation", out.seg_logits, seg, None, impl=impl)
+        s = single_task_loss("semseg", out.seg_logits, seg, None, impl=impl)
         torch.testing.assert_close(s, F.cross_entropy(out.seg_logits, seg, ignore_index=-1))
         d = single_task_loss("depth", out.depth, None, depth, depth_loss=lp, impl=impl)
         torch.testing.assert_close(d, masked_depth_loss(out.depth, depth, depth > 0, lp, "eager"))
@@ -256,7 +256,7 @@ def test_single_task_loss(lp):
     eager = single_task_loss("depth", out.depth, None, depth, depth_loss=lp, impl="eager")
     torch.testing.assert_close(torch.autograd.grad(fused, out.depth)[0], torch.autograd.grad(eager, out.depth)[0])
     seg250 = torch.where(seg == -1, torch.full_like(seg, 250), seg)
-    s250 = single_task_loss("segmentation", out.seg_logits, seg250, None, ignore_index=250)
+    s250 = single_task_loss("semseg", out.seg_logits, seg250, None, ignore_index=250)
     torch.testing.assert_close(s250, F.cross_entropy(out.seg_logits, seg, ignore_index=-1))
 
 
@@ -275,7 +275,7 @@ def test_loss_argument_errors():
     with pytest.raises(ValueError, match="task"):
         single_task_loss("segmt", out.seg_logits, seg, depth)
     with pytest.raises(ValueError, match="seg_target"):
-        single_task_loss("segmentation", out.seg_logits, None, depth)
+        single_task_loss("semseg", out.seg_logits, None, depth)
     with pytest.raises(ValueError, match="depth_target"):
         single_task_loss("depth", out.depth, seg, None)
     with pytest.raises(ValueError, match="depth loss"):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from xtc_ext.data import normalize_image
@@ -235,24 +236,28 @@ def _frame(h=24, w=32, c=13, seed=0):
     return image, seg, pred, depth, dpred
 
 
+def _figure_pixels(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode == "RGB" and len(im.getbands()) == 3
+        return np.asarray(im)
+
+
 def test_save_prediction_figure(tmp_path):
     image, seg, pred, depth, dpred = _frame()
-    out = save_prediction_figure(tmp_path / "sub" / "fig.png", image, seg, pred, depth, dpred,
-                                 num_classes=13, title="frame 0")
-    assert out.is_file() and out.stat().st_size > 0
-    with Image.open(out) as im:
-        assert im.format == "PNG" and im.mode == "RGB" and len(im.getbands()) == 3
-        a = np.asarray(im)
-        assert a.shape[2] == 3 and a.shape[0] > 100 and a.shape[1] > 100
-        assert a.std() > 10  # not a blank image
-    # logits input and 40 classes also work; bad label raises
-    logits = torch.randn(40, 24, 32)
-    save_prediction_figure(tmp_path / "f40.png", image, seg, logits, depth, dpred, num_classes=40)
+    logits = F.one_hot(pred, 13).permute(2, 0, 1).float()
+    out = save_prediction_figure(tmp_path / "sub" / "fig.png", image, {"semseg": seg, "depth": depth},
+                                 {"semseg": logits, "depth": dpred}, title="frame 0")
+    a = _figure_pixels(out)
+    assert a.shape[0] > 100 and a.shape[1] > 100 and a.std() > 10  # not a blank image
+    # 40 classes work; a label out of range, a size mismatch, a task without a target raise
+    save_prediction_figure(tmp_path / "f40.png", image, {"semseg": seg}, {"semseg": torch.randn(40, 24, 32)})
     assert (tmp_path / "f40.png").stat().st_size > 0
-    with pytest.raises(ValueError):
-        save_prediction_figure(tmp_path / "bad.png", image, seg, pred + 20, depth, dpred, 13)
-    with pytest.raises(ValueError):
-        save_prediction_figure(tmp_path / "bad.png", image, seg[:-1], pred, depth, dpred, 13)
+    with pytest.raises(ValueError, match="outside"):
+        save_prediction_figure(tmp_path / "bad.png", image, {"semseg": seg + 20}, {"semseg": logits})
+    with pytest.raises(ValueError, match="spatial shape"):
+        save_prediction_figure(tmp_path / "bad.png", image, {"semseg": seg[:-1]}, {"semseg": logits})
+    with pytest.raises(ValueError, match="no target"):
+        save_prediction_figure(tmp_path / "bad.png", image, {"semseg": seg}, {"depth": dpred})
 
 
 @pytest.mark.skipif(not (REAL / "rgb").is_dir(), reason="real NYUv2 frames not available")
@@ -260,11 +265,37 @@ def test_save_prediction_figure_real_frame(tmp_path):
     from xtc_ext.data import NYUv2Frames
 
     s = NYUv2Frames(REAL, size=(240, 320))[0]
-    pred = s["seg"].clamp(min=0)
-    out = save_prediction_figure(tmp_path / "real.png", s["image"], s["seg"], pred, s["depth"],
-                                 s["depth"] * 1.1, num_classes=13, title=s["name"])
-    with Image.open(out) as im:
-        assert im.mode == "RGB"
+    logits = F.one_hot(s["seg"].clamp(min=0), 13).permute(2, 0, 1).float()
+    out = save_prediction_figure(tmp_path / "real.png", s["image"], {"semseg": s["seg"], "depth": s["depth"]},
+                                 {"semseg": logits, "depth": s["depth"] * 1.1}, valid={"depth": s["depth_valid"]},
+                                 title=s["name"])
+    assert _figure_pixels(out).std() > 10
+
+
+def test_prediction_figure_draws_every_task_and_the_void_colour(tmp_path):
+    """One row per predicted task (normals and saliency included), the void colour in the legend."""
+    image, seg, pred, depth, _ = _frame()
+    g = torch.Generator().manual_seed(1)
+    normals = F.normalize(torch.randn(3, 24, 32, generator=g), dim=0)
+    normals[:, :4] = 0
+    sal = (torch.rand(1, 24, 32, generator=g) > 0.5).float()
+    sal[0, :2] = 255  # void: outside [0, 1]
+    targets = {"semseg": seg, "depth": depth, "normals": normals, "sal": sal}
+    preds = {"semseg": torch.randn(13, 24, 32, generator=g), "depth": depth + 0.1,
+             "normals": torch.randn(3, 24, 32, generator=g), "sal": torch.randn(1, 24, 32, generator=g)}
+    two = _figure_pixels(save_prediction_figure(tmp_path / "two.png", image, targets,
+                                                {t: preds[t] for t in ("semseg", "depth")}, dpi=40))
+    four = _figure_pixels(save_prediction_figure(tmp_path / "four.png", image, targets, preds, dpi=40))
+    assert four.shape[0] > two.shape[0] * 1.5  # two more rows
+    # the legend of a label task lists the void value
+    from xtc_ext.tasks import get_task
+    from xtc_ext.visualize import PANELS
+
+    panels = PANELS["labels"](get_task("semseg"), seg, preds["semseg"], None, None, None)
+    assert panels.legend[-1] == ((0.0, 0.0, 0.0), "void (-1)")
+    assert (panels.gt[(seg == -1).numpy()] == 0).all()
+    sal_panels = PANELS["probability"](get_task("sal"), sal, preds["sal"], None, None, None)
+    assert (sal_panels.gt[0, :2] == (220, 30, 30)).all() and "void" in sal_panels.legend[0][1]
 
 
 # --------------------------------------------------------------------------- #

@@ -84,7 +84,7 @@ def test_wider_ttnet_param_count():
 
 
 def test_base_st_net_param_counts():
-    assert n_params(BaseSTNet("segmentation", 7)) == 21_284_672 + 3_250_688
+    assert n_params(BaseSTNet("semseg", 7)) == 21_284_672 + 3_250_688
     assert n_params(BaseSTNet("depth")) == 21_284_672 + 3_249_920
 
 
@@ -406,7 +406,7 @@ def test_bad_input_raises_base_st_net():
 
 def test_base_st_net_forward_and_validation():
     torch.manual_seed(0)
-    seg = BaseSTNet("segmentation", 4, encoder_depth=18)
+    seg = BaseSTNet("semseg", 4, encoder_depth=18)
     dep = BaseSTNet("depth", None, encoder_depth=18)
     x = torch.randn(2, 3, 32, 64)
     assert seg(x).shape == (2, 4, 32, 64)
@@ -414,7 +414,7 @@ def test_base_st_net_forward_and_validation():
     with pytest.raises(ValueError, match="normals"):
         BaseSTNet("normals", 4)
     with pytest.raises(ValueError):
-        BaseSTNet("segmentation", None)
+        BaseSTNet("semseg", None)
     with pytest.raises(ValueError):
         BaseSTNet("depth", 7)
 

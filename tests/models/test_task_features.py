@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from python_models import (
-    FEATURE_TASKS,
     MTCP,
     TaskFeatureHost,
     TaskFeatureOutput,
@@ -20,6 +19,7 @@ from python_models import (
     XTasCOutput,
     MTCPOutput,
 )
+from xtc_ext.tasks import task_names
 
 NYUD = {"semseg": 40, "depth": 1, "normals": 3}
 PASCAL = {"semseg": 21, "human_parts": 7, "sal": 1}
@@ -64,7 +64,7 @@ def test_xtasc_features_are_the_head_inputs(xtasc, direct_only):
         assert feat is seen[task]  # a reference, not a recomputation
         assert feat.shape == (2, xtasc.feature_channels[task], 64, 96)
         assert feat.dtype == torch.float32
-    assert set(out.features) <= set(FEATURE_TASKS)
+    assert set(out.features) <= set(task_names())
 
 
 def test_xtasc_outputs_bitwise_unchanged(xtasc):

@@ -10,7 +10,7 @@ from python_models import MTCP
 from xtc_ext import cli
 from xtc_ext.data import get_dataset
 from xtc_ext.recipes import get_recipe
-from xtc_ext.recipes.mtcp import TASK_METRIC, mtcp_validation_score
+from xtc_ext.recipes.mtcp import main_metric, mtcp_validation_score
 
 
 def _recipe(*argv):
@@ -74,7 +74,7 @@ def test_rmse_follows_vandenhende_and_the_other_errors_do_not():
 
 
 def test_saliency_uses_max_miou_for_score_and_delta():
-    assert TASK_METRIC["sal"] == ("sal_mIoU", True)
+    assert (main_metric("sal").name, main_metric("sal").higher_is_better) == ("sal_mIoU", True)
     recipe = _recipe("--dataset", "pascal", "--data-root", "D")
     keys, lower = recipe.delta_metrics()
     assert keys == ("mIoU", "parts_mIoU", "sal_mIoU") and lower == ()

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from python_models import MTCP, XTasCNet
-from xtc_ext.regularizers import DEFAULT_SOURCE_KINDS, CrossTaskContrastive, save_distance_figure
+from xtc_ext.regularizers import CrossTaskContrastive, save_distance_figure
+from xtc_ext.tasks import get_task
 
 
 def _n_params(m: torch.nn.Module) -> int:
@@ -36,7 +37,7 @@ def test_xtasc_features_feed_the_regularizer():
     torch.manual_seed(0)
     model = XTasCNet(5, encoder_depth=18)
     count = _n_params(model)
-    reg = CrossTaskContrastive(model.feature_channels, {t: DEFAULT_SOURCE_KINDS[t] for t in ("semseg", "depth")},
+    reg = CrossTaskContrastive(model.feature_channels, {t: get_task(t).contrastive_kind for t in ("semseg", "depth")},
                                anchors=32)
     out = model(torch.randn(2, 3, 64, 64))
     res = reg(out.features, _labels(("semseg", "depth"), 2, (64, 64)), generator=torch.Generator().manual_seed(0))
@@ -59,7 +60,7 @@ def test_mtcp_features_feed_the_regularizer(tasks):
     torch.manual_seed(0)
     model = MTCP(tasks, backbone="resnet18_fpn", embed_dim=16)
     count = _n_params(model)
-    reg = CrossTaskContrastive(model.feature_channels, {t: DEFAULT_SOURCE_KINDS[t] for t in tasks}, anchors=24,
+    reg = CrossTaskContrastive(model.feature_channels, {t: get_task(t).contrastive_kind for t in tasks}, anchors=24,
                                mining="semihard", semihard_pool=32)
     out = model(torch.randn(2, 3, 64, 64))
     labels = _labels(tasks, 2, (64, 64))  # labels at 64x64, features at 16x16: nearest neighbour

@@ -48,8 +48,8 @@ def label_maps(draw, kind):
         k = draw(st.integers(1, 4))
         vals = draw(st.lists(st.integers(-1, k - 1), min_size=size, max_size=size))
         lab = torch.tensor(vals, dtype=torch.int64).view(n, H, W)
-    elif kind == "binary":
-        pool = [-1.0, 0.0, 0.2, 0.49, 0.5, 0.8, 1.0, math.nan]
+    elif kind in ("binary", "edge"):
+        pool = [-1.0, 0.0, 0.2, 0.49, 0.5, 0.8, 1.0, 255.0, math.nan]  # 255: a void the readers did not map
         vals = draw(st.lists(st.sampled_from(pool), min_size=size, max_size=size))
         lab = torch.tensor(vals, dtype=torch.float32).view(n, 1, H, W)
     elif kind == "depth":
@@ -91,8 +91,9 @@ def _reference(kind, lab, h, w):
         valid = key >= 0
         delta = (key[:, :, None] != key[:, None, :]).astype(np.float64)
         return valid, delta, 0.0, 1.0
-    if kind == "binary":
-        valid = np.nan_to_num(key, nan=-1.0) >= 0
+    if kind in ("binary", "edge"):
+        k = np.nan_to_num(key, nan=-1.0)
+        valid = (k >= 0) & (k <= 1)  # values outside [0, 1] are void
         side = key >= 0.5
         return valid, (side[:, :, None] != side[:, None, :]).astype(np.float64), 0.0, 1.0
     valid = np.isfinite(key) & (key > 0)
@@ -135,7 +136,7 @@ def test_sampled_triplets_satisfy_the_criterion_and_drop_only_empty_sets(kind, d
                 has_pos = (valid[i] & others & (d[ai] <= tp - tol)).any()
                 has_neg = (valid[i] & (d[ai] >= tn + tol)).any()
                 assert not (has_pos and has_neg), "an anchor with a positive and a negative was dropped"
-            elif kind in ("categorical", "binary"):
+            elif kind in ("categorical", "binary", "edge"):
                 # no class with two valid pixels: no anchor can have a positive
                 sizes = [(valid[i] & (d[j] == 0)).sum() for j in np.flatnonzero(valid[i])]
                 assert max(sizes, default=0) < 2
@@ -143,7 +144,7 @@ def test_sampled_triplets_satisfy_the_criterion_and_drop_only_empty_sets(kind, d
                 assert not valid[i].any()
 
 
-@pytest.mark.parametrize("kind", ["categorical", "binary"])
+@pytest.mark.parametrize("kind", ["categorical", "binary", "edge"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_anchors_are_class_balanced_over_classes_with_a_positive(kind, data):

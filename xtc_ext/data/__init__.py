@@ -46,8 +46,8 @@ key            tensor           content
 Datasets with other tasks add (only where the task exists): "normals" float32 [3,H,W] unit surface
 normals (x, y, z; 0 where invalid) with "normals_valid" bool [1,H,W] (NYUDMT; NYUv2Frames with
 ``with_normals``), "human_parts" int64 [H,W] (-1 void, 0 background, 1..6) and "sal" float32
-[1,H,W] in {0, 1} (PASCALMT; PASCALMT has no "depth"). :data:`SAMPLE_KEYS` maps each task name to
-its key.
+[1,H,W] in {0, 1} (PASCALMT; PASCALMT has no "depth"). Each task's key is its
+``sample_key`` in the task registry (:mod:`xtc_ext.tasks`).
 
 Adding a dataset: add one module to this package with the dataset class and one
 :func:`register_dataset` call (see :mod:`.registry`). This file imports every module of the
@@ -66,10 +66,7 @@ import pkgutil
 from .registry import (
     DATASETS,
     BuildRequest,
-    FIXED_TASK_CHANNELS,
     IGNORE_INDEX,
-    SAMPLE_KEYS,
-    TASK_NAMES,
     DatasetSpec,
     get_dataset,
     register_dataset,
@@ -119,9 +116,6 @@ del _module
 
 __all__ = [
     # registry
-    "TASK_NAMES",
-    "SAMPLE_KEYS",
-    "FIXED_TASK_CHANNELS",
     "IGNORE_INDEX",
     "BuildRequest",
     "DatasetSpec",

@@ -11,7 +11,7 @@ registry (:func:`get_dataset`, :data:`DATASETS`) and never test a dataset's name
 with its :class:`DatasetSpec`, nothing else: ``xtc_ext/data/__init__.py`` imports every module of
 the package, so the spec is registered on ``import xtc_ext.data``. The dataset's ``__getitem__`` must return the common sample dict (see
 :mod:`xtc_ext.data`): ``"image"`` float32 [3,H,W], ``"name"`` str, and the target of each task under
-its :data:`SAMPLE_KEYS` key, with :data:`IGNORE_INDEX` for void label pixels.
+its task's ``sample_key`` (:class:`xtc_ext.tasks.TaskSpec`), with :data:`IGNORE_INDEX` for void label pixels.
 """
 
 from __future__ import annotations
@@ -23,35 +23,19 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from torch.utils.data import Dataset
 
+from xtc_ext.tasks import IGNORE_INDEX, get_task, task_names
+
 from .transforms import DEPTH_SCALINGS, check_size
 
 __all__ = [
     "IGNORE_INDEX",
     "PathLike",
-    "TASK_NAMES",
-    "SAMPLE_KEYS",
-    "FIXED_TASK_CHANNELS",
     "BuildRequest",
     "DatasetSpec",
     "DATASETS",
     "register_dataset",
     "get_dataset",
 ]
-
-#: Segmentation ignore value used in every sample (void pixels of "seg" and "human_parts").
-IGNORE_INDEX: int = -1
-
-#: Canonical task names, in the order the models and recipes list them.
-TASK_NAMES: Tuple[str, ...] = ("semseg", "depth", "normals", "human_parts", "sal")
-
-#: Sample dict key of each task's target (the keys the datasets have always used).
-SAMPLE_KEYS: Dict[str, str] = {"semseg": "seg", "depth": "depth", "normals": "normals",
-                               "human_parts": "human_parts", "sal": "sal"}
-
-#: Output channels of the tasks whose channel count does not depend on the dataset's classes
-#: ("semseg" has ``classes`` channels): depth 1, surface normals 3 (x, y, z), human parts 7
-#: (background + the 6-part PASCAL-Part grouping), saliency 1 (MT-CP paper §4.1).
-FIXED_TASK_CHANNELS: Dict[str, int] = {"depth": 1, "normals": 3, "human_parts": 7, "sal": 1}
 
 _DEPTH_SCALING_CHOICES: Tuple[str, ...] = ("auto",) + tuple(DEPTH_SCALINGS)
 
@@ -92,7 +76,7 @@ class DatasetSpec:
         name: the ``--dataset`` value (e.g. ``"frames"``, ``"nyuv2"``, ``"cityscapes"``).
         summary: one line for ``--help``: the on-disk layout and the test split.
         classes: the ``--classes`` values offered; ``classes[0]`` is the default.
-        tasks: canonical task names (:data:`TASK_NAMES`) whose targets the samples can carry.
+        tasks: registered task names (:mod:`xtc_ext.tasks`) whose targets the samples can carry.
         default_size: (H, W) default of ``--size``; None = the stored size (``--size`` refused).
         factory: ``factory(root: Path, split: str, request: BuildRequest) -> Dataset``; called by
             :meth:`build` with checked arguments.
@@ -144,9 +128,9 @@ class DatasetSpec:
         object.__setattr__(self, "tasks", tuple(self.tasks))
         if not self.classes or not all(_positive_int(c) for c in self.classes):
             fail(f"classes must be a non-empty tuple of positive ints, got {self.classes!r}")
-        unknown = [t for t in self.tasks if t not in TASK_NAMES]
+        unknown = [t for t in self.tasks if t not in task_names()]
         if not self.tasks or unknown or len(set(self.tasks)) != len(self.tasks):
-            fail(f"tasks must be distinct names from {TASK_NAMES}, got {self.tasks!r}")
+            fail(f"tasks must be distinct names from {task_names()}, got {self.tasks!r}")
         if self.default_size is not None:
             object.__setattr__(self, "default_size", check_size(self.default_size))
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
@@ -212,8 +196,8 @@ class DatasetSpec:
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks: duplicates in {tasks}")
         for t in tasks:
-            if t not in TASK_NAMES:
-                raise ValueError(f"tasks: unknown task {t!r} (task names: {', '.join(TASK_NAMES)})")
+            if t not in task_names():
+                raise ValueError(f"tasks: unknown task {t!r} (task names: {', '.join(task_names())})")
             if t not in self.tasks:
                 raise ValueError(f"tasks: dataset {self.name!r} has no {t!r} targets "
                                  f"(it offers {', '.join(self.tasks)})")
@@ -235,8 +219,8 @@ class DatasetSpec:
 
     # ------------------------------------------------------------------ facts
     def task_channels(self, classes: int) -> Dict[str, int]:
-        """Output channels of every task of the dataset, in :attr:`tasks` order: ``classes`` for
-        "semseg", :data:`FIXED_TASK_CHANNELS` for the others. E.g. frames, 13 ->
+        """Output channels of every task of the dataset, in :attr:`tasks` order
+        (:meth:`xtc_ext.tasks.TaskSpec.output_channels`: ``classes`` for "semseg"). E.g. frames, 13 ->
         ``{"semseg": 13, "depth": 1, "normals": 3}``; pascal, 21 ->
         ``{"semseg": 21, "human_parts": 7, "sal": 1}``.
 
@@ -244,7 +228,7 @@ class DatasetSpec:
             ValueError: ``classes`` not offered (named).
         """
         classes = self.check_classes(classes)
-        return {t: classes if t == "semseg" else FIXED_TASK_CHANNELS[t] for t in self.tasks}
+        return {t: get_task(t).output_channels(classes) for t in self.tasks}
 
     def class_names(self, classes: int) -> Optional[Tuple[str, ...]]:
         """Names of the ``classes`` semantic classes in label order (figure legends), or None

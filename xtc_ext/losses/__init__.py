@@ -8,7 +8,7 @@
 """
 
 from xtc_ext.losses.common import LOSS_IMPLS
-from xtc_ext.losses.mtcp import MTCP_TASKS, NORMALS_KINDS, MTCPLoss, MTCPLossTerms, task_loss
+from xtc_ext.losses.mtcp import LOSSES, NORMALS_KINDS, MTCPLoss, MTCPLossTerms, task_loss
 from xtc_ext.losses.xtasc import (
     DEPTH_LOSSES,
     SEG_CONSISTENCY,
@@ -22,7 +22,7 @@ from xtc_ext.losses.xtasc import (
 
 __all__ = [
     "LOSS_IMPLS",
-    "MTCP_TASKS",
+    "LOSSES",
     "NORMALS_KINDS",
     "MTCPLoss",
     "MTCPLossTerms",

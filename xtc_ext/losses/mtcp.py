@@ -1,16 +1,17 @@
 """The MT-CP training loss (paper §3.5 Eq. 7, §4.2), computed with the fused ops or the eager references.
 
 Per-task losses (each a mean over the valid pixels of the whole batch, 0 with zero gradient when no
-pixel is valid, never NaN):
+pixel is valid, never NaN), one per loss kind of the task registry (:attr:`xtc_ext.tasks.TaskSpec.loss`,
+:data:`LOSSES`):
 
-- :func:`segmentation_loss` (``"semseg"``, ``"human_parts"``): cross-entropy, pixels labelled
+- :func:`segmentation_loss` (``"cross_entropy"``: ``"semseg"``, ``"human_parts"``): cross-entropy, pixels labelled
   ``ignore_index`` (-1, the project's convention; the readers map the datasets' 255 to -1) excluded.
-- :func:`depth_loss` (``"depth"``): L1 over pixels with ``target > 0`` (metres). No depth cap by default:
+- :func:`depth_loss` (``"l1"``: ``"depth"``): L1 over pixels with ``target > 0`` (metres). No depth cap by default:
   the authors' 6.5535 m cap is a bug (docs/fidelity.md, "MT-CP losses and LPS"); ``depth_cap`` offers it.
-- :func:`normals_loss` (``"normals"``): cosine distance between the unit-normalised prediction and the
+- :func:`normals_loss` (``"normals"``: ``"normals"``): cosine distance between the unit-normalised prediction and the
   target (``kind="cosine"``, default), or the paper's "L1 with normalisation" (``kind="l1"``), over
   pixels whose target is not the zero vector.
-- :func:`balanced_bce` (``"sal"``): class-balanced binary cross-entropy on logits, pixels with a
+- :func:`balanced_bce` (``"balanced_bce"``: ``"sal"``, ``"edge"``): class-balanced binary cross-entropy on logits, pixels with a
   negative target (-1) ignored.
 
 :class:`MTCPLoss` assembles them with the task weighting (normally :class:`xtc_ext.weighting.LPS`), the
@@ -30,10 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xtc_ext.losses.common import LOSS_IMPLS, check_choice, check_nchw, to_accumulation
+from xtc_ext.tasks import get_task
 from xtc_ext.weighting import Weighting, build_weighting
 
 __all__ = [
-    "MTCP_TASKS",
+    "LOSSES",
     "NORMALS_KINDS",
     "LOSS_IMPLS",
     "segmentation_loss",
@@ -44,10 +46,6 @@ __all__ = [
     "MTCPLossTerms",
     "MTCPLoss",
 ]
-
-MTCP_TASKS = ("semseg", "depth", "normals", "human_parts", "sal")
-"""Task names (keys of the prediction and target dicts): NYUD-v2 uses semseg, depth, normals;
-PASCAL-Context uses semseg, human_parts, sal."""
 
 NORMALS_KINDS = ("cosine", "l1")
 """``normals_loss(kind=...)`` choices."""
@@ -201,6 +199,22 @@ def balanced_bce(logits: Tensor, target: Tensor) -> Tensor:
     return (w * sum_pos + (1 - w) * sum_neg) / denom
 
 
+class _Options(NamedTuple):
+    impl: str
+    normals_kind: str
+    depth_cap: float | None
+    ignore_index: int
+
+
+LOSSES = {
+    "cross_entropy": lambda pred, target, o: segmentation_loss(pred, target, o.ignore_index, o.impl),
+    "l1": lambda pred, target, o: depth_loss(pred, target, o.depth_cap, o.impl),
+    "normals": lambda pred, target, o: normals_loss(pred, target, o.normals_kind, o.impl),
+    "balanced_bce": lambda pred, target, o: balanced_bce(pred, target),
+}
+"""Loss kind (:data:`xtc_ext.tasks.LOSS_KINDS`) -> ``loss(pred, target, options)``: the functions above."""
+
+
 def task_loss(
     task: str,
     pred: Tensor,
@@ -210,20 +224,16 @@ def task_loss(
     depth_cap: float | None = None,
     ignore_index: int = -1,
 ) -> Tensor:
-    """The MT-CP loss of one task (one of ``MTCP_TASKS``), dispatching to the functions above.
+    """The loss of one task: the function of its registered loss kind (:attr:`xtc_ext.tasks.TaskSpec.loss`,
+    :data:`LOSSES`): e.g. ``"semseg"`` -> :func:`segmentation_loss`, ``"sal"`` -> :func:`balanced_bce`.
 
     Raises:
-        ValueError: unknown ``task``; the errors of the task's loss function.
+        ValueError: unknown ``task`` (the registered ones listed) or ``impl``; the errors of the task's loss
+            function.
     """
-    check_choice("MT-CP task", task, MTCP_TASKS)
-    if task in ("semseg", "human_parts"):
-        return segmentation_loss(pred, target, ignore_index, impl)
-    if task == "depth":
-        return depth_loss(pred, target, depth_cap, impl)
-    if task == "normals":
-        return normals_loss(pred, target, normals_kind, impl)
+    kind = get_task(task).loss
     check_choice("loss impl", impl, LOSS_IMPLS)
-    return balanced_bce(pred, target)
+    return LOSSES[kind](pred, target, _Options(impl, normals_kind, depth_cap, ignore_index))
 
 
 class MTCPLossTerms(NamedTuple):
@@ -273,7 +283,7 @@ class MTCPLoss:
     MT-CP heads upsample them to the input size).
 
     Args:
-        tasks: task names in order, a subset of ``MTCP_TASKS`` without repeats (e.g.
+        tasks: registered task names (:mod:`xtc_ext.tasks`) in order, without repeats (e.g.
             ``("semseg", "depth", "normals")`` for NYUD-v2).
         weighting: a :class:`~xtc_ext.weighting.Weighting` with ``num_tasks == len(tasks)``, or a
             ``WEIGHTINGS`` name built with ``len(tasks)`` tasks (default ``"lps"``; GradNorm needs an
@@ -307,7 +317,7 @@ class MTCPLoss:
         if not tasks:
             raise ValueError("MTCPLoss needs at least one task")
         for t in tasks:
-            check_choice("MT-CP task", t, MTCP_TASKS)
+            get_task(t)
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"MTCPLoss: repeated task in {tasks}")
         for name, value in (("coherence_weight", coherence_weight), ("intermediate_weight", intermediate_weight)):

@@ -30,7 +30,7 @@ SEG_CONSISTENCY = ("soft", "hard")
 DEPTH_LOSSES = ("l1", "mse", "logl1", "smoothl1")
 """``--lp`` choices for the direct depth loss (authors' ``--lp {L1,MSE,logL1,smoothL1}``)."""
 
-TASKS = ("segmentation", "depth")
+TASKS = ("semseg", "depth")
 """Tasks of :func:`single_task_loss` (the names of ``python_models.BaseSTNet.task``)."""
 
 
@@ -264,17 +264,17 @@ def single_task_loss(
 ) -> Tensor:
     """Loss of the Base ST-Net single-task baseline (``python_models.BaseSTNet``).
 
-    ``"segmentation"``: ``CE(pred, seg_target)`` over non-void pixels (paper Eq. 12).
+    ``"semseg"``: ``CE(pred, seg_target)`` over non-void pixels (paper Eq. 12).
     ``"depth"``: the direct depth loss ``depth_loss`` (paper Eq. 14 for ``"l1"``) over valid pixels
     (``depth_valid``, or ``depth_target > 0``). The authors' NYU single-task depth loss is unmasked
     ``nn.L1Loss`` (docs/fidelity.md, "XTasC-Net losses"); this masks, as the
     paper says and as :class:`XTasCLoss` does, so ST and MT losses are comparable.
 
     Args:
-        task: ``"segmentation"`` or ``"depth"`` (``TASKS``).
+        task: ``"semseg"`` or ``"depth"`` (``TASKS``).
         pred: ``[N, C, H, W]`` logits, or ``[N, 1, H, W]`` depth in metres.
         seg_target: ``[N, H, W]`` int64 labels (may be None for depth).
-        depth_target: ``[N, 1, H, W]`` float metres (may be None for segmentation).
+        depth_target: ``[N, 1, H, W]`` float metres (may be None for semseg).
         depth_valid: optional ``[N, 1, H, W]`` (or ``[N, H, W]``) validity, nonzero = valid.
         ignore_index: void label.
         depth_loss: one of ``DEPTH_LOSSES``.
@@ -290,9 +290,9 @@ def single_task_loss(
     check_choice("task", task, TASKS)
     check_choice("loss impl", impl, LOSS_IMPLS)
     check_choice("depth loss", depth_loss, DEPTH_LOSSES)
-    if task == "segmentation":
+    if task == "semseg":
         if seg_target is None:
-            raise ValueError("single_task_loss: task 'segmentation' needs seg_target")
+            raise ValueError("single_task_loss: task 'semseg' needs seg_target")
         return LOSS_IMPLS[impl].masked_cross_entropy(pred, seg_target, ignore_index)
     if depth_target is None:
         raise ValueError("single_task_loss: task 'depth' needs depth_target")

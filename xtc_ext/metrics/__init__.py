@@ -8,7 +8,7 @@
 """
 
 from xtc_ext.metrics.delta import delta_m, delta_m_over, load_baselines, metrics_from_json
-from xtc_ext.metrics.evaluator import TASK_METRIC_PREFIX, MultiTaskEvaluator
+from xtc_ext.metrics.evaluator import METERS, MultiTaskEvaluator
 from xtc_ext.metrics.meters import DepthMeter, NormalsMeter, SaliencyMeter, SegmentationMeter
 from xtc_ext.metrics.table import format_metrics_table
 
@@ -18,7 +18,7 @@ __all__ = [
     "NormalsMeter",
     "SaliencyMeter",
     "MultiTaskEvaluator",
-    "TASK_METRIC_PREFIX",
+    "METERS",
     "delta_m",
     "delta_m_over",
     "load_baselines",

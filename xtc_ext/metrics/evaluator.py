@@ -1,10 +1,12 @@
 """One evaluator for every multi-task model: the meter of each task plus the mean loss of each task.
 
 :class:`MultiTaskEvaluator` is what the evaluation loop (:func:`xtc_ext.engine.evaluation.evaluate`) feeds
-batch by batch with a model's predictions and the batch's targets, both keyed by the canonical task names
-(``semseg``, ``depth``, ``normals``, ``human_parts``, ``sal``); it needs no knowledge of the model.
+batch by batch with a model's predictions and the batch's targets, both keyed by the registered task names
+(:mod:`xtc_ext.tasks`: ``semseg``, ``depth``, ``normals``, ``sal``, ``human_parts``); it needs no knowledge of
+the model. Each task's meter is its spec's meter kind (:data:`METERS`), its result keys the meter's keys that
+the spec reports, with the spec's ``metric_prefix``.
 
-Metric names of :meth:`MultiTaskEvaluator.compute` (fractions unless stated):
+Metric names of :meth:`MultiTaskEvaluator.compute` for the built-in tasks (fractions unless stated):
 
 ========  ==========================================================================================
 task      keys
@@ -31,53 +33,53 @@ import torch.distributed as dist
 from torch import Tensor
 
 from xtc_ext.metrics.meters import DepthMeter, NormalsMeter, SaliencyMeter, SegmentationMeter
+from xtc_ext.tasks import TaskSpec, get_task
 
-__all__ = ["MultiTaskEvaluator", "TASK_METRIC_PREFIX"]
-
-TASK_METRIC_PREFIX = {"semseg": "", "human_parts": "parts_", "depth": "", "normals": "normals_", "sal": "sal_"}
-"""Prefix of each task's metric names in :meth:`MultiTaskEvaluator.compute`."""
+__all__ = ["MultiTaskEvaluator", "METERS"]
 
 LossFn = Callable[[str, Tensor, Mapping[str, Tensor]], Tensor]
+
+METERS: Dict[str, Callable[[TaskSpec, int, Optional[float]], Any]] = {
+    "segmentation": lambda spec, channels, _: SegmentationMeter(int(channels), int(spec.void)),
+    "depth": lambda spec, channels, depth_min_prediction: DepthMeter(depth_min_prediction),
+    "normals": lambda spec, channels, _: NormalsMeter(),
+    "saliency": lambda spec, channels, _: SaliencyMeter(),
+}
+"""Meter kind (:data:`xtc_ext.tasks.METER_KINDS`) -> ``factory(spec, channels, depth_min_prediction)``: the
+segmentation meter over ``channels`` classes with the task's void label, the depth meter, the normals meter,
+the saliency meter."""
 
 
 class MultiTaskEvaluator:
     """Accumulate the metrics and mean losses of a multi-task model over a dataset.
 
     Args:
-        task_channels: canonical task name -> output channels (semseg / human_parts: classes), in the
+        task_channels: registered task name -> output channels (semseg / human_parts: classes), in the
             order the metrics are reported.
         loss_fn: ``loss_fn(task, prediction, targets) -> scalar tensor``, the task's unweighted training
             loss of one batch (a mean over its valid pixels); ``None``: no losses.
         loss_keys: task -> name of its mean loss in the result (default ``f"{task}_loss"``).
-        ignore_index: void label of the semseg / human_parts targets.
         depth_min_prediction: :class:`~xtc_ext.metrics.meters.DepthMeter` ``min_prediction`` (MT-CP runs:
             1e-9, Vandenhende's RMSE convention; ``None``: raw predictions).
 
     Raises:
-        ValueError: an unknown task name (the known ones listed) or an empty ``task_channels``.
+        ValueError: an unknown task name (the known ones listed), a task without a meter, or an empty
+            ``task_channels``.
     """
 
     def __init__(self, task_channels: Mapping[str, int], loss_fn: Optional[LossFn] = None, *,
-                 loss_keys: Optional[Mapping[str, str]] = None, ignore_index: int = -1,
-                 depth_min_prediction: Optional[float] = None) -> None:
+                 loss_keys: Optional[Mapping[str, str]] = None, depth_min_prediction: Optional[float] = None) -> None:
         if not task_channels:
             raise ValueError("MultiTaskEvaluator: task_channels is empty")
-        unknown = [t for t in task_channels if t not in TASK_METRIC_PREFIX]
-        if unknown:
-            raise ValueError(f"MultiTaskEvaluator: unknown task {unknown[0]!r}; known: {list(TASK_METRIC_PREFIX)}")
+        self.specs = {t: get_task(t) for t in task_channels}
+        no_meter = [t for t, spec in self.specs.items() if spec.meter is None]
+        if no_meter:
+            raise ValueError(f"MultiTaskEvaluator: task {no_meter[0]!r} has no meter (no evaluation)")
         self.tasks = tuple(task_channels)
         self.loss_fn = loss_fn
         self.loss_keys = {t: (loss_keys or {}).get(t, f"{t}_loss") for t in self.tasks}
-        self.meters: Dict[str, Any] = {}
-        for t, channels in task_channels.items():
-            if t in ("semseg", "human_parts"):
-                self.meters[t] = SegmentationMeter(int(channels), ignore_index)
-            elif t == "depth":
-                self.meters[t] = DepthMeter(depth_min_prediction)
-            elif t == "normals":
-                self.meters[t] = NormalsMeter()
-            else:
-                self.meters[t] = SaliencyMeter()
+        self.meters: Dict[str, Any] = {t: METERS[self.specs[t].meter](self.specs[t], channels, depth_min_prediction)
+                                       for t, channels in task_channels.items()}
         self._loss_sums: Optional[Tensor] = None
         self.num_samples = 0
 
@@ -128,13 +130,9 @@ class MultiTaskEvaluator:
         """The metrics (module docstring), as Python floats; NaN metrics for tasks without valid pixels."""
         out: Dict[str, Any] = {}
         for t in self.tasks:
-            m = self.meters[t].compute()
-            prefix = TASK_METRIC_PREFIX[t]
-            if t == "sal":
-                m = {"maxF": m["maxF"], "mIoU": m["mIoU"]}
-            elif t == "human_parts":
-                m = {"mIoU": m["mIoU"], "pixel_acc": m["pixel_acc"]}
-            out.update({prefix + k: v for k, v in m.items()})
+            m, spec = self.meters[t].compute(), self.specs[t]
+            keys = m if spec.reported is None else spec.reported
+            out.update({spec.metric_prefix + k: m[k] for k in keys})
         if self.loss_fn is not None:
             count = max(self.num_samples, 1)
             sums = self._loss_sums.tolist() if self._loss_sums is not None else [0.0] * len(self.tasks)

@@ -4,38 +4,35 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-__all__ = ["ROWS", "format_metrics_table"]
+from xtc_ext.tasks import TASKS
 
-ROWS = (
-    ("mIoU", "{:.4f}"), ("pixel_acc", "{:.4f}"), ("abs_err", "{:.4f}"), ("rel_err", "{:.4f}"), ("rmse", "{:.4f}"),
-    ("normals_mean", "{:.2f} deg"), ("normals_median", "{:.2f} deg"), ("normals_11.25", "{:.2f} %"),
-    ("normals_22.5", "{:.2f} %"), ("normals_30", "{:.2f} %"), ("sal_maxF", "{:.4f}"), ("sal_mIoU", "{:.4f}"),
-    ("parts_mIoU", "{:.4f}"),
-)
-"""The metrics a table shows, in order, with their formats (those absent from the result are skipped)."""
-
-_IN_DEPTH_UNIT = ("abs_err", "rmse")
+__all__ = ["format_metrics_table"]
 
 
 def format_metrics_table(metrics: Mapping[str, Any], *, depth_unit: Optional[str] = None,
                          before: Optional[Mapping[str, Any]] = None,
                          extra: Optional[Dict[str, str]] = None) -> str:
-    """Markdown table of the metrics of :data:`ROWS` present in ``metrics`` (next to ``before``, the untrained
-    model, when given), the depth errors labelled with ``depth_unit``, then the ``extra`` rows
-    (name -> formatted value, e.g. parameter count, inference time, Δm)."""
+    """Markdown table of the metrics present in ``metrics``: the metrics of every registered task
+    (:attr:`xtc_ext.tasks.TaskSpec.metrics`, in registration order, with their formats), next to ``before``
+    (the untrained model) when given, then the ``extra`` rows (name -> formatted value, e.g. parameter count,
+    inference time, Δm). A metric in its task's unit is labelled with the unit: ``depth_unit`` for depth (the
+    dataset's; default the task's), the task's :attr:`~xtc_ext.tasks.TaskSpec.unit` for the others."""
     head = "| metric | " + ("before training | after training |" if before else "value |")
     rule = "| --- | " + ("---: | ---: |" if before else "---: |")
     lines = [head, rule]
-    for key, fmt in ROWS:
-        if key not in metrics:
-            continue
-        label = f"{key} ({depth_unit})" if key in _IN_DEPTH_UNIT and depth_unit else key
-        value = fmt.format(metrics[key])
-        if before:
-            old = fmt.format(before[key]) if key in before else ""
-            lines.append(f"| {label} | {old} | {value} |")
-        else:
-            lines.append(f"| {label} | {value} |")
+    for spec in TASKS.values():
+        unit = depth_unit if spec.name == "depth" else spec.unit
+        for metric in spec.metrics:
+            key = metric.name
+            if key not in metrics:
+                continue
+            label = f"{key} ({unit})" if metric.in_task_unit and unit else key
+            value = metric.fmt.format(metrics[key])
+            if before:
+                old = metric.fmt.format(before[key]) if key in before else ""
+                lines.append(f"| {label} | {old} | {value} |")
+            else:
+                lines.append(f"| {label} | {value} |")
     for name, value in (extra or {}).items():
         lines.append(f"| {name} | | {value} |" if before else f"| {name} | {value} |")
     return "\n".join(lines)

@@ -153,11 +153,9 @@ class BaseRecipe:
     @torch.no_grad()
     def figures(self, model: nn.Module, data: Dataset, indices: Sequence[int], out_dir: Path, title: str,
                 device: torch.device) -> List[Path]:
-        """Figures of the semseg / depth predictions (:func:`xtc_ext.visualize.save_prediction_figures`)."""
+        """Figures of every task the model predicts (:func:`xtc_ext.visualize.save_prediction_figures`)."""
         model.eval()
-        channels = dict(getattr(model, "task_channels", {}))
-        num_classes = int(channels.get("semseg", self.args.classes))
         return save_prediction_figures(
-            lambda image: self.predict(model, image.to(device)), data, indices, out_dir, num_classes=num_classes,
-            class_names=self.class_names, depth_unit=self.depth_unit or "", title=title,
-            image_normalized=bool(self.args.normalize), ignore_index=self.ignore_index)
+            lambda image: self.predict(model, image.to(device)), data, indices, out_dir,
+            class_names=self.class_names, depth_unit=self.depth_unit, title=title,
+            image_normalized=bool(self.args.normalize))

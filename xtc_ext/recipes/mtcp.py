@@ -13,7 +13,7 @@ Metrics (:class:`~xtc_ext.metrics.MultiTaskEvaluator`): semseg ``mIoU``/``pixel_
 saliency ``sal_maxF`` and ``sal_mIoU`` (max-mIoU); human parts ``parts_mIoU``; the raw final-prediction loss of
 every task (``<task>_loss``) and their sum ``loss``.
 
-One metric per task (:data:`TASK_METRIC`) drives both the validation score (:func:`mtcp_validation_score`)
+One metric per task (its :attr:`~xtc_ext.tasks.TaskSpec.main_metric`) drives both the validation score (:func:`mtcp_validation_score`)
 and the multi-task performance Delta_MTL (MT-CP §4 after Vandenhende et al.):
 ``Delta_MTL = (100 / T) sum_t (-1)^{l_t} (M_t - M_t^STL) / M_t^STL`` with ``l_t = 1`` for depth RMSE and
 normals mean angle, against the merged test metrics of single-task runs.
@@ -30,21 +30,25 @@ import torch
 from torch import Tensor, nn
 
 from python_models import MTCP
-from xtc_ext.data import SAMPLE_KEYS, DatasetSpec
+from xtc_ext.data import DatasetSpec
 from xtc_ext.losses import NORMALS_KINDS, MTCPLoss, task_loss
 from xtc_ext.metrics import MultiTaskEvaluator
 from xtc_ext.recipes.base import BaseRecipe
 from xtc_ext.recipes.errors import option_error
+from xtc_ext.tasks import TASKS, Metric, get_task
 from xtc_ext.weighting import Weighting, build_weighting
 
-__all__ = ["MTCPRecipe", "TASK_METRIC", "mtcp_validation_score", "select_tasks"]
+__all__ = ["MTCPRecipe", "main_metric", "mtcp_validation_score", "select_tasks"]
 
 log = logging.getLogger("xtc_ext.train")
 
-TASK_METRIC = {"semseg": ("mIoU", True), "depth": ("rmse", False), "normals": ("normals_mean", False),
-               "sal": ("sal_mIoU", True), "human_parts": ("parts_mIoU", True)}
-"""Per task: the metric of the validation score and of Delta_MTL, and whether higher is better (saliency:
-max-mIoU, as Vandenhende's ``calculate_multi_task_performance``; maxF is reported too)."""
+
+def main_metric(task: str) -> Metric:
+    """The metric of ``task`` in the validation score and Delta_MTL: its registered
+    :attr:`~xtc_ext.tasks.TaskSpec.main_metric` (saliency: max-mIoU, as Vandenhende's
+    ``calculate_multi_task_performance``; maxF is reported too)."""
+    spec = get_task(task)
+    return spec.metric(spec.main_metric)
 
 BACKBONES = ("resnet50_fpn", "resnet34_fpn", "resnet18_fpn", "mask2former")
 
@@ -69,11 +73,11 @@ def select_tasks(tasks: Mapping[str, int], chosen: Optional[Sequence[str]]) -> D
 
 def mtcp_validation_score(metrics: Mapping[str, Any], reference: Mapping[str, float]) -> float:
     """Checkpoint-selection score (higher is better): the mean over the run's tasks of the improvement of the
-    task's :data:`TASK_METRIC` against the first validation (``reference``): mIoU / max-mIoU as differences
+    task's :func:`main_metric` against the first validation (``reference``): mIoU / max-mIoU as differences
     (fractions), depth RMSE and normals mean angle as relative reductions ``(ref - m) / ref``. So +0.01 is one
     point of mIoU or a 1 % error reduction, for every task alike. Non-finite: ``-inf``."""
     parts = []
-    for key, higher in TASK_METRIC.values():
+    for key, higher in ((m.name, m.higher_is_better) for m in map(main_metric, _evaluated_tasks())):
         if key not in metrics:
             continue
         m, ref = float(metrics[key]), float(reference.get(key, float("nan")))
@@ -84,6 +88,10 @@ def mtcp_validation_score(metrics: Mapping[str, Any], reference: Mapping[str, fl
             parts.append((ref - m) / ref)
     score = sum(parts) / len(parts) if parts else float("nan")
     return score if math.isfinite(score) else float("-inf")
+
+
+def _evaluated_tasks() -> Tuple[str, ...]:
+    return tuple(t for t, spec in TASKS.items() if spec.meter is not None)
 
 
 class MTCPRecipe(BaseRecipe):
@@ -180,8 +188,9 @@ class MTCPRecipe(BaseRecipe):
         (the losses' invalid marker); segmentation and human parts keep -1 as ignored."""
         out: Dict[str, Tensor] = {}
         for t in self.tasks:
-            target = batch[SAMPLE_KEYS[t]].to(device, non_blocking=True)
-            valid = batch.get(f"{SAMPLE_KEYS[t]}_valid") if t in ("depth", "normals") else None
+            key = get_task(t).sample_key
+            target = batch[key].to(device, non_blocking=True)
+            valid = batch.get(f"{key}_valid")
             out[t] = target if valid is None else target * valid.to(device, non_blocking=True).to(target.dtype)
         return out
 
@@ -205,16 +214,16 @@ class MTCPRecipe(BaseRecipe):
         return task_loss(task, pred, targets[task], a.loss_impl, a.normals_loss, ignore_index=self.ignore_index)
 
     def evaluator(self) -> MultiTaskEvaluator:
-        return MultiTaskEvaluator(self.task_channels, self._eval_loss, ignore_index=self.ignore_index,
-                                  depth_min_prediction=DEPTH_MIN_PREDICTION)
+        return MultiTaskEvaluator(self.task_channels, self._eval_loss, depth_min_prediction=DEPTH_MIN_PREDICTION)
 
     def score_reference(self, metrics: Mapping[str, Any]) -> Dict[str, float]:
-        return {key: float(metrics[key]) for key, _ in TASK_METRIC.values() if key in metrics}
+        keys = (main_metric(t).name for t in _evaluated_tasks())
+        return {key: float(metrics[key]) for key in keys if key in metrics}
 
     def score(self, metrics: Mapping[str, Any], reference: Mapping[str, float]) -> float:
         return mtcp_validation_score(metrics, reference)
 
     def delta_metrics(self) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
-        keys = tuple(TASK_METRIC[t][0] for t in self.tasks)
-        lower = tuple(TASK_METRIC[t][0] for t in self.tasks if not TASK_METRIC[t][1])
+        keys = tuple(main_metric(t).name for t in self.tasks)
+        lower = tuple(main_metric(t).name for t in self.tasks if not main_metric(t).higher_is_better)
         return keys, lower

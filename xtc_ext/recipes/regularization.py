@@ -25,9 +25,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from xtc_ext.data import SAMPLE_KEYS
-from xtc_ext.regularizers import DEFAULT_SOURCE_KINDS, MINING, CrossTaskContrastive, save_distance_figure
+from xtc_ext.regularizers import MINING, CrossTaskContrastive, save_distance_figure
 from xtc_ext.recipes.errors import option_error
+from xtc_ext.tasks import get_task
 
 __all__ = ["ContrastivePlugin", "add_contrastive_arguments", "check_contrastive_args"]
 
@@ -96,8 +96,13 @@ class ContrastivePlugin:
             raise ValueError(f"--contrastive: the model exposes no pre-head features for {missing} "
                              f"(feature_channels: {sorted(channels)})")
         a = self.args
+        specs = [get_task(t) for t in self.tasks]
+        no_kind = [spec.name for spec in specs if spec.contrastive_kind is None]
+        if no_kind:
+            raise ValueError(f"--contrastive: task {no_kind[0]!r} has no contrastive source kind")
         self.module = CrossTaskContrastive(
-            {t: channels[t] for t in self.tasks}, {t: DEFAULT_SOURCE_KINDS[t] for t in self.tasks},
+            {t: channels[t] for t in self.tasks}, {spec.name: spec.contrastive_kind for spec in specs},
+            ignore_index={spec.name: spec.void for spec in specs},
             embed_dim=a.contrastive_embed_dim, margin=a.contrastive_margin, anchors=a.contrastive_anchors,
             depth_thresholds=tuple(a.contrastive_depth_thresholds),
             normals_thresholds_deg=tuple(a.contrastive_normals_thresholds), mining=a.contrastive_mining,
@@ -108,9 +113,10 @@ class ContrastivePlugin:
     def labels(batch: Mapping[str, Any], tasks: Sequence[str], device: torch.device) -> Tuple[Dict, Dict]:
         """``(labels, valid)`` of a batch for the regularizer: the raw targets by canonical task and the
         validity masks the readers provide (depth, normals)."""
-        labels = {t: batch[SAMPLE_KEYS[t]].to(device, non_blocking=True) for t in tasks}
-        valid = {t: batch[f"{SAMPLE_KEYS[t]}_valid"].to(device, non_blocking=True)
-                 for t in tasks if f"{SAMPLE_KEYS[t]}_valid" in batch}
+        keys = {t: get_task(t).sample_key for t in tasks}
+        labels = {t: batch[key].to(device, non_blocking=True) for t, key in keys.items()}
+        valid = {t: batch[f"{key}_valid"].to(device, non_blocking=True)
+                 for t, key in keys.items() if f"{key}_valid" in batch}
         return labels, valid
 
     def term(self, output: Any, batch: Mapping[str, Any], device: torch.device,

@@ -6,7 +6,7 @@
   consistency loss (Eq. 11-15, :class:`~xtc_ext.losses.XTasCLoss`);
 * ``mtnet``: Base MT-Net, no transfer networks, lambda = 0;
 * ``align``: Align-Net, the transfer outputs against the ground truth (Eq. 8);
-* ``stnet``: Base ST-Net, one task (``--task segmentation|depth``), encoder + one decoder.
+* ``stnet``: Base ST-Net, one task (``--task semseg|depth``), encoder + one decoder.
 
 The two task-group losses are combined by ``--weighting`` (equal, uncertainty, DWA, GradNorm; Eq. 16).
 Evaluation: mIoU, pixel accuracy, depth abs/rel error and RMSE of the direct predictions (the transfer
@@ -37,10 +37,18 @@ __all__ = ["XTasCRecipe", "validation_score", "shared_parameter"]
 
 log = logging.getLogger("xtc_ext.train")
 
-_TASKS = {"segmentation": "semseg", "depth": "depth"}
-"""``--task`` values (the names of ``BaseSTNet.task``) -> canonical task names."""
+_TASKS = ("semseg", "depth")
+"""``--task`` values: the registered task names (:mod:`xtc_ext.tasks`) of ``BaseSTNet.task``."""
 
-_LOSS_KEYS = {"semseg": "seg_loss", "depth": "depth_loss"}
+_OLD_TASK_NAMES = {"segmentation": "semseg"}
+"""``--task`` values stored by checkpoints written before the task registry (read by ``--resume`` and
+``python -m xtc_ext.evaluate``) -> today's names."""
+
+
+def _stnet_task(args: argparse.Namespace) -> str:
+    """``args.task``, a stored old name (:data:`_OLD_TASK_NAMES`) renamed in ``args``."""
+    args.task = _OLD_TASK_NAMES.get(args.task, args.task)
+    return args.task
 
 
 def validation_score(metrics: Mapping[str, float], reference: Mapping[str, float]) -> float:
@@ -90,7 +98,7 @@ class XTasCRecipe(BaseRecipe):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """``--task``, ``--encoder-depth``, ``--lam``, ``--seg-consistency``, ``--lp``, GradNorm options."""
         g = parser.add_argument_group("XTasC-Net family (--model xtasc, mtnet, align, stnet)")
-        g.add_argument("--task", choices=tuple(_TASKS), default=None, help="the task of --model stnet (required there)")
+        g.add_argument("--task", choices=_TASKS, default=None, help="the task of --model stnet (required there)")
         g.add_argument("--encoder-depth", type=int, choices=(18, 34, 50, 101, 152), default=34,
                        help="ResNet depth of the encoder")
         g.add_argument("--lam", type=float, default=1e-4,
@@ -108,14 +116,14 @@ class XTasCRecipe(BaseRecipe):
 
     @classmethod
     def required_tasks(cls, args: argparse.Namespace, spec: DatasetSpec) -> Tuple[str, ...]:
-        return (_TASKS[args.task],) if args.model == "stnet" and args.task else ("semseg", "depth")
+        return (_stnet_task(args),) if args.model == "stnet" and args.task else _TASKS
 
     @classmethod
     def finalize_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
         """``--task`` only (and always) with stnet; lambda 0 for mtnet and stnet; the value checks."""
         if args.model == "stnet":
             if args.task is None:
-                raise option_error("--model stnet needs --task segmentation or --task depth")
+                raise option_error("--model stnet needs --task semseg or --task depth")
         elif args.task is not None:
             raise option_error(f"--task applies to --model stnet only (got --model {args.model})")
         if args.model in ("mtnet", "stnet") and args.lam != 0:
@@ -140,14 +148,14 @@ class XTasCRecipe(BaseRecipe):
         self.name = f"{base} ResNet-{args.encoder_depth}"
         if self.single_task:
             self.criterion = None
-            self.loss_names: Tuple[str, ...] = ("loss", _LOSS_KEYS[self.tasks[0]])
+            self.loss_names: Tuple[str, ...] = ("loss", f"{self.tasks[0]}_loss")
             self.weighting_slice = slice(1, 2)
         else:
             self.criterion = XTasCLoss(args.lam, args.lam, ignore_index=self.ignore_index, impl=args.loss_impl,
                                        variant="align" if args.model == "align" else "xtasc",
                                        seg_consistency=args.seg_consistency, depth_loss=args.lp)
-            self.loss_names = ("loss", "seg_loss", "depth_loss", "seg_consistency", "depth_consistency",
-                               "seg_group", "depth_group") + self.regularizer_names()
+            self.loss_names = ("loss", "semseg_loss", "depth_loss", "semseg_consistency", "depth_consistency",
+                               "semseg_group", "depth_group") + self.regularizer_names()
             self.weighting_slice = slice(5, 7)
 
     def describe(self) -> str:
@@ -159,7 +167,7 @@ class XTasCRecipe(BaseRecipe):
         """XTasCNet (with the transfer networks for xtasc/align when lambda > 0) or BaseSTNet."""
         a = self.args
         if self.single_task:
-            return BaseSTNet(a.task, self.num_classes if a.task == "segmentation" else None,
+            return BaseSTNet(a.task, self.num_classes if a.task == "semseg" else None,
                              encoder_depth=a.encoder_depth)
         with_transfer = a.model in ("xtasc", "align") and a.lam > 0
         return XTasCNet(self.num_classes, encoder_depth=a.encoder_depth, with_transfer=with_transfer)
@@ -215,14 +223,14 @@ class XTasCRecipe(BaseRecipe):
 
     def _eval_loss(self, task: str, pred: Tensor, targets: Mapping[str, Tensor]) -> Tensor:
         if task == "semseg":
-            return single_task_loss("segmentation", pred, targets["semseg"], None, ignore_index=self.ignore_index,
+            return single_task_loss("semseg", pred, targets["semseg"], None, ignore_index=self.ignore_index,
                                     impl=self.args.loss_impl)
         return single_task_loss("depth", pred, None, targets["depth"], targets["depth_valid"],
                                 depth_loss=self.args.lp, impl=self.args.loss_impl)
 
     def evaluator(self) -> MultiTaskEvaluator:
         channels = {t: (self.num_classes if t == "semseg" else 1) for t in self.tasks}
-        return MultiTaskEvaluator(channels, self._eval_loss, loss_keys=_LOSS_KEYS, ignore_index=self.ignore_index)
+        return MultiTaskEvaluator(channels, self._eval_loss)
 
     def score_reference(self, metrics: Mapping[str, Any]) -> Dict[str, float]:
         return {k: metrics[k] for k in ("abs_err", "rel_err") if k in metrics}

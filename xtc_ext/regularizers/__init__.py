@@ -12,7 +12,6 @@ evaluated and exported model is the host alone.
 """
 
 from .contrastive import (
-    DEFAULT_SOURCE_KINDS,
     MINING,
     ContrastiveOutput,
     CrossTaskContrastive,
@@ -27,7 +26,6 @@ __all__ = [
     "CrossTaskContrastive",
     "ContrastiveOutput",
     "Projector",
-    "DEFAULT_SOURCE_KINDS",
     "MINING",
     "SOURCE_KINDS",
     "Criterion",

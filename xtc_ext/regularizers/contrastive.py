@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,6 @@ from .sampling import (
 
 __all__ = [
     "MINING",
-    "DEFAULT_SOURCE_KINDS",
     "ContrastiveOutput",
     "MaskedBatchNorm1d",
     "Projector",
@@ -59,15 +58,6 @@ __all__ = [
 
 MINING = ("random", "semihard")
 """Negative mining strategies of :class:`CrossTaskContrastive`."""
-
-DEFAULT_SOURCE_KINDS: Dict[str, str] = {
-    "semseg": "categorical",
-    "human_parts": "categorical",
-    "sal": "binary",
-    "depth": "depth",
-    "normals": "normals",
-}
-"""Source kind of each canonical task name (:data:`python_models.FEATURE_TASKS`)."""
 
 # Squared-distance floor: keeps the gradient of the square root finite for coinciding embeddings
 # (a distance below 1e-6 reads as 1e-6, with zero gradient).
@@ -295,10 +285,10 @@ class CrossTaskContrastive(nn.Module):
         feature_channels: target task -> channels ``C_t`` of its feature map (a host's
             ``feature_channels``, :mod:`python_models.interface`).
         source_kinds: task with labels -> its kind, one of
-            :data:`~xtc_ext.regularizers.sampling.SOURCE_KINDS` (``"categorical"``: semseg,
-            human_parts; ``"binary"``: sal; ``"depth"``; ``"normals"``; see
-            :data:`DEFAULT_SOURCE_KINDS`).  The sources of a target are these tasks minus itself,
-            in this order.
+            :data:`~xtc_ext.regularizers.sampling.SOURCE_KINDS` (a registered task's
+            :attr:`~xtc_ext.tasks.TaskSpec.contrastive_kind`: ``"categorical"``: semseg,
+            human_parts; ``"binary"``: sal; ``"edge"``: edge; ``"depth"``; ``"normals"``).  The sources
+            of a target are these tasks minus itself, in this order.
         embed_dim: projection width ``D`` (128).
         margin: triplet margin ``m > 0`` on unit-vector distances in [0, 2] (0.5).
         anchors: anchors ``K >= 1`` per image and target (512); one positive and one negative each.
@@ -308,7 +298,9 @@ class CrossTaskContrastive(nn.Module):
             pixels that satisfy the negative criterion, the one nearest to the anchor in embedding
             space that is still farther than the positive; if none is farther, the farthest of them.
         semihard_pool: ``M >= 1`` candidate pixels per image for semi-hard mining (1024).
-        ignore_index: void id of categorical (and integer binary) labels (-1).
+        ignore_index: void value of categorical, binary and edge labels: one int for every source, or a
+            mapping source -> void (a task's :attr:`~xtc_ext.tasks.TaskSpec.void`; a source missing from
+            it gets -1) (-1).
         binary_threshold: side threshold of binary labels (0.5).
 
     Attributes:
@@ -336,7 +328,7 @@ class CrossTaskContrastive(nn.Module):
         normals_thresholds_deg: Sequence[float] = (11.25, 30.0),
         mining: str = "random",
         semihard_pool: int = 1024,
-        ignore_index: int = -1,
+        ignore_index: Union[int, Mapping[str, float]] = -1,
         binary_threshold: float = 0.5,
     ) -> None:
         super().__init__()
@@ -352,9 +344,9 @@ class CrossTaskContrastive(nn.Module):
             raise ValueError(f"binary_threshold must be a finite number, got {binary_threshold!r}")
         self.margin = float(margin)
         self.mining = mining
-        self.ignore_index = int(ignore_index)
         self.binary_threshold = float(binary_threshold)
         self.source_kinds: Dict[str, str] = dict(source_kinds)
+        self.voids: Dict[str, float] = self._check_voids(ignore_index, self.source_kinds)
         for kind in ("depth", "normals"):  # check both pairs, also when no source uses them
             make_criterion(kind, depth_thresholds, normals_thresholds_deg)
         self.criteria: Dict[str, Criterion] = {
@@ -392,6 +384,20 @@ class CrossTaskContrastive(nn.Module):
                     f"it, got {list(source_kinds)}"
                 )
         return channels
+
+    @staticmethod
+    def _check_voids(ignore_index: Union[int, Mapping[str, float]], sources: Sequence[str]) -> Dict[str, float]:
+        if isinstance(ignore_index, Mapping):
+            unknown = [s for s in ignore_index if s not in sources]
+            if unknown:
+                raise ValueError(f"ignore_index: {unknown[0]!r} is not a source task (sources: {list(sources)})")
+            values = {s: ignore_index.get(s, -1) for s in sources}
+        else:
+            values = {s: ignore_index for s in sources}
+        for s, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"ignore_index: the void value of {s!r} must be a finite number, got {v!r}")
+        return {s: float(v) for s, v in values.items()}
 
     def extra_repr(self) -> str:
         """Hyper-parameters, for ``print(module)``."""
@@ -469,7 +475,7 @@ class CrossTaskContrastive(nn.Module):
     def source_grid(self, source: str, label: Tensor, size: Tuple[int, int], valid: Optional[Tensor] = None) -> SourceGrid:
         """``labels[source]`` on a feature grid ``size = (h, w)`` with this regularizer's conventions."""
         return to_source_grid(
-            self.source_kinds[source], label, size, valid, self.ignore_index, self.binary_threshold,
+            self.source_kinds[source], label, size, valid, self.voids[source], self.binary_threshold,
             name=f"labels[{source!r}]",
         )
 
@@ -558,7 +564,7 @@ class CrossTaskContrastive(nn.Module):
             if s not in labels:
                 raise ValueError(f"labels has no entry for source task {s!r} (got {list(labels)})")
             mask = None if valid is None else valid.get(s)
-            check_label(kind, labels[s], mask, self.ignore_index, name=f"labels[{s!r}]")
+            check_label(kind, labels[s], mask, self.voids[s], name=f"labels[{s!r}]")
             _check_batch(f"labels[{s!r}]", labels[s], ref)
             if mask is not None:
                 _check_batch(f"valid[{s!r}]", mask, ref)

@@ -90,7 +90,7 @@ def _label_image(grid: SourceGrid, h: int, w: int) -> Tuple[np.ndarray, str]:
         rgb[~valid] = 0.5
         return rgb, "none"
     img = np.ma.masked_array(grid.key[0].view(h, w).float().cpu().numpy(), mask=~valid)
-    return img, {"categorical": "tab20", "binary": "gray", "depth": "magma"}[grid.kind]
+    return img, {"categorical": "tab20", "binary": "gray", "edge": "gray", "depth": "magma"}[grid.kind]
 
 
 def save_distance_figure(

@@ -13,7 +13,8 @@ with all three pixels valid.  Kinds (:data:`SOURCE_KINDS`):
 kind           label (``[N, ., H, W]``)               ``delta(i, j)``             tau_pos / tau_neg
 =============  =====================================  ==========================  ===================
 categorical    int class ids, ``ignore_index``/<0     0 same class, 1 otherwise   0 / 1
-binary         float in [0, 1], <0 or NaN void        0 same side of 0.5, else 1  0 / 1
+binary         float in [0, 1], outside / NaN void    0 same side of 0.5, else 1  0 / 1
+edge           as binary (1 = edge pixel)             as binary                   0 / 1
 depth          float metres, <=0 / NaN / inf void     ``|log d_i - log d_j|``     0.05 / 0.20
 normals        float 3-vectors, zero / non-finite     ``1 - cos(angle)``          angles 11.25 / 30 deg
 =============  =====================================  ==========================  ===================
@@ -54,10 +55,10 @@ __all__ = [
     "num_uniforms",
 ]
 
-SOURCE_KINDS = ("categorical", "binary", "depth", "normals")
+SOURCE_KINDS = ("categorical", "binary", "edge", "depth", "normals")
 """Kinds of source-task ground truth, see the module docstring."""
 
-BALANCED_KINDS = ("categorical", "binary")
+BALANCED_KINDS = ("categorical", "binary", "edge")
 """Kinds whose anchors are drawn class-balanced."""
 
 # |delta| threshold of a different class for integer keys: any value in (0, 1] works; 0.5 keeps
@@ -216,14 +217,15 @@ def to_source_grid(
         kind: one of :data:`SOURCE_KINDS`.
         label: the ground truth at any resolution ``H x W``:
             categorical int ``[N, H, W]`` / ``[N, 1, H, W]`` class ids (``ignore_index`` and negative
-            ids are void); binary ``[N, 1, H, W]`` / ``[N, H, W]`` float (or int / bool) in [0, 1],
-            side ``label >= binary_threshold``, negative, NaN or ``ignore_index`` void; depth
+            ids are void); binary / edge ``[N, 1, H, W]`` / ``[N, H, W]`` float (or int / bool) in [0, 1],
+            side ``label >= binary_threshold``, outside [0, 1] (e.g. 255), NaN or ``ignore_index`` void; depth
             ``[N, 1, H, W]`` float metres, ``<= 0`` or non-finite void; normals ``[N, 3, H, W]``
             float (normalised here), zero or non-finite void.
         size: ``(h, w)`` of the target feature map.  Nearest neighbour samples pixel centres
             (``F.interpolate(mode="nearest-exact")``); nothing is resampled when sizes are equal.
         valid: optional bool ``[N, H, W]`` / ``[N, 1, H, W]`` mask (same ``H x W``); False = void.
-        ignore_index: void class id of categorical labels.
+        ignore_index: void value of categorical, binary and edge labels (the task's
+            :attr:`~xtc_ext.tasks.TaskSpec.void`).
         binary_threshold: side threshold of binary labels.
         name: the argument's name in error messages (e.g. ``"labels['sal']"``).
 
@@ -241,8 +243,8 @@ def to_source_grid(
     if kind == "categorical":
         ok = (lab >= 0) & (lab != float(ignore_index))
         key = lab
-    elif kind == "binary":
-        ok = (lab >= 0) & (lab != float(ignore_index))  # False for NaN
+    elif kind in ("binary", "edge"):
+        ok = (lab >= 0) & (lab <= 1) & (lab != float(ignore_index))  # False for NaN and for 255
         key = (lab >= binary_threshold).float()
     elif kind == "depth":
         ok = torch.isfinite(lab) & (lab > 0)
