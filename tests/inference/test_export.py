@@ -54,6 +54,12 @@ def test_decomposed_graph_has_only_standard_ops_and_the_same_outputs(tiny_runs, 
     assert all(v <= 1e-5 for v in diffs.values()), diffs
 
 
+def test_aoti_package_matches_eager_here_and_in_a_fresh_process(tiny_runs, tmp_path):
+    # the XTasC-Net stand-in: AOTInductor compiles (slow on a small CPU) a graph of standard ops only
+    result = export_mod.main([str(tiny_runs["xtasc"]), "--format", "aoti", "--output", str(tmp_path / "xtasc.pt2")])
+    _assert_matches_eager(result["check"], ["semseg", "depth"], atol=1e-4)
+
+
 def test_bad_arguments_in_one_line(tiny_runs, tmp_path, capsys):
     for argv, named in (([str(tiny_runs["xtasc"]), "--format", "aoti", "--output", str(tmp_path / "a.so")], ".pt2"),
                         ([str(tiny_runs["xtasc"]), "--format", "export", "--output", str(tmp_path / "b.pt2"),
