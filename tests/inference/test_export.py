@@ -60,6 +60,19 @@ def test_aoti_package_matches_eager_here_and_in_a_fresh_process(tiny_runs, tmp_p
     _assert_matches_eager(result["check"], ["semseg", "depth"], atol=1e-4)
 
 
+def test_onnx_is_refused_naming_the_missing_package(tiny_runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(exporting, "missing_packages", lambda names: [n for n in names if n == "onnxscript"])
+    out = tmp_path / "m.onnx"
+    code, err = _fails([str(tiny_runs["mtcp"]), "--format", "onnx", "--output", str(out)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "onnxscript" in err and not out.exists()
+
+
+@pytest.mark.skipif(not ONNX_READY, reason="onnx, onnxscript and onnxruntime are not installed")
+def test_onnx_runs_in_onnxruntime_like_eager(tiny_runs, tmp_path):
+    result = export_mod.main([str(tiny_runs["mtcp"]), "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
+    _assert_matches_eager(result["check"], result["tasks"], atol=1e-4)
+
+
 def test_bad_arguments_in_one_line(tiny_runs, tmp_path, capsys):
     for argv, named in (([str(tiny_runs["xtasc"]), "--format", "aoti", "--output", str(tmp_path / "a.so")], ".pt2"),
                         ([str(tiny_runs["xtasc"]), "--format", "export", "--output", str(tmp_path / "b.pt2"),
