@@ -26,7 +26,7 @@ from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, RUN_ARG
 from xtc_ext.engine.errors import UsageError
 from xtc_ext.engine.runtime import AMP_CHOICES, SWITCH_CHOICES, resolve_device
 from xtc_ext.losses import LOSS_IMPLS
-from xtc_ext.recipes import RECIPE_CLASSES, RECIPES
+from xtc_ext.recipes import RECIPES, recipe_classes
 from xtc_ext.recipes.regularization import add_contrastive_arguments
 from xtc_ext.weighting import WEIGHTINGS
 
@@ -184,7 +184,7 @@ def build_parser(parser_class: type = argparse.ArgumentParser) -> argparse.Argum
                    "RNG states and history; the stored arguments are the defaults, options given now override them")
     _add_data_options(p)
     _add_method_options(p)
-    for cls in RECIPE_CLASSES:
+    for cls in recipe_classes():
         cls.add_arguments(p)
     add_contrastive_arguments(p)
     _add_optimisation_options(p)
@@ -197,7 +197,7 @@ def recipe_options(parser: argparse.ArgumentParser) -> Dict[str, Tuple[str, Any,
     common = build_parser_without_recipes()
     common_dests = {a.dest for a in common._actions}
     out = {}
-    for cls in RECIPE_CLASSES:
+    for cls in recipe_classes():
         probe = argparse.ArgumentParser(add_help=False)
         cls.add_arguments(probe)
         for a in probe._actions:
@@ -394,7 +394,7 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     spec = get_dataset(args.dataset)
     _finalize_data(args, spec)
     _check_recipe_options(args, build_parser())
-    RECIPES[args.model].finalize_args(args, spec)
+    RECIPES.lookup(args.model).finalize_args(args, spec)
     if args.output_dir is None:
         args.output_dir = default_output_dir(args)
     args.betas = [float(b) for b in args.betas]

@@ -86,6 +86,7 @@ class Registry(Mapping[str, T], Generic[T]):
                 return self._add(obj, all_names)
 
             return decorator
+        self._check_type(first)
         if not names:
             name = getattr(first, "name", None)
             if not isinstance(name, str):
@@ -93,11 +94,14 @@ class Registry(Mapping[str, T], Generic[T]):
             names = (name,)
         return self._add(first, names)
 
-    def _add(self, obj: T, names: tuple) -> T:
+    def _check_type(self, obj: Any) -> None:
         if self.expects is not None:
             ok = issubclass(obj, self.expects) if isinstance(obj, type) else isinstance(obj, self.expects)
             if not ok:
                 raise TypeError(f"{self.kind} registry expects a {self.expects.__name__}, got {obj!r}")
+
+    def _add(self, obj: T, names: tuple) -> T:
+        self._check_type(obj)
         for name in names:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"{self.kind} registry: a name must be a non-empty string, got {name!r}")

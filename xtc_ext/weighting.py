@@ -34,6 +34,8 @@ import torch.distributed as dist
 import torch.distributed.nn as dist_nn
 from torch import Tensor, nn
 
+from xtc_ext.registry import Registry
+
 
 class Weighting(nn.Module):
     """Base class. ``forward(losses [T]) -> scalar total``; subclasses define the combination.
@@ -522,16 +524,13 @@ _LPS_PRESETS = {
 GRADNORM_OPTIMIZERS = ("shared", "separate")
 """``--gradnorm-optimizer`` choices: the run's optimizer and schedule, or an Adam of the weights' own."""
 
-WEIGHTINGS = {
-    "equal": EqualWeighting,
-    "uncertainty": UncertaintyWeighting,
-    "dwa": DWA,
-    "gradnorm": GradNorm,
-    "lps": LPS,
-    "lps-log": LPS,
-    "lps-prio": LPS,
-}
-"""Weighting classes by ``--weighting`` name."""
+WEIGHTINGS: Registry[type] = Registry("weighting", expects=Weighting)
+"""Weighting classes by ``--weighting`` name (:class:`xtc_ext.registry.Registry`)."""
+WEIGHTINGS.register(EqualWeighting, "equal")
+WEIGHTINGS.register(UncertaintyWeighting, "uncertainty")
+WEIGHTINGS.register(DWA, "dwa")
+WEIGHTINGS.register(GradNorm, "gradnorm")
+WEIGHTINGS.register(LPS, "lps", "lps-log", "lps-prio")
 
 
 def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None = None, **kwargs) -> Weighting:
@@ -556,8 +555,7 @@ def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None =
             an LPS preset option given a conflicting value in ``kwargs``.
         TypeError: an option the method does not take.
     """
-    if name not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {name!r}; choose one of {sorted(WEIGHTINGS)}")
+    cls = WEIGHTINGS.lookup(name)
     if name == "gradnorm":
         if shared_parameter is None:
             raise ValueError("weighting 'gradnorm' requires shared_parameter (the last shared layer's weight)")
@@ -574,4 +572,4 @@ def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None =
             if key in kwargs and kwargs[key] != value:
                 raise ValueError(f"weighting {name!r} fixes {key}={value}; got {key}={kwargs[key]!r}")
         return LPS(num_tasks, **{**kwargs, **preset})
-    return WEIGHTINGS[name](num_tasks, **kwargs)
+    return cls(num_tasks, **kwargs)

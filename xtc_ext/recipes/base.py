@@ -19,11 +19,12 @@ from torch.utils.data import Dataset
 from xtc_ext.data import IGNORE_INDEX, DatasetSpec
 from xtc_ext.engine import StepOutput
 from xtc_ext.metrics import delta_m, delta_m_over, load_baselines
+from xtc_ext.registry import Registry
 from xtc_ext.recipes.errors import option_error
 from xtc_ext.recipes.regularization import ContrastivePlugin, check_contrastive_args
 from xtc_ext.visualize import save_prediction_figures
 
-__all__ = ["BaseRecipe"]
+__all__ = ["BaseRecipe", "RECIPES"]
 
 
 class BaseRecipe:
@@ -161,3 +162,8 @@ class BaseRecipe:
             lambda image: self.predict(model, image.to(device)), data, indices, out_dir, num_classes=num_classes,
             class_names=self.class_names, depth_unit=self.depth_unit or "", title=title,
             image_normalized=bool(self.args.normalize), ignore_index=self.ignore_index)
+
+
+RECIPES: Registry[type] = Registry("model", expects=BaseRecipe)
+"""``--model`` value -> recipe class; each recipe module registers its class under its ``models``:
+``RECIPES.register(MyRecipe, *MyRecipe.models)``."""

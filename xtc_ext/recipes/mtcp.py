@@ -33,7 +33,7 @@ from python_models import MTCP
 from xtc_ext.data import SAMPLE_KEYS, DatasetSpec
 from xtc_ext.losses import NORMALS_KINDS, MTCPLoss, task_loss
 from xtc_ext.metrics import MultiTaskEvaluator
-from xtc_ext.recipes.base import BaseRecipe
+from xtc_ext.recipes.base import RECIPES, BaseRecipe
 from xtc_ext.recipes.errors import option_error
 from xtc_ext.weighting import Weighting, build_weighting
 
@@ -218,3 +218,6 @@ class MTCPRecipe(BaseRecipe):
         keys = tuple(TASK_METRIC[t][0] for t in self.tasks)
         lower = tuple(TASK_METRIC[t][0] for t in self.tasks if not TASK_METRIC[t][1])
         return keys, lower
+
+
+RECIPES.register(MTCPRecipe, *MTCPRecipe.models)

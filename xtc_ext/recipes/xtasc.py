@@ -29,7 +29,7 @@ from xtc_ext.data import DatasetSpec
 from xtc_ext.engine import StepOutput
 from xtc_ext.losses import DEPTH_LOSSES, SEG_CONSISTENCY, XTasCLoss, single_task_loss
 from xtc_ext.metrics import MultiTaskEvaluator
-from xtc_ext.recipes.base import BaseRecipe
+from xtc_ext.recipes.base import RECIPES, BaseRecipe
 from xtc_ext.recipes.errors import option_error
 from xtc_ext.weighting import GRADNORM_OPTIMIZERS, Weighting, build_weighting
 
@@ -232,3 +232,6 @@ class XTasCRecipe(BaseRecipe):
 
     def delta_metrics(self) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
         return ("mIoU", "pixel_acc", "abs_err", "rel_err"), ("abs_err", "rel_err")
+
+
+RECIPES.register(XTasCRecipe, *XTasCRecipe.models)
