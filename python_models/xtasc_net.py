@@ -20,7 +20,7 @@ parameter counts are the same.
 from __future__ import annotations
 
 import numbers
-from typing import Dict, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -425,6 +425,8 @@ class XTasCNet(nn.Module):
         feature_channels: ``{"semseg": 128, "depth": 128}``, the channels of
             :attr:`XTasCOutput.features` (task-feature interface).
 
+    :meth:`shared_parameters` gives the last shared layer's weight (the task weightings' hook).
+
     Forward ``forward(x, direct_only=False)``:
         ``x``: float ``[N, 3, H, W]`` normalised RGB, H and W multiples of 32.
         Returns :class:`XTasCOutput` ``(seg_logits [N,C,H,W], depth [N,1,H,W],
@@ -486,6 +488,14 @@ class XTasCNet(nn.Module):
     def with_transfer(self) -> bool:
         """True when the model holds the two TTNets."""
         return self.seg_to_depth is not None
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """The parameters a task weighting balances the task gradients at (the hook of
+        :mod:`xtc_ext.weighting`): the weight of the encoder's last shared conv, ``layer4[-1].conv2`` of a
+        BasicBlock ResNet-18/34, ``conv3`` of a Bottleneck ResNet-50+ (GradNorm's ``W``, Chen et al. §3: the
+        last shared layer; the authors use ``conv2`` always, docs/fidelity.md "Task weighting")."""
+        block = self.encoder.layer4[-1]
+        return [(block.conv3 if hasattr(block, "conv3") else block.conv2).weight]
 
     def forward(self, x: Tensor, direct_only: bool = False) -> XTasCOutput:
         """Run the model; see the class docstring for shapes, units and errors."""

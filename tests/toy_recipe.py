@@ -8,6 +8,7 @@ checkpoints, resume and failure handling are tested without any real network (ch
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -22,8 +23,6 @@ from xtc_ext.weighting import build_weighting
 class ToyRecipe:
     name = "toy depth regressor"
     tasks = ("depth",)
-    loss_names = ("loss", "depth_loss")
-    weighting_slice = slice(1, 2)
     depth_unit = "m"
 
     def __init__(self, nan_at_step=None, poison_at_step=None):
@@ -45,7 +44,7 @@ class ToyRecipe:
     def describe(self):
         return "toy"
 
-    def training_step(self, model, weighting, batch, device, generator):
+    def training_step(self, model, batch, device, generator):
         self.steps += 1
         if self.poison_at_step == self.steps:
             with torch.no_grad():
@@ -53,8 +52,7 @@ class ToyRecipe:
         loss = (model(batch["image"]) - batch["depth"]).abs().mean()
         if self.nan_at_step == self.steps:
             loss = loss * float("nan")
-        total = weighting(loss.reshape(1))
-        return StepOutput(total, torch.stack([total.detach(), loss.detach()]))
+        return StepOutput(losses={"depth": loss}, logged={"depth_loss": loss})
 
     def predict(self, model, image):
         return {"depth": model(image)}
@@ -79,6 +77,15 @@ class ToyRecipe:
 
     def training_figures(self, model, data, out_dir, device, stage):
         return []
+
+
+def run_step(recipe, model, weighting, batch, generator=None):
+    """One training step of ``recipe`` as the engine runs it: ``SimpleNamespace(total, losses, values, names)``
+    (``values``: detached float32, ``total`` first, then the logged values)."""
+    out = recipe.training_step(model, batch, torch.device("cpu"), generator or torch.Generator())
+    total, losses = out.weighted(weighting)
+    names = out.names()
+    return SimpleNamespace(total=total, losses=losses, values=out.values(total)[:len(names)], names=names, step=out)
 
 
 def toy_splits(n_train=8, n_val=4, seed=0):

@@ -26,9 +26,9 @@ from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, RUN_ARG
 from xtc_ext.engine.errors import UsageError
 from xtc_ext.engine.runtime import AMP_CHOICES, SWITCH_CHOICES, resolve_device
 from xtc_ext.losses import LOSS_IMPLS
-from xtc_ext.recipes import RECIPE_CLASSES, RECIPES
+from xtc_ext.recipes import RECIPES, recipe_classes
 from xtc_ext.recipes.regularization import add_contrastive_arguments
-from xtc_ext.weighting import WEIGHTINGS
+from xtc_ext.weighting import WEIGHTINGS, weighting_classes
 
 __all__ = ["PROG", "CONFIG_DIR", "build_parser", "list_configs", "config_path", "load_config", "parse_args",
            "finalize_args", "default_output_dir", "recipe_options", "HelpFormatter"]
@@ -96,7 +96,6 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
                    "equal, uncertainty, dwa, gradnorm (ignored by stnet); mtcp takes the MT-CP Table 4 loss "
                    "schemes equal (EW), lps-log (log smoothing), lps-prio (prioritization without the log), lps "
                    "(full LPS), and uncertainty, dwa (default: uncertainty for the XTasC-Net family, lps for mtcp)")
-    g.add_argument("--dwa-temperature", type=float, default=2.0, help="DWA temperature (MTAN: 2)")
     g.add_argument("--loss-impl", choices=sorted(LOSS_IMPLS), default="fused", help="fused xtc_ext ops or the eager references")
     g.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="stop",
                    help="a non-finite training loss: 'stop' the run at that step (exit code 1, the last checkpoint "
@@ -184,8 +183,10 @@ def build_parser(parser_class: type = argparse.ArgumentParser) -> argparse.Argum
                    "RNG states and history; the stored arguments are the defaults, options given now override them")
     _add_data_options(p)
     _add_method_options(p)
-    for cls in RECIPE_CLASSES:
+    for cls in recipe_classes():
         cls.add_arguments(p)
+    for weighting in weighting_classes():
+        weighting.add_arguments(p)
     add_contrastive_arguments(p)
     _add_optimisation_options(p)
     _add_output_options(p)
@@ -197,7 +198,7 @@ def recipe_options(parser: argparse.ArgumentParser) -> Dict[str, Tuple[str, Any,
     common = build_parser_without_recipes()
     common_dests = {a.dest for a in common._actions}
     out = {}
-    for cls in RECIPE_CLASSES:
+    for cls in recipe_classes():
         probe = argparse.ArgumentParser(add_help=False)
         cls.add_arguments(probe)
         for a in probe._actions:
@@ -371,6 +372,26 @@ def _check_recipe_options(args: argparse.Namespace, parser: argparse.ArgumentPar
             raise UsageError(f"{option} applies to --model {', '.join(models)} only (got --model {args.model})")
 
 
+def _check_weighting_options(args: argparse.Namespace) -> None:
+    """Every weighting's own checks (:meth:`xtc_ext.weighting.Weighting.check_args`), and no option of a weighting
+    other than ``--weighting`` given."""
+    chosen = WEIGHTINGS.lookup(args.weighting)
+    for cls in weighting_classes():
+        try:
+            cls.check_args(args)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if cls is chosen:
+            continue
+        probe = argparse.ArgumentParser(add_help=False)
+        cls.add_arguments(probe)
+        for a in probe._actions:
+            if a.option_strings and getattr(args, a.dest) != a.default:
+                names = ", ".join(n for n, c in WEIGHTINGS.items() if c is cls)
+                raise UsageError(f"{a.option_strings[0]} applies to --weighting {names} only "
+                                 f"(got --weighting {args.weighting})")
+
+
 def _check_sync_bn(args: argparse.Namespace) -> None:
     """Refuse ``--sync-bn`` off CUDA before anything is built: torch's SyncBatchNorm works only with GPU modules
     (under torchrun on the CPU it failed at the first training step with torch's traceback). Exit code 2 and
@@ -394,7 +415,8 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     spec = get_dataset(args.dataset)
     _finalize_data(args, spec)
     _check_recipe_options(args, build_parser())
-    RECIPES[args.model].finalize_args(args, spec)
+    RECIPES.lookup(args.model).finalize_args(args, spec)
+    _check_weighting_options(args)
     if args.output_dir is None:
         args.output_dir = default_output_dir(args)
     args.betas = [float(b) for b in args.betas]
@@ -409,7 +431,6 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         (0.0 <= args.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
         (args.size is None or all(s > 0 and s % 32 == 0 for s in args.size),
          f"--size must be positive multiples of 32, got {args.size}"),
-        (args.dwa_temperature > 0, f"--dwa-temperature must be > 0, got {args.dwa_temperature}"),
         (args.eval_every >= 1, f"--eval-every must be >= 1, got {args.eval_every}"),
         (args.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {args.checkpoint_every}"),
         (args.workers >= 0 and args.max_steps >= 0 and args.num_figures >= 0,

@@ -19,20 +19,32 @@ Methods (``WEIGHTINGS`` / :func:`build_weighting` names):
   (paper §3.5, Eqs. 3-6, reconstructed: docs/fidelity.md, "MT-CP losses and LPS"), in full, log projection
   only, and prioritization only (the ablations of MT-CP Table 4; see ``LPS_ABLATIONS``).
 
-The training loop contract: call ``optimizer.zero_grad()`` *before* ``weighting(losses)`` (GradNorm
-writes the task weights' gradient into ``.grad`` during the forward), then ``total.backward()``,
-``optimizer.step()``; the optimizer must hold ``weighting.parameters()``. Call ``epoch_end`` once
-after each training epoch with the epoch means of the same losses.
+The contract with the training loop (:mod:`xtc_ext.engine.loop` keeps it), per step: ``optimizer.zero_grad()``;
+the task losses; ``total = weighting(losses)`` (plus the method's unweighted terms); then
+``weighting.backward(total, losses, shared_parameters)`` instead of ``total.backward()``; ``optimizer.step()``
+over :meth:`Weighting.optimizer_parameters` with the model's. A training ``forward`` may write gradients of the
+weighting's own parameters (:class:`GradNorm` does: its gradient-norm loss), which is why the gradients are
+zeroed before it; :meth:`Weighting.backward` is where a gradient-manipulation method (PCGrad, CAGrad, MGDA, a
+TorchJD aggregator) writes the network's gradients from the task losses and the model's
+``shared_parameters()``. ``epoch_end`` is called once after each training epoch with the epoch means of the
+same losses.
+
+Options: each weighting class declares its own command-line options (:meth:`Weighting.add_arguments`, one
+argument group), checks them (:meth:`Weighting.check_args`) and builds itself from the run's configuration
+(:meth:`Weighting.from_args`), so adding a weighting is one class plus one ``WEIGHTINGS`` entry.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Sequence
+import argparse
+from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
 from torch import Tensor, nn
+
+from xtc_ext.registry import Registry
 
 
 class Weighting(nn.Module):
@@ -68,6 +80,40 @@ class Weighting(nn.Module):
         """The parameters the run's shared optimizer must step (default: all of them; a method that steps
         its own, such as ``GradNorm(optimizer="separate")``, returns none)."""
         return self.parameters()
+
+    def backward(self, total: Tensor, losses: Tensor, shared_parameters: Sequence[Tensor]) -> None:
+        """Write this step's gradients (the training loop calls it instead of ``total.backward()``).
+
+        Args:
+            total: the scalar ``forward(losses)`` plus the method's unweighted terms, already multiplied by the
+                gradient scaler's scale under fp16 autocast.
+            losses: float ``[T]``, the task losses given to ``forward`` (with their autograd graph).
+            shared_parameters: the model's ``shared_parameters()`` (empty when the model has no such hook).
+
+        Default: ``total.backward()``. A gradient-manipulation method overrides it to combine the per-task
+        gradients of ``shared_parameters`` itself.
+        """
+        total.backward()
+
+    # ------------------------------------------------------------------ options and construction
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this weighting's command-line options (one argument group of its own). Default: none."""
+
+    @classmethod
+    def check_args(cls, args: Any) -> None:
+        """Check this weighting's options in the run's configuration ``args`` (attributes named as the
+        options' dests). Default: nothing to check.
+
+        Raises:
+            ValueError: a bad value (the message names the option).
+        """
+
+    @classmethod
+    def from_args(cls, name: str, args: Any, num_tasks: int, shared_parameters: Sequence[Tensor] = ()) -> "Weighting":
+        """The weighting ``name`` (a ``WEIGHTINGS`` name of this class) over ``num_tasks`` task losses, with the
+        options in ``args`` and the model's ``shared_parameters()``. Default: ``cls(num_tasks)``."""
+        return cls(num_tasks)
 
 
 class EqualWeighting(Weighting):
@@ -144,6 +190,21 @@ class DWA(Weighting):
         self.temperature = float(temperature)
         self.register_buffer("loss_history", torch.zeros(2, num_tasks))
         self.register_buffer("num_epochs", torch.zeros((), dtype=torch.int64))
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """``--dwa-temperature``."""
+        g = parser.add_argument_group("DWA weighting (--weighting dwa)")
+        g.add_argument("--dwa-temperature", type=float, default=2.0, help="DWA temperature (MTAN: 2)")
+
+    @classmethod
+    def check_args(cls, args: Any) -> None:
+        if not args.dwa_temperature > 0:
+            raise ValueError(f"--dwa-temperature must be > 0, got {args.dwa_temperature}")
+
+    @classmethod
+    def from_args(cls, name: str, args: Any, num_tasks: int, shared_parameters: Sequence[Tensor] = ()) -> "DWA":
+        return cls(num_tasks, temperature=args.dwa_temperature)
 
     def _weights(self) -> Tensor:
         # No host synchronisation: the "fewer than two epochs" branch is a torch.where.
@@ -261,6 +322,41 @@ class GradNorm(Weighting):
         self.task_weights = nn.Parameter(torch.ones(num_tasks))
         self.register_buffer("initial_losses", torch.zeros(num_tasks))
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """``--gradnorm-alpha``, ``--gradnorm-optimizer``."""
+        g = parser.add_argument_group("GradNorm weighting (--weighting gradnorm)")
+        g.add_argument("--gradnorm-alpha", type=float, default=1.5,
+                       help="GradNorm asymmetry alpha (Chen et al. NYUv2: 1.5; the XTasC-Net authors hard-code 0.16)")
+        g.add_argument("--gradnorm-optimizer", choices=GRADNORM_OPTIMIZERS, default="shared",
+                       help="what steps the GradNorm task weights: 'shared' = the run's optimizer and lr schedule; "
+                       "'separate' = an Adam of their own (betas 0.9 0.999, --lr, no schedule), as the authors' code")
+
+    @classmethod
+    def check_args(cls, args: Any) -> None:
+        """``--gradnorm-alpha >= 0``; fp16 (gradient scaler) only with ``--gradnorm-optimizer separate``."""
+        if not args.gradnorm_alpha >= 0:
+            raise ValueError(f"--gradnorm-alpha must be >= 0, got {args.gradnorm_alpha}")
+        if args.weighting == "gradnorm" and args.gradnorm_optimizer == "shared" and args.amp == "fp16":
+            # GradNorm writes its (unscaled) gradient during the forward; the fp16 gradient scaler would unscale it
+            raise ValueError("--amp fp16 with --weighting gradnorm needs --gradnorm-optimizer separate (or use "
+                             "--amp bf16, which needs no gradient scaler)")
+
+    @classmethod
+    def from_args(cls, name: str, args: Any, num_tasks: int, shared_parameters: Sequence[Tensor] = ()) -> "GradNorm":
+        """:class:`GradNorm` or :class:`SeparateGradNorm` (``--gradnorm-optimizer``; the latter with ``--lr``)
+        balancing the gradient norms at the last of ``shared_parameters`` (the model's last shared layer).
+
+        Raises:
+            ValueError: the model has no ``shared_parameters()``.
+        """
+        if not shared_parameters:
+            raise ValueError("--weighting gradnorm needs a model with a shared_parameters() hook (its last shared "
+                             "layer's weight)")
+        if args.gradnorm_optimizer == "separate":
+            return SeparateGradNorm(num_tasks, shared_parameters[-1], args.gradnorm_alpha, lr=args.lr)
+        return GradNorm(num_tasks, shared_parameters[-1], args.gradnorm_alpha)
 
     @property
     def shared_parameter(self) -> Tensor:
@@ -462,6 +558,23 @@ class LPS(Weighting):
         self.register_buffer("lps_weights", torch.ones(num_tasks, dtype=torch.float64))
         self.register_buffer("num_epochs", torch.zeros((), dtype=torch.int64))
 
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """``--lps-beta``."""
+        g = parser.add_argument_group("LPS weighting (--weighting lps, lps-log, lps-prio; MT-CP)")
+        g.add_argument("--lps-beta", type=float, default=2.5, help="LPS spread factor beta (paper: 2.5; authors' NYUD "
+                       "driver 7.5)")
+
+    @classmethod
+    def check_args(cls, args: Any) -> None:
+        if not args.lps_beta >= 0:
+            raise ValueError(f"--lps-beta must be >= 0, got {args.lps_beta}")
+
+    @classmethod
+    def from_args(cls, name: str, args: Any, num_tasks: int, shared_parameters: Sequence[Tensor] = ()) -> "LPS":
+        """``name`` ``"lps"``, ``"lps-log"`` or ``"lps-prio"`` (the Table 4 presets) with ``--lps-beta``."""
+        return cls(num_tasks, beta=args.lps_beta, **_LPS_PRESETS[name])
+
     def extra_repr(self) -> str:
         return (
             f"num_tasks={self.num_tasks}, beta={self.beta}, history={self.history}, "
@@ -522,16 +635,18 @@ _LPS_PRESETS = {
 GRADNORM_OPTIMIZERS = ("shared", "separate")
 """``--gradnorm-optimizer`` choices: the run's optimizer and schedule, or an Adam of the weights' own."""
 
-WEIGHTINGS = {
-    "equal": EqualWeighting,
-    "uncertainty": UncertaintyWeighting,
-    "dwa": DWA,
-    "gradnorm": GradNorm,
-    "lps": LPS,
-    "lps-log": LPS,
-    "lps-prio": LPS,
-}
-"""Weighting classes by ``--weighting`` name."""
+WEIGHTINGS: Registry[type] = Registry("weighting", expects=Weighting)
+"""Weighting classes by ``--weighting`` name (:class:`xtc_ext.registry.Registry`)."""
+WEIGHTINGS.register(EqualWeighting, "equal")
+WEIGHTINGS.register(UncertaintyWeighting, "uncertainty")
+WEIGHTINGS.register(DWA, "dwa")
+WEIGHTINGS.register(GradNorm, "gradnorm")
+WEIGHTINGS.register(LPS, "lps", "lps-log", "lps-prio")
+
+
+def weighting_classes() -> Tuple[type, ...]:
+    """Every registered weighting class once, in registration order (their option groups in ``--help``)."""
+    return tuple(dict.fromkeys(WEIGHTINGS.values()))
 
 
 def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None = None, **kwargs) -> Weighting:
@@ -556,8 +671,7 @@ def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None =
             an LPS preset option given a conflicting value in ``kwargs``.
         TypeError: an option the method does not take.
     """
-    if name not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {name!r}; choose one of {sorted(WEIGHTINGS)}")
+    cls = WEIGHTINGS.lookup(name)
     if name == "gradnorm":
         if shared_parameter is None:
             raise ValueError("weighting 'gradnorm' requires shared_parameter (the last shared layer's weight)")
@@ -574,4 +688,4 @@ def build_weighting(name: str, num_tasks: int, shared_parameter: Tensor | None =
             if key in kwargs and kwargs[key] != value:
                 raise ValueError(f"weighting {name!r} fixes {key}={value}; got {key}={kwargs[key]!r}")
         return LPS(num_tasks, **{**kwargs, **preset})
-    return WEIGHTINGS[name](num_tasks, **kwargs)
+    return cls(num_tasks, **kwargs)

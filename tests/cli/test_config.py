@@ -101,8 +101,10 @@ def test_help_documents_every_option(capsys):
 
 
 def test_recipe_options_are_refused_with_another_model():
-    with pytest.raises(SystemExit, match="--lps-beta applies to --model mtcp only"):
+    with pytest.raises(SystemExit, match="--lps-beta applies to --weighting lps, lps-log, lps-prio only"):
         cli.finalize_args(cli.parse_args(["--lps-beta", "3"]))
+    with pytest.raises(SystemExit, match="--gradnorm-alpha applies to --weighting gradnorm only"):
+        cli.finalize_args(cli.parse_args(["--weighting", "dwa", "--gradnorm-alpha", "0.16"]))
     with pytest.raises(SystemExit, match="--encoder-depth applies to --model xtasc, mtnet, align, stnet only"):
         cli.finalize_args(cli.parse_args(["--model", "mtcp", "--encoder-depth", "18"]))
     # the options of the chosen family are accepted

@@ -23,7 +23,6 @@ from xtc_ext.data import (
     DatasetSpec,
     NYUv2Frames,
     get_dataset,
-    register_dataset,
 )
 from xtc_ext.tasks import get_task
 
@@ -242,9 +241,9 @@ def test_register_a_new_dataset(tmp_path):
     calls = []
     spec = _toy_spec(calls)
     try:
-        assert register_dataset(spec) is spec and get_dataset("toy") is spec
+        assert DATASETS.register(spec) is spec and get_dataset("toy") is spec
         with pytest.raises(ValueError, match="already registered"):
-            register_dataset(_toy_spec(calls))
+            DATASETS.register(_toy_spec(calls))
         ds = spec.build(str(tmp_path), "train", classes=5, size=[4, 6], augment=1, normalize=0,
                         depth_scaling="auto", tasks=["sal"])
         assert isinstance(ds, _Toy)
@@ -257,9 +256,9 @@ def test_register_a_new_dataset(tmp_path):
         defaults = (spec.val_fraction, spec.test_description, spec.depth_unit, spec.default_root)
         assert defaults == (0.1, "test", None, None)
     finally:
-        DATASETS.pop("toy", None)
+        DATASETS.unregister("toy")
     with pytest.raises(TypeError):
-        register_dataset({"name": "toy"})
+        DATASETS.register({"name": "toy"})
 
 
 @pytest.mark.parametrize("changes,needle", [

@@ -16,6 +16,7 @@ from xtc_ext.engine import evaluate
 from xtc_ext.engine import runtime
 from xtc_ext.engine.runtime import autocast, native_bf16, resolve_amp, resolve_channels_last
 from xtc_ext.recipes import get_recipe
+from toy_recipe import run_step
 
 
 def _recipe(*argv):
@@ -67,7 +68,7 @@ def test_fused_ops_get_bf16_tensors_directly_under_autocast(monkeypatch):
     batch = {"image": torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last),
              "seg": torch.randint(0, 13, (2, 32, 32)), "depth": torch.rand(2, 1, 32, 32) + 0.5}
     with autocast(torch.device("cpu"), torch.bfloat16):
-        out = recipe.training_step(model, recipe.build_weighting(model), batch, torch.device("cpu"), torch.Generator())
+        out = run_step(recipe, model, recipe.build_weighting(model), batch, torch.Generator())
     assert out.values.dtype == torch.float32 and torch.isfinite(out.values).all()
     assert {n for n, _ in seen} == {"masked_cross_entropy", "soft_cross_entropy", "masked_l1_loss"}
     assert all(dtype == torch.bfloat16 for _, dtype in seen), seen  # no up-casting copy before the kernels
@@ -92,7 +93,15 @@ def test_the_losses_compile_without_graph_breaks(model):
     else:
         targets = {"semseg": torch.randint(0, 13, (2, 64, 64)), "depth": torch.rand(2, 1, 64, 64),
                    "normals": torch.nn.functional.normalize(torch.randn(2, 3, 64, 64), dim=1)}
-        explanation = torch._dynamo.explain(lambda out, t: recipe.criterion(out, t).total)(output, targets)
+
+        def loss(out, t):  # as the engine combines the step's roles: the weighted finals, then the added terms
+            final, intermediate, coherence = recipe.criterion.parts(out, t)
+            total = weighting(final)
+            for term in recipe.criterion.added_terms(intermediate, coherence).values():
+                total = total + term
+            return total
+
+        explanation = torch._dynamo.explain(loss)(output, targets)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 
@@ -110,7 +119,7 @@ def _train(recipe, args, splits, amp, steps):
             opt.zero_grad()
             batch["image"] = batch["image"].to(memory_format=torch.channels_last)
             with autocast(torch.device("cpu"), amp):
-                out = recipe.training_step(model.train(), weighting, batch, torch.device("cpu"), torch.Generator())
+                out = run_step(recipe, model.train(), weighting, batch, torch.Generator())
             out.total.backward()
             opt.step()
             losses.append(float(out.values[0]))

@@ -14,6 +14,7 @@ from xtc_ext import evaluate as eval_mod
 from xtc_ext import train as train_mod
 from xtc_ext.data import get_dataset
 from xtc_ext.recipes import get_recipe
+from toy_recipe import run_step
 
 
 def _recipe(*argv):
@@ -38,8 +39,8 @@ def test_the_term_joins_the_loss_and_trains_decoders_and_projectors():
     aux = recipe.build_auxiliary(model)
     batch = {"image": torch.randn(2, 3, 32, 32), "seg": torch.randint(0, 13, (2, 32, 32)),
              "depth": torch.rand(2, 1, 32, 32) * 4 + 0.5}
-    out = recipe.training_step(model.train(), weighting, batch, torch.device("cpu"), torch.Generator().manual_seed(3))
-    assert recipe.loss_names[-1] == "contrastive" and out.values.shape == (len(recipe.loss_names),)
+    out = run_step(recipe, model.train(), weighting, batch, torch.Generator().manual_seed(3))
+    assert out.names[-1] == "contrastive" and out.values.shape == (len(out.names),)
     assert out.values[-1] > 0 and out.values[0] == out.total.detach()
     out.total.backward()
     projectors = [p for p in aux.parameters() if p.grad is not None and p.grad.abs().sum() > 0]

@@ -50,7 +50,7 @@ normals (x, y, z; 0 where invalid) with "normals_valid" bool [1,H,W] (NYUDMT; NY
 ``sample_key`` in the task registry (:mod:`xtc_ext.tasks`).
 
 Adding a dataset: add one module to this package with the dataset class and one
-:func:`register_dataset` call (see :mod:`.registry`). This file imports every module of the
+``DATASETS.register(DatasetSpec(...))`` call (see :mod:`.registry`). This file imports every module of the
 package, so nothing else needs to change.
 
 Notes: the XTasC-Net authors' code does **not** ImageNet-normalise NYUv2 inputs although the paper
@@ -69,7 +69,6 @@ from .registry import (
     IGNORE_INDEX,
     DatasetSpec,
     get_dataset,
-    register_dataset,
 )
 from .transforms import (
     AUGMENT_SCALES,
@@ -120,7 +119,6 @@ __all__ = [
     "BuildRequest",
     "DatasetSpec",
     "DATASETS",
-    "register_dataset",
     "get_dataset",
     # splits
     "split_indices",

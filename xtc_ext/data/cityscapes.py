@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from .base import FolderDataset
 from .io import check_same_size, read_label_png, read_rgb_png, read_uint16_png, rgb_tensor
 from .mtan import MTANNpyDataset
-from .registry import IGNORE_INDEX, BuildRequest, DatasetSpec, PathLike, register_dataset
+from .registry import DATASETS, IGNORE_INDEX, BuildRequest, DatasetSpec, PathLike
 from .transforms import Sample, resize_sample
 
 __all__ = [
@@ -392,7 +392,7 @@ def _build_mtan(root: Path, split: str, request: BuildRequest) -> Dataset:
 
 _CLASS_NAMES = {7: CITYSCAPES7_CLASS_NAMES, 19: CITYSCAPES19_CLASS_NAMES}
 
-CITYSCAPES = register_dataset(DatasetSpec(
+CITYSCAPES = DATASETS.register(DatasetSpec(
     name="cityscapes",
     summary="Cityscapes official files (leftImg8bit, gtFine labelIds, disparity; resized, see --size); "
     "test split: val",
@@ -407,7 +407,7 @@ CITYSCAPES = register_dataset(DatasetSpec(
 """The ``--dataset cityscapes`` spec: the official ``val`` split (500 images) is the split the
 XTasC-Net paper reports on; model selection uses a held-out part of ``train`` (2975 images)."""
 
-CITYSCAPES_MTAN = register_dataset(DatasetSpec(
+CITYSCAPES_MTAN = DATASETS.register(DatasetSpec(
     name="cityscapes-mtan",
     summary="Cityscapes in MTAN's preprocessed .npy layout ({train,val}/{image,label_7,label_19,depth}/i.npy, "
     "stored size); test split: val",

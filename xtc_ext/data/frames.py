@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from .base import FolderDataset
 from .io import check_same_size, read_label_png, read_rgb_png, read_uint16_png, rgb_tensor
 from .normals import normals_from_depth, resize_sample_with_normals
-from .registry import BuildRequest, DatasetSpec, PathLike, register_dataset
+from .registry import DATASETS, BuildRequest, DatasetSpec, PathLike
 from .transforms import Sample, resize_sample
 
 __all__ = ["NYU13_CLASS_NAMES", "NYUV2_TEST10", "NYUv2Frames", "FRAMES"]
@@ -172,7 +172,7 @@ def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
                        with_normals="normals" in request.tasks)
 
 
-FRAMES = register_dataset(DatasetSpec(
+FRAMES = DATASETS.register(DatasetSpec(
     name="frames",
     summary="NYUv2 frames as PNG files (rgb/, depth/ in mm, label13/ or label40/; the ten real test "
     "frames ship in the package); one split: the test reads the training frames again",

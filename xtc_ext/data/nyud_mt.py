@@ -15,7 +15,7 @@ from .base import FolderDataset
 from .io import (check_depth_array, check_same_size, load_npy, read_id_file, read_label_png, read_rgb_image,
                  rgb_tensor)
 from .normals import resize_sample_with_normals, unit_normals_hw3
-from .registry import BuildRequest, DatasetSpec, PathLike, register_dataset
+from .registry import DATASETS, BuildRequest, DatasetSpec, PathLike
 from .transforms import Sample
 
 __all__ = ["NYUDMT", "NYUD_MT"]
@@ -161,7 +161,7 @@ def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
                   depth_scaling=request.depth_scaling)
 
 
-NYUD_MT = register_dataset(DatasetSpec(
+NYUD_MT = DATASETS.register(DatasetSpec(
     name="nyudmt",
     summary="NYUD-v2 in Vandenhende's NYUD_MT layout (images, segmentation, depth, normals, gt_sets; "
     "resized, see --size); test split: val",

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from .frames import NYU13_CLASS_NAMES
 from .mtan import MTANNpyDataset
-from .registry import BuildRequest, DatasetSpec, PathLike, register_dataset
+from .registry import DATASETS, BuildRequest, DatasetSpec, PathLike
 
 __all__ = ["MTANNYUv2", "NYUV2"]
 
@@ -80,7 +80,7 @@ def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
                      depth_scaling=request.depth_scaling)
 
 
-NYUV2 = register_dataset(DatasetSpec(
+NYUV2 = DATASETS.register(DatasetSpec(
     name="nyuv2",
     summary="NYUv2 in MTAN's preprocessed .npy layout ({train,val}/{image,label,depth}/i.npy, stored size); "
     "test split: val (the official NYUv2 test split)",

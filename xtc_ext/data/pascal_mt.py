@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from .base import FolderDataset
 from .io import check_same_size, open_image, read_id_file, read_label_png, read_rgb_image, rgb_tensor
-from .registry import IGNORE_INDEX, BuildRequest, DatasetSpec, PathLike, register_dataset
+from .registry import DATASETS, IGNORE_INDEX, BuildRequest, DatasetSpec, PathLike
 from .transforms import Sample, check_size, resize_sample
 
 __all__ = [
@@ -372,7 +372,7 @@ def _build(root: Path, split: str, request: BuildRequest) -> Dataset:
                     tasks=request.tasks)
 
 
-PASCAL = register_dataset(DatasetSpec(
+PASCAL = DATASETS.register(DatasetSpec(
     name="pascal",
     summary="PASCAL-Context in Vandenhende's PASCAL_MT layout (JPEGImages, semseg, human_parts, sal_distill, "
     "ImageSets/Context; resized, see --size); test split: val",

@@ -7,7 +7,7 @@ registry (:func:`get_dataset`, :data:`DATASETS`) and never test a dataset's name
 
 **To add a dataset, add one module to this package** (``xtc_ext/data/<family>.py``) holding its
 ``torch.utils.data.Dataset`` class (usually a :class:`xtc_ext.data.base.FolderDataset`), a factory
-``factory(root, split, request: BuildRequest) -> Dataset`` and one :func:`register_dataset` call
+``factory(root, split, request: BuildRequest) -> Dataset`` and one ``DATASETS.register(DatasetSpec(...))`` call
 with its :class:`DatasetSpec`, nothing else: ``xtc_ext/data/__init__.py`` imports every module of
 the package, so the spec is registered on ``import xtc_ext.data``. The dataset's ``__getitem__`` must return the common sample dict (see
 :mod:`xtc_ext.data`): ``"image"`` float32 [3,H,W], ``"name"`` str, and the target of each task under
@@ -23,6 +23,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from torch.utils.data import Dataset
 
+from xtc_ext.registry import Registry
 from xtc_ext.tasks import IGNORE_INDEX, get_task, task_names
 
 from .transforms import DEPTH_SCALINGS, check_size
@@ -33,7 +34,6 @@ __all__ = [
     "BuildRequest",
     "DatasetSpec",
     "DATASETS",
-    "register_dataset",
     "get_dataset",
 ]
 
@@ -285,23 +285,10 @@ class DatasetSpec:
         return self.factory(Path(root), split, request)
 
 
-#: name -> spec of every registered dataset, in registration order (filled by the family modules).
-DATASETS: Dict[str, DatasetSpec] = {}
-
-
-def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    """Add ``spec`` to :data:`DATASETS` and return it.
-
-    Raises:
-        TypeError: ``spec`` is not a :class:`DatasetSpec`.
-        ValueError: a dataset of that name is already registered.
-    """
-    if not isinstance(spec, DatasetSpec):
-        raise TypeError(f"register_dataset expects a DatasetSpec, got {type(spec).__name__}")
-    if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} is already registered")
-    DATASETS[spec.name] = spec
-    return spec
+DATASETS: Registry[DatasetSpec] = Registry("dataset", expects=DatasetSpec)
+"""name -> spec of every registered dataset, in registration order: each family module adds its spec with
+``DATASETS.register(DatasetSpec(...))`` (:class:`xtc_ext.registry.Registry`; a duplicate name raises
+``ValueError``, an object that is not a :class:`DatasetSpec` ``TypeError``)."""
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -310,7 +297,4 @@ def get_dataset(name: str) -> DatasetSpec:
     Raises:
         ValueError: no such dataset; the message lists the registered names.
     """
-    try:
-        return DATASETS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown dataset {name!r} (registered: {', '.join(DATASETS) or 'none'})") from None
+    return DATASETS.lookup(name)

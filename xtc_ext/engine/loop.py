@@ -135,7 +135,11 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else
                               torch.contiguous_format)
+        hook = getattr(self.model, "shared_parameters", None)
+        self.shared_parameters: Tuple[torch.Tensor, ...] = tuple(hook()) if callable(hook) else ()
         self.weighting = recipe.build_weighting(self.model).to(self.device)
+        self._names: Tuple[str, ...] = ("loss",)  # the logged names, known after the first step
+        self._tasks: Tuple[str, ...] = ()
         self.auxiliary = recipe.build_auxiliary(self.model).to(self.device)
         params = (list(self.model.parameters()) + list(self.weighting.optimizer_parameters())
                   + list(self.auxiliary.parameters()))
@@ -227,7 +231,8 @@ class Trainer:
         """True when the step's loss values are finite; else raise (stop) or return False (skip)."""
         if bool(torch.isfinite(values).all()):
             return True
-        listed = ", ".join(f"{n}={v}" for n, v in zip(self.recipe.loss_names, values.tolist()) if not math.isfinite(v))
+        names = self._names + tuple(f"task loss {t}" for t in self._tasks)
+        listed = ", ".join(f"{n}={v}" for n, v in zip(names, values.tolist()) if not math.isfinite(v))
         message = f"non-finite loss at step {self.state.step + 1} (epoch {epoch}): {listed}"
         if self.args.nonfinite == "stop":
             raise NonFiniteLoss(message + "; stopping (--nonfinite skip drops such steps instead); the last "
@@ -235,27 +240,28 @@ class Trainer:
         log.warning("%s; update skipped (--nonfinite skip)", message)
         return False
 
-    def _step(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Forward and loss of one batch under autocast. Returns the total loss (on the device, for the backward)
-        and the logged values averaged over the ranks, copied to the host: the step's one host synchronisation,
-        which the finite check and the logs then read without another."""
+    def _step(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward, losses and their weighting of one batch under autocast. Returns the total loss and the task
+        losses ``[T]`` (on the device, for the backward) and the values (the logged ones, then the task losses)
+        averaged over the ranks, copied to the host: the step's one host synchronisation, which the finite check,
+        the logs and the weighting's epoch means then read without another."""
         # every tensor to the device once, without blocking (the recipes' and the regularizer's own ``.to`` are
         # then no-ops); the image in the run's memory format
         batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                  for k, v in batch.items()}
         batch["image"] = batch["image"].to(memory_format=self._format)
         with autocast(self.device, self.amp):
-            out = self.recipe.training_step(self.train_model, self.weighting, batch, self.device,
-                                            self.generators["regularizer"])
-        values = out.values.detach().float()
+            out = self.recipe.training_step(self.train_model, batch, self.device, self.generators["regularizer"])
+            total, losses = out.weighted(self.weighting)
+        self._names, self._tasks = out.names(), tuple(out.losses)
+        values = out.values(total)
         if self.dist.enabled:  # one small collective: the global values, and a shared finite/non-finite verdict
-            values = values.clone()
             torch.distributed.all_reduce(values)
             values /= self.dist.world_size
-        return out.total, values.cpu()
+        return total, losses, values.cpu()
 
-    def _update(self, total: torch.Tensor) -> None:
-        self.scaler.scale(total).backward()
+    def _update(self, total: torch.Tensor, losses: torch.Tensor) -> None:
+        self.weighting.backward(self.scaler.scale(total), losses, self.shared_parameters)
         sync_gradients([self.weighting, self.auxiliary])
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -273,10 +279,10 @@ class Trainer:
         totals: List[float] = []
         skipped, stop = 0, False
         for batch in progress_bar(self.loaders.train, self._progress, desc=f"epoch {epoch}", leave=False):
-            self.optimizer.zero_grad(set_to_none=True)  # before the weighting: GradNorm writes its gradient there
-            total, values = self._step(batch)
+            self.optimizer.zero_grad(set_to_none=True)  # before the weighting: its forward may write gradients
+            total, losses, values = self._step(batch)
             if self._check_step(values, epoch):
-                self._update(total)
+                self._update(total, losses)
                 kept.append(values)
             else:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -287,10 +293,11 @@ class Trainer:
                 stop = True
                 break
         self.scheduler.step()
-        names = self.recipe.loss_names
-        mean = torch.stack(kept).double().mean(dim=0) if kept else torch.full((len(names),), math.nan)
+        names = self._names
+        size = len(names) + len(self._tasks)
+        mean = torch.stack(kept).double().mean(dim=0) if kept else torch.full((size,), math.nan)
         if kept:
-            self.weighting.epoch_end(mean[self.recipe.weighting_slice].float().to(self.device))
+            self.weighting.epoch_end(mean[len(names):].float().to(self.device))
         record: Dict[str, Any] = {"epoch": epoch, "step": st.step, "lr": lr}
         record.update({name: float(v) for name, v in zip(names, mean.tolist())})
         record["task_weights"] = [float(w) for w in self.weighting.weights().tolist()]
@@ -330,7 +337,7 @@ class Trainer:
         return improved
 
     def _log_epoch(self, record: Dict[str, Any], improved: bool) -> None:
-        names = self.recipe.loss_names
+        names = self._names
         val = ""
         if "val_score" in record:
             val = f" | val score {record['val_score']:.4f}" + (" (best)" if improved else "")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
+from xtc_ext.registry import Registry
+
 __all__ = ["OPTIMIZERS", "LR_SCHEDULES", "build_optimizer", "build_schedule"]
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-"""``--optimizer`` choices."""
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+"""``--optimizer`` choices: name -> optimizer class, called as ``cls(params, lr=, betas=, weight_decay=)``."""
+OPTIMIZERS.register(torch.optim.Adam, "adam")
+OPTIMIZERS.register(torch.optim.AdamW, "adamw")
 
 LR_SCHEDULES = ("step", "poly")
 """``--lr-schedule`` choices: ``step`` (StepLR, the XTasC-Net paper) or ``poly``
@@ -25,9 +29,7 @@ def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], *, lr: floa
     Raises:
         ValueError: unknown ``name`` (the choices listed).
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return OPTIMIZERS.lookup(name)(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 
 def build_schedule(name: str, optimizer: torch.optim.Optimizer, *, step_size: int, gamma: float,

@@ -8,7 +8,8 @@ calls only the members below. Each method family implements them in one module o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Protocol, Sequence, Tuple, runtime_checkable
+import dataclasses
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -20,12 +21,44 @@ from xtc_ext.weighting import Weighting
 __all__ = ["StepOutput", "Recipe"]
 
 
-class StepOutput(NamedTuple):
-    """One training step's result: ``total`` (scalar to backpropagate) and ``values`` (detached float
-    ``[len(Recipe.loss_names)]``: the logged per-step values, ``values[0]`` = ``total``)."""
+@dataclasses.dataclass
+class StepOutput:
+    """One training step's losses by role (what :meth:`Recipe.training_step` returns).
 
-    total: Tensor
-    values: Tensor
+    The engine combines them: ``total = weighting(stack(losses.values()))``, then each ``extra`` term is added
+    in order; the weighting writes the gradients (:meth:`xtc_ext.weighting.Weighting.backward`), gets the
+    epoch means of ``losses`` (``epoch_end``), and the log holds ``loss`` (that total) and ``logged``.
+
+    Attributes:
+        losses: task name -> scalar loss with autograd history, the task losses handed to the weighting, in
+            the order of the weighting's tasks.
+        extra: name -> scalar term added to the weighted total, unweighted (auxiliary losses, regularizers);
+            may be empty.
+        logged: name -> scalar, the per-step values logged (epoch means in ``log.jsonl``; the engine
+            detaches them), after the engine's ``loss``.
+    """
+
+    losses: Dict[str, Tensor]
+    logged: Dict[str, Tensor]
+    extra: Dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+    def weighted(self, weighting: Weighting) -> Tuple[Tensor, Tensor]:
+        """``(total, losses)``: ``losses`` float ``[T]``, the task losses stacked in order, and the scalar
+        ``total = weighting(losses)`` plus each ``extra`` term in order (call it under the step's autocast)."""
+        losses = torch.stack(list(self.losses.values()))
+        total = weighting(losses)
+        for term in self.extra.values():
+            total = total + term
+        return total, losses
+
+    def names(self) -> Tuple[str, ...]:
+        """The logged names: ``loss`` (the total), then :attr:`logged`'s."""
+        return ("loss",) + tuple(self.logged)
+
+    def values(self, total: Tensor) -> Tensor:
+        """Detached float32 ``[len(names()) + T]``: ``total``, the :attr:`logged` values, then the task losses."""
+        parts = [total, *self.logged.values(), *self.losses.values()]
+        return torch.stack([v.detach().float().reshape(()) for v in parts])
 
 
 @runtime_checkable
@@ -35,22 +68,19 @@ class Recipe(Protocol):
     Attributes:
         name: human-readable model name for logs and reports (e.g. ``"XTasC-Net ResNet-34"``).
         tasks: canonical task names the model predicts (``semseg``, ``depth``, ``normals``, ...).
-        loss_names: names of the per-step logged values (first: the weighted total).
-        weighting_slice: the slice of ``loss_names`` whose epoch means feed ``Weighting.epoch_end``.
         depth_unit: unit of the depth targets and errors (``"m"``, ``"disparity/256"``) or ``None``.
     """
 
     name: str
     tasks: Tuple[str, ...]
-    loss_names: Tuple[str, ...]
-    weighting_slice: slice
     depth_unit: Optional[str]
 
     def build_model(self) -> nn.Module:
         """The network (on the CPU; the engine moves it)."""
 
     def build_weighting(self, model: nn.Module) -> Weighting:
-        """The task weighting of ``model`` (GradNorm needs the model's shared layer)."""
+        """The task weighting over the keys of :attr:`StepOutput.losses` (it may use the model's
+        ``shared_parameters()``)."""
 
     def build_auxiliary(self, model: nn.Module) -> nn.Module:
         """Training-only modules (e.g. a regularizer's projectors): trained and checkpointed with the run, never
@@ -63,10 +93,11 @@ class Recipe(Protocol):
     def describe(self) -> str:
         """The run's method settings for the header log line (weighting, lambda, loss implementation ...)."""
 
-    def training_step(self, model: nn.Module, weighting: Weighting, batch: Mapping[str, Any],
-                      device: torch.device, generator: torch.Generator) -> StepOutput:
-        """Forward and loss of one training batch; ``generator`` (CPU) is the loop's checkpointed
-        generator for any randomness of the loss (e.g. the contrastive regularizer's draws)."""
+    def training_step(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device,
+                      generator: torch.Generator) -> StepOutput:
+        """Forward and losses of one training batch, by role (:class:`StepOutput`; the engine applies the
+        weighting); ``generator`` (CPU) is the loop's checkpointed generator for any randomness of the loss
+        (e.g. the contrastive regularizer's draws)."""
 
     def predict(self, model: nn.Module, image: Tensor) -> Dict[str, Tensor]:
         """Inference predictions ``task -> [N, C_t, H, W]`` (only what deployment runs)."""

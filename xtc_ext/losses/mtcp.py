@@ -24,7 +24,7 @@ docs/fidelity.md, "MT-CP losses and LPS" (the authors' losses, training loss, LP
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, NamedTuple, Sequence
+from typing import Any, Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -288,7 +288,8 @@ class MTCPLoss:
         weighting: a :class:`~xtc_ext.weighting.Weighting` with ``num_tasks == len(tasks)``, or a
             ``WEIGHTINGS`` name built with ``len(tasks)`` tasks (default ``"lps"``; GradNorm needs an
             instance). It is held by reference: move it to the training device, put it in the
-            checkpoint, and call its ``epoch_end`` with the epoch means of ``per_task_final``.
+            checkpoint, and call its ``epoch_end`` with the epoch means of ``per_task_final``. None: no
+            weighting, only :meth:`parts` and :meth:`added_terms` (the training engine applies the run's).
         coherence_weight: factor of the coherence loss, >= 0 (default 0.01).
         intermediate_weight: factor of the intermediate losses, >= 0 (default 0.5, the authors' code).
         normals_kind: ``"cosine"`` (default) or ``"l1"`` (see :func:`normals_loss`).
@@ -305,7 +306,7 @@ class MTCPLoss:
     def __init__(
         self,
         tasks: Sequence[str],
-        weighting: Weighting | str = "lps",
+        weighting: Weighting | str | None = "lps",
         coherence_weight: float = 0.01,
         intermediate_weight: float = 0.5,
         normals_kind: str = "cosine",
@@ -329,7 +330,7 @@ class MTCPLoss:
             raise ValueError(f"depth_cap must be > 0 (metres) or None, got {depth_cap}")
         if isinstance(weighting, str):
             weighting = build_weighting(weighting, len(tasks))
-        elif not isinstance(weighting, torch.nn.Module):
+        elif weighting is not None and not isinstance(weighting, torch.nn.Module):
             raise TypeError(f"weighting must be a Weighting module or a name, got {type(weighting).__name__}")
         n = getattr(weighting, "num_tasks", len(tasks))
         if n != len(tasks):
@@ -362,12 +363,30 @@ class MTCPLoss:
                 sal ``[N,1,H,W]`` float in [0, 1] (-1 ignored).
 
         Returns:
-            :class:`MTCPLossTerms`.
+            :class:`MTCPLossTerms` (``total``: ``weighting(final) +`` the :meth:`added_terms` in order).
 
         Raises:
             KeyError: a task of ``self.tasks`` missing from the predictions or the targets.
-            ValueError: a coherence loss with more than one element; the loss functions' errors.
+            ValueError: a coherence loss with more than one element; the loss functions' errors; a loss built
+                without a weighting (``weighting=None``: use :meth:`parts`).
         """
+        if self.weighting is None:
+            raise ValueError("MTCPLoss built with weighting=None: the caller weights the parts() itself")
+        final_vec, inter_vec, coh = self.parts(output, targets)
+        total = self.weighting(final_vec)
+        for term in self.added_terms(inter_vec, coh).values():
+            total = total + term
+        return MTCPLossTerms(total, final_vec, inter_vec, coh)
+
+    def added_terms(self, per_task_intermediate: Tensor, coherence: Tensor) -> Dict[str, Tensor]:
+        """The unweighted terms added to the weighted final losses, in order: ``{"intermediate":
+        intermediate_weight * sum_t per_task_intermediate[t], "coherence": coherence_weight * coherence}``."""
+        return {"intermediate": self.intermediate_weight * per_task_intermediate.sum(),
+                "coherence": self.coherence_weight * coherence}
+
+    def parts(self, output: Any, targets: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(per_task_final [T], per_task_intermediate [T], coherence [])`` of one batch, as in
+        :class:`MTCPLossTerms`, without the weighting (arguments and errors as :meth:`__call__`)."""
         predictions = _field(output, "predictions")
         if predictions is None:
             raise KeyError("MTCPLoss: the model output has no 'predictions'")
@@ -400,8 +419,7 @@ class MTCPLoss:
             coh = coherence.reshape(()).to(dtype)
         else:
             coh = final_vec.new_tensor(float(coherence))
-        total = self.weighting(final_vec) + self.intermediate_weight * inter_vec.sum() + self.coherence_weight * coh
-        return MTCPLossTerms(total, final_vec, inter_vec, coh)
+        return final_vec, inter_vec, coh
 
     def __repr__(self) -> str:
         return (

@@ -10,24 +10,32 @@ through the :class:`~xtc_ext.engine.protocol.Recipe` protocol and knows no metho
 * ``xtasc``, ``mtnet``, ``align``, ``stnet``: :class:`~xtc_ext.recipes.xtasc.XTasCRecipe` (XTasC-Net paper);
 * ``mtcp``: :class:`~xtc_ext.recipes.mtcp.MTCPRecipe` (MT-CP paper).
 
-To add a method: write one module with a ``BaseRecipe`` subclass and add it to :data:`RECIPE_CLASSES`.
+To add a method: write one module in this package with a ``BaseRecipe`` subclass and one registry entry,
+``RECIPES.register(MyRecipe, *MyRecipe.models)``; this package imports every module of itself, so nothing
+else changes (the ``--model`` choices, its option group and ``python -m xtc_ext.evaluate`` follow).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Tuple, Type
+import importlib
+import pkgutil
+from typing import Tuple, Type
 
-from xtc_ext.recipes.base import BaseRecipe
+from xtc_ext.recipes.base import RECIPES, BaseRecipe
+from xtc_ext.recipes.xtasc import XTasCRecipe  # first: the order of the --model choices
 from xtc_ext.recipes.mtcp import MTCPRecipe
-from xtc_ext.recipes.xtasc import XTasCRecipe
 
-__all__ = ["BaseRecipe", "RECIPE_CLASSES", "RECIPES", "XTasCRecipe", "MTCPRecipe", "get_recipe"]
+# Any other module of the package (a method added later) registers itself on import.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module
 
-RECIPE_CLASSES: Tuple[Type[BaseRecipe], ...] = (XTasCRecipe, MTCPRecipe)
-"""Every recipe, in the order of ``--help``."""
+__all__ = ["BaseRecipe", "RECIPES", "XTasCRecipe", "MTCPRecipe", "get_recipe", "recipe_classes"]
 
-RECIPES: Dict[str, Type[BaseRecipe]] = {model: cls for cls in RECIPE_CLASSES for model in cls.models}
-"""``--model`` value -> recipe class."""
+
+def recipe_classes() -> Tuple[Type[BaseRecipe], ...]:
+    """Every registered recipe class once, in registration order (the order of ``--help``)."""
+    return tuple(dict.fromkeys(RECIPES.values()))
 
 
 def get_recipe(model: str) -> Type[BaseRecipe]:
@@ -36,6 +44,4 @@ def get_recipe(model: str) -> Type[BaseRecipe]:
     Raises:
         ValueError: an unknown model (the known ones listed).
     """
-    if model not in RECIPES:
-        raise ValueError(f"unknown model {model!r}; choose one of {list(RECIPES)}")
-    return RECIPES[model]
+    return RECIPES.lookup(model)

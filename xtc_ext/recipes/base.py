@@ -19,11 +19,13 @@ from torch.utils.data import Dataset
 from xtc_ext.data import IGNORE_INDEX, DatasetSpec
 from xtc_ext.engine import StepOutput
 from xtc_ext.metrics import delta_m, delta_m_over, load_baselines
+from xtc_ext.registry import Registry
 from xtc_ext.recipes.errors import option_error
 from xtc_ext.recipes.regularization import ContrastivePlugin, check_contrastive_args
 from xtc_ext.visualize import save_prediction_figures
+from xtc_ext.weighting import WEIGHTINGS, Weighting
 
-__all__ = ["BaseRecipe"]
+__all__ = ["BaseRecipe", "RECIPES"]
 
 
 class BaseRecipe:
@@ -89,20 +91,32 @@ class BaseRecipe:
         self.contrastive = ContrastivePlugin(self.args, self.tasks)
         return nn.ModuleDict({"contrastive": self.contrastive.build(model)})
 
-    def regularized(self, output: Any, total: Tensor, values: Tensor, batch: Mapping[str, Any],
-                    device: torch.device, generator: torch.Generator) -> StepOutput:
-        """``StepOutput(total, values)`` of the host's loss, plus the contrastive term when it is on:
-        ``total + term``, with ``values[0]`` the new total and the term appended as ``contrastive``."""
-        if self.contrastive is None:
-            return StepOutput(total, values)
-        term = self.contrastive.term(output, batch, device, generator)
-        total = total + term
-        head = total.detach().reshape(1).to(values.dtype)
-        return StepOutput(total, torch.cat([head, values[1:], term.detach().reshape(1).to(values.dtype)]))
+    def regularized(self, output: Any, step: StepOutput, batch: Mapping[str, Any], device: torch.device,
+                    generator: torch.Generator) -> StepOutput:
+        """The host's ``step``, plus the contrastive term when it is on: an ``extra`` term added to the weighted
+        total and a logged value, both named ``contrastive``."""
+        if self.contrastive is not None:
+            term = self.contrastive.term(output, batch, device, generator)
+            step.extra["contrastive"] = term
+            step.logged["contrastive"] = term
+        return step
 
-    def regularizer_names(self) -> Tuple[str, ...]:
-        """The logged names the regularizer appends to the host's loss names."""
-        return ("contrastive",) if getattr(self.args, "contrastive", False) else ()
+    def weighting_name(self) -> str:
+        """The ``WEIGHTINGS`` name of the run's weighting (default: ``--weighting``)."""
+        return self.args.weighting
+
+    def weighted_tasks(self) -> Tuple[str, ...]:
+        """The keys of :attr:`StepOutput.losses`, the losses the weighting combines (default: :attr:`tasks`)."""
+        return self.tasks
+
+    def build_weighting(self, model: nn.Module) -> Weighting:
+        """The weighting :meth:`weighting_name` over :meth:`weighted_tasks`, built by its class from the run's
+        options (:meth:`xtc_ext.weighting.Weighting.from_args`) with the model's ``shared_parameters()``
+        (none when the model has no such hook)."""
+        hook = getattr(model, "shared_parameters", None)
+        shared = tuple(hook()) if callable(hook) else ()
+        name = self.weighting_name()
+        return WEIGHTINGS.lookup(name).from_args(name, self.args, len(self.weighted_tasks()), shared)
 
     def epoch_log(self) -> Dict[str, Any]:
         """Extra per-epoch log entries: the regularizer's source draws, if any."""
@@ -159,3 +173,8 @@ class BaseRecipe:
             lambda image: self.predict(model, image.to(device)), data, indices, out_dir,
             class_names=self.class_names, depth_unit=self.depth_unit, title=title,
             image_normalized=bool(self.args.normalize))
+
+
+RECIPES: Registry[type] = Registry("model", expects=BaseRecipe)
+"""``--model`` value -> recipe class; each recipe module registers its class under its ``models``:
+``RECIPES.register(MyRecipe, *MyRecipe.models)``."""

@@ -4,8 +4,9 @@ Tasks: those of the dataset (NYUD-v2 ``--dataset nyudmt`` or the ten frames: sem
 PASCAL-Context ``--dataset pascal``: semseg, human_parts, sal), or a subset (``--mtcp-tasks``; one task is the
 single-task baseline: no CFM, no coherence loss, equal weighting).
 
-Loss: :class:`~xtc_ext.losses.MTCPLoss` (Eq. 7, reconstructed) with the run's weighting (the Loss
-Prioritization Scheme by default; the epoch means of the final per-task losses feed ``epoch_end``).
+Loss: the parts of :class:`~xtc_ext.losses.MTCPLoss` (Eq. 7, reconstructed): the final per-task losses go to
+the run's weighting (the Loss Prioritization Scheme by default), applied by the engine; the intermediate and
+coherence losses are added unweighted.
 
 Metrics (:class:`~xtc_ext.metrics.MultiTaskEvaluator`): semseg ``mIoU``/``pixel_acc``; depth ``abs_err``/
 ``rel_err``/``rmse`` (Vandenhende's RMSE convention: predictions <= 0 count as 1e-9; no depth cap); normals
@@ -32,11 +33,11 @@ from torch import Tensor, nn
 from python_models import MTCP
 from xtc_ext.data import DatasetSpec
 from xtc_ext.losses import NORMALS_KINDS, MTCPLoss, task_loss
+from xtc_ext.engine import StepOutput
 from xtc_ext.metrics import MultiTaskEvaluator
-from xtc_ext.recipes.base import BaseRecipe
+from xtc_ext.recipes.base import RECIPES, BaseRecipe
 from xtc_ext.recipes.errors import option_error
 from xtc_ext.tasks import TASKS, Metric, get_task
-from xtc_ext.weighting import Weighting, build_weighting
 
 __all__ = ["MTCPRecipe", "main_metric", "mtcp_validation_score", "select_tasks"]
 
@@ -104,7 +105,8 @@ class MTCPRecipe(BaseRecipe):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """The MT-CP options: backbone, task subset, ablations (Table 3), loss factors, LPS beta."""
+        """The MT-CP options: backbone, task subset, ablations (Table 3), loss factors (``--lps-beta`` is the LPS
+        weighting's option: :class:`xtc_ext.weighting.LPS`)."""
         g = parser.add_argument_group("MT-CP (--model mtcp)")
         g.add_argument("--backbone", choices=BACKBONES, default="resnet50_fpn",
                        help="MT-CP backbone ('mask2former' = the paper's, needs --mask2former-path)")
@@ -122,8 +124,6 @@ class MTCPRecipe(BaseRecipe):
         g.add_argument("--intermediate-weight", type=float, default=0.5,
                        help="factor of the intermediate (SRM) prediction losses (authors' code: 0.5)")
         g.add_argument("--normals-loss", choices=NORMALS_KINDS, default="cosine", help="surface-normals loss")
-        g.add_argument("--lps-beta", type=float, default=2.5, help="LPS spread factor beta (paper: 2.5; authors' NYUD "
-                       "driver 7.5)")
 
     @classmethod
     def required_tasks(cls, args: argparse.Namespace, spec: DatasetSpec) -> Tuple[str, ...]:
@@ -144,8 +144,6 @@ class MTCPRecipe(BaseRecipe):
         super().finalize_args(args, spec)
         if not (args.coherence_weight >= 0 and args.intermediate_weight >= 0):
             raise option_error("--coherence-weight and --intermediate-weight must be >= 0")
-        if not args.lps_beta >= 0:
-            raise option_error(f"--lps-beta must be >= 0, got {args.lps_beta}")
 
     def __init__(self, args: argparse.Namespace, spec: DatasetSpec) -> None:
         super().__init__(args, spec)
@@ -154,10 +152,9 @@ class MTCPRecipe(BaseRecipe):
         ablation = "".join(f" w/o {m}" for m, on in (("CFM", args.cfm), ("SRM", args.srm)) if not on)
         subset = f" ({', '.join(args.mtcp_tasks)})" if args.mtcp_tasks else ""
         self.name = f"MT-CP {args.backbone}{subset}{ablation}"
-        self.loss_names = (("loss",) + tuple(f"{t}_loss" for t in self.tasks)
-                           + tuple(f"{t}_intermediate" for t in self.tasks) + ("coherence",) + self.regularizer_names())
-        self.weighting_slice = slice(1, 1 + len(self.tasks))
-        self.criterion: Optional[MTCPLoss] = None
+        self.criterion = MTCPLoss(self.tasks, None, coherence_weight=args.coherence_weight,
+                                  intermediate_weight=args.intermediate_weight, normals_kind=args.normals_loss,
+                                  impl=args.loss_impl, ignore_index=self.ignore_index)
 
     def describe(self) -> str:
         a = self.args
@@ -168,20 +165,6 @@ class MTCPRecipe(BaseRecipe):
         a = self.args
         return MTCP(self.task_channels, backbone=a.backbone, use_cfm=bool(a.cfm) and len(self.tasks) > 1,
                     use_srm=bool(a.srm), mask2former_path=a.mask2former_path)
-
-    def build_weighting(self, model: nn.Module) -> Weighting:
-        """``--weighting`` over the tasks (LPS with ``--lps-beta``), and the loss that applies it."""
-        a = self.args
-        kwargs: Dict[str, Any] = {}
-        if a.weighting.startswith("lps"):
-            kwargs["beta"] = a.lps_beta
-        elif a.weighting == "dwa":
-            kwargs["temperature"] = a.dwa_temperature
-        weighting = build_weighting(a.weighting, len(self.tasks), **kwargs)
-        self.criterion = MTCPLoss(self.tasks, weighting, coherence_weight=a.coherence_weight,
-                                  intermediate_weight=a.intermediate_weight, normals_kind=a.normals_loss,
-                                  impl=a.loss_impl, ignore_index=self.ignore_index)
-        return weighting
 
     def targets(self, batch: Mapping[str, Any], device: torch.device) -> Dict[str, Tensor]:
         """The :class:`~xtc_ext.losses.MTCPLoss` targets of a batch: invalid depth / normals pixels are zeroed
@@ -194,17 +177,20 @@ class MTCPRecipe(BaseRecipe):
             out[t] = target if valid is None else target * valid.to(device, non_blocking=True).to(target.dtype)
         return out
 
-    def training_step(self, model: nn.Module, weighting: Weighting, batch: Mapping[str, Any],
-                      device: torch.device, generator: torch.Generator) -> StepOutput:
-        """Forward and loss of one batch (``generator``: the contrastive regularizer's draws, if on)."""
-        if self.criterion is None or self.criterion.weighting is not weighting:
-            raise RuntimeError("MTCPRecipe.training_step: call build_weighting first and pass its weighting")
+    def training_step(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device,
+                      generator: torch.Generator) -> StepOutput:
+        """Forward and losses of one batch (Eq. 7, reconstructed): the weighting gets the final-prediction loss
+        of every task, the intermediate and coherence losses are added unweighted (:meth:`MTCPLoss.added_terms`);
+        ``generator``: the contrastive regularizer's draws, if on."""
         image = batch["image"].to(device, non_blocking=True)
         output = model(image)
-        terms = self.criterion(output, self.targets(batch, device))
-        values = torch.cat([terms.total.reshape(1), terms.per_task_final, terms.per_task_intermediate,
-                            terms.coherence.reshape(1)]).detach()
-        return self.regularized(output, terms.total, values, batch, device, generator)
+        final, intermediate, coherence = self.criterion.parts(output, self.targets(batch, device))
+        logged = {f"{t}_loss": final[i] for i, t in enumerate(self.tasks)}
+        logged.update({f"{t}_intermediate": intermediate[i] for i, t in enumerate(self.tasks)})
+        logged["coherence"] = coherence
+        step = StepOutput(losses={t: final[i] for i, t in enumerate(self.tasks)}, logged=logged,
+                          extra=self.criterion.added_terms(intermediate, coherence))
+        return self.regularized(output, step, batch, device, generator)
 
     def predict(self, model: nn.Module, image: Tensor) -> Dict[str, Tensor]:
         return dict(model(image).predictions)
@@ -227,3 +213,6 @@ class MTCPRecipe(BaseRecipe):
         keys = tuple(main_metric(t).name for t in self.tasks)
         lower = tuple(main_metric(t).name for t in self.tasks if not main_metric(t).higher_is_better)
         return keys, lower
+
+
+RECIPES.register(MTCPRecipe, *MTCPRecipe.models)

@@ -29,11 +29,10 @@ from xtc_ext.data import DatasetSpec
 from xtc_ext.engine import StepOutput
 from xtc_ext.losses import DEPTH_LOSSES, SEG_CONSISTENCY, XTasCLoss, single_task_loss
 from xtc_ext.metrics import MultiTaskEvaluator
-from xtc_ext.recipes.base import BaseRecipe
+from xtc_ext.recipes.base import RECIPES, BaseRecipe
 from xtc_ext.recipes.errors import option_error
-from xtc_ext.weighting import GRADNORM_OPTIMIZERS, Weighting, build_weighting
 
-__all__ = ["XTasCRecipe", "validation_score", "shared_parameter"]
+__all__ = ["XTasCRecipe", "validation_score"]
 
 log = logging.getLogger("xtc_ext.train")
 
@@ -77,14 +76,6 @@ def validation_score(metrics: Mapping[str, float], reference: Mapping[str, float
     return score if math.isfinite(score) else float("-inf")
 
 
-def shared_parameter(model: nn.Module) -> Tensor:
-    """GradNorm's ``W``: the weight of the encoder's last shared conv (``layer4[-1].conv2`` of a
-    BasicBlock ResNet-18/34, ``conv3`` of a Bottleneck ResNet-50+; the authors use ``conv2`` always,
-    docs/fidelity.md "Task weighting")."""
-    block = model.encoder.layer4[-1]
-    return (block.conv3 if hasattr(block, "conv3") else block.conv2).weight
-
-
 class XTasCRecipe(BaseRecipe):
     """XTasC-Net, Base MT-Net, Align-Net and Base ST-Net (see the module docstring)."""
 
@@ -96,7 +87,7 @@ class XTasCRecipe(BaseRecipe):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """``--task``, ``--encoder-depth``, ``--lam``, ``--seg-consistency``, ``--lp``, GradNorm options."""
+        """``--task``, ``--encoder-depth``, ``--lam``, ``--seg-consistency``, ``--lp``."""
         g = parser.add_argument_group("XTasC-Net family (--model xtasc, mtnet, align, stnet)")
         g.add_argument("--task", choices=_TASKS, default=None, help="the task of --model stnet (required there)")
         g.add_argument("--encoder-depth", type=int, choices=(18, 34, 50, 101, 152), default=34,
@@ -108,11 +99,6 @@ class XTasCRecipe(BaseRecipe):
                        "(authors' code)")
         g.add_argument("--lp", choices=DEPTH_LOSSES, default="l1",
                        help="direct depth loss (authors' --lp): l1 (paper Eq. 14), mse, logl1, smoothl1")
-        g.add_argument("--gradnorm-alpha", type=float, default=1.5,
-                       help="GradNorm asymmetry alpha (Chen et al. NYUv2: 1.5; the XTasC-Net authors hard-code 0.16)")
-        g.add_argument("--gradnorm-optimizer", choices=GRADNORM_OPTIMIZERS, default="shared",
-                       help="what steps the GradNorm task weights: 'shared' = the run's optimizer and lr schedule; "
-                       "'separate' = an Adam of their own (betas 0.9 0.999, --lr, no schedule), as the authors' code")
 
     @classmethod
     def required_tasks(cls, args: argparse.Namespace, spec: DatasetSpec) -> Tuple[str, ...]:
@@ -132,12 +118,6 @@ class XTasCRecipe(BaseRecipe):
         super().finalize_args(args, spec)
         if not 0.0 <= args.lam <= 1.0:
             raise option_error(f"--lam must be in [0, 1], got {args.lam}")
-        if not args.gradnorm_alpha >= 0:
-            raise option_error(f"--gradnorm-alpha must be >= 0, got {args.gradnorm_alpha}")
-        if args.weighting == "gradnorm" and args.gradnorm_optimizer == "shared" and args.amp == "fp16":
-            # GradNorm writes its (unscaled) gradient during the forward; the fp16 gradient scaler would unscale it
-            raise option_error("--amp fp16 with --weighting gradnorm needs --gradnorm-optimizer separate (or use "
-                               "--amp bf16, which needs no gradient scaler)")
 
     def __init__(self, args: argparse.Namespace, spec: DatasetSpec) -> None:
         super().__init__(args, spec)
@@ -146,17 +126,10 @@ class XTasCRecipe(BaseRecipe):
         self.num_classes = int(args.classes)
         base = self.models[args.model] + (f" ({args.task})" if self.single_task else "")
         self.name = f"{base} ResNet-{args.encoder_depth}"
-        if self.single_task:
-            self.criterion = None
-            self.loss_names: Tuple[str, ...] = ("loss", f"{self.tasks[0]}_loss")
-            self.weighting_slice = slice(1, 2)
-        else:
-            self.criterion = XTasCLoss(args.lam, args.lam, ignore_index=self.ignore_index, impl=args.loss_impl,
-                                       variant="align" if args.model == "align" else "xtasc",
-                                       seg_consistency=args.seg_consistency, depth_loss=args.lp)
-            self.loss_names = ("loss", "semseg_loss", "depth_loss", "semseg_consistency", "depth_consistency",
-                               "semseg_group", "depth_group") + self.regularizer_names()
-            self.weighting_slice = slice(5, 7)
+        self.criterion = None if self.single_task else XTasCLoss(
+            args.lam, args.lam, ignore_index=self.ignore_index, impl=args.loss_impl,
+            variant="align" if args.model == "align" else "xtasc", seg_consistency=args.seg_consistency,
+            depth_loss=args.lp)
 
     def describe(self) -> str:
         a = self.args
@@ -172,19 +145,9 @@ class XTasCRecipe(BaseRecipe):
         with_transfer = a.model in ("xtasc", "align") and a.lam > 0
         return XTasCNet(self.num_classes, encoder_depth=a.encoder_depth, with_transfer=with_transfer)
 
-    def build_weighting(self, model: nn.Module) -> Weighting:
-        """One equal-weighted task for stnet; else ``--weighting`` over the two task groups."""
-        a = self.args
-        if self.single_task:
-            return build_weighting("equal", 1)
-        kwargs: Dict[str, Any] = {}
-        if a.weighting == "gradnorm":
-            kwargs.update(alpha=a.gradnorm_alpha, optimizer=a.gradnorm_optimizer)
-            if a.gradnorm_optimizer == "separate":
-                kwargs["lr"] = a.lr
-        elif a.weighting == "dwa":
-            kwargs["temperature"] = a.dwa_temperature
-        return build_weighting(a.weighting, 2, shared_parameter=shared_parameter(model), **kwargs)
+    def weighting_name(self) -> str:
+        """``equal`` (one task) for stnet, else ``--weighting`` over the two task groups."""
+        return "equal" if self.single_task else self.args.weighting
 
     def _batch(self, batch: Mapping[str, Any], device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
         seg = batch["seg"].to(device, non_blocking=True)
@@ -193,22 +156,24 @@ class XTasCRecipe(BaseRecipe):
         valid = (depth > 0) if valid is None else valid.to(device, non_blocking=True)
         return seg, depth, valid
 
-    def training_step(self, model: nn.Module, weighting: Weighting, batch: Mapping[str, Any],
-                      device: torch.device, generator: torch.Generator) -> StepOutput:
-        """Forward and loss of one batch (``generator``: the contrastive regularizer's draws, if on)."""
+    def training_step(self, model: nn.Module, batch: Mapping[str, Any], device: torch.device,
+                      generator: torch.Generator) -> StepOutput:
+        """Forward and losses of one batch: the weighting gets the two task-group losses (Eq. 11, grouped as
+        in the authors' code; stnet: its one task loss); ``generator``: the contrastive regularizer's draws."""
         image = batch["image"].to(device, non_blocking=True)
         seg, depth, valid = self._batch(batch, device)
         if self.criterion is None:
-            task_loss = single_task_loss(self.args.task, model(image), seg, depth, valid, self.ignore_index,
+            task = self.tasks[0]
+            task_loss = single_task_loss(task, model(image), seg, depth, valid, self.ignore_index,
                                          depth_loss=self.args.lp, impl=self.args.loss_impl)
-            total = weighting(task_loss.reshape(1))
-            return StepOutput(total, torch.stack([total.detach(), task_loss.detach()]))
+            return StepOutput(losses={task: task_loss}, logged={f"{task}_loss": task_loss})
         output = model(image)
         terms = self.criterion(output, seg, depth, valid)
-        total = weighting(terms.groups)
-        values = torch.cat([torch.stack([total, terms.seg, terms.depth, terms.seg_consistency,
-                                         terms.depth_consistency]), terms.groups]).detach()
-        return self.regularized(output, total, values, batch, device, generator)
+        seg_group, depth_group = terms.groups[0], terms.groups[1]
+        logged = {"semseg_loss": terms.seg, "depth_loss": terms.depth, "semseg_consistency": terms.seg_consistency,
+                  "depth_consistency": terms.depth_consistency, "semseg_group": seg_group, "depth_group": depth_group}
+        step = StepOutput(losses={"semseg": seg_group, "depth": depth_group}, logged=logged)
+        return self.regularized(output, step, batch, device, generator)
 
     def predict(self, model: nn.Module, image: Tensor) -> Dict[str, Tensor]:
         """The direct predictions (XTasCNet with ``direct_only=True``: the transfer networks are not run)."""
@@ -240,3 +205,6 @@ class XTasCRecipe(BaseRecipe):
 
     def delta_metrics(self) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
         return ("mIoU", "pixel_acc", "abs_err", "rel_err"), ("abs_err", "rel_err")
+
+
+RECIPES.register(XTasCRecipe, *XTasCRecipe.models)
