@@ -33,7 +33,9 @@ class BaseRecipe:
 
     Class attributes:
         models: the ``--model`` values this recipe serves -> their names in the papers.
-        weightings: the ``--weighting`` choices it supports; ``default_weighting`` when none is given.
+        unsupported_weightings: the registered weightings (``xtc_ext.weighting.WEIGHTINGS``) it cannot train
+            with -> why; every other one is supported, a newly registered weighting included.
+            ``default_weighting`` when none is given.
         delta_m_formula: the name of its Δm formula in reports.
 
     Args:
@@ -42,7 +44,7 @@ class BaseRecipe:
     """
 
     models: ClassVar[Dict[str, str]] = {}
-    weightings: ClassVar[Tuple[str, ...]] = ()
+    unsupported_weightings: ClassVar[Dict[str, str]] = {}
     default_weighting: ClassVar[str] = "equal"
     delta_m_formula: ClassVar[str] = ""
 
@@ -54,6 +56,11 @@ class BaseRecipe:
         self.contrastive: Optional[ContrastivePlugin] = None
 
     # ------------------------------------------------------------------ command line
+    @classmethod
+    def supported_weightings(cls) -> Tuple[str, ...]:
+        """The registered weightings this recipe trains with, in registration order."""
+        return tuple(name for name in WEIGHTINGS if name not in cls.unsupported_weightings)
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Add this recipe's own options (one argument group). Default: none."""
@@ -72,9 +79,10 @@ class BaseRecipe:
         """
         if args.weighting is None:
             args.weighting = cls.default_weighting
-        if args.weighting not in cls.weightings:
-            raise option_error(f"--model {args.model} supports --weighting {', '.join(cls.weightings)} "
-                               f"(got {args.weighting})")
+        if args.weighting in cls.unsupported_weightings:
+            supported = ", ".join(cls.supported_weightings())
+            raise option_error(f"--model {args.model} does not support --weighting {args.weighting}: "
+                               f"{cls.unsupported_weightings[args.weighting]} (supported: {supported})")
         tasks = cls.required_tasks(args, spec)
         missing = [t for t in tasks if t not in spec.tasks]
         if missing:

@@ -99,7 +99,7 @@ class MTCPRecipe(BaseRecipe):
     """MT-CP (see the module docstring)."""
 
     models = {"mtcp": "MT-CP"}
-    weightings = ("equal", "uncertainty", "dwa", "lps", "lps-log", "lps-prio")
+    unsupported_weightings = {"gradnorm": "GradNorm needs the model's shared_parameters() hook, which MT-CP has not"}
     default_weighting = "lps"
     delta_m_formula = "MT-CP §4 / Vandenhende Delta_MTL"
 

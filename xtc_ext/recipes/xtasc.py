@@ -80,7 +80,8 @@ class XTasCRecipe(BaseRecipe):
     """XTasC-Net, Base MT-Net, Align-Net and Base ST-Net (see the module docstring)."""
 
     models = {"xtasc": "XTasC-Net", "mtnet": "Base MT-Net", "align": "Align-Net", "stnet": "Base ST-Net"}
-    weightings = ("equal", "uncertainty", "dwa", "gradnorm")
+    unsupported_weightings = dict.fromkeys(
+        ("lps", "lps-log", "lps-prio"), "MT-CP's loss schemes (MT-CP Table 4) are not part of XTasC-Net's protocol")
     default_weighting = "uncertainty"
     delta_m_formula = "paper Eq. 17"
     delta_m_partial = True
