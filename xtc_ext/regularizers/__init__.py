@@ -21,7 +21,7 @@ from .contrastive import (
     triplet_margin_loss,
 )
 from .figures import DistanceFigure, save_distance_figure
-from .sampling import SOURCE_KINDS, Criterion, SourceGrid, Triplets
+from .sampling import DEPTH_CRITERIA, SOURCE_KINDS, Criterion, SourceGrid, Triplets
 
 __all__ = [
     "CrossTaskContrastive",
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_SOURCE_KINDS",
     "MINING",
     "SOURCE_KINDS",
+    "DEPTH_CRITERIA",
     "Criterion",
     "SourceGrid",
     "Triplets",
