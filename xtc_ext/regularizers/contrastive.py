@@ -91,7 +91,8 @@ class ContrastiveOutput(NamedTuple):
         num_triplets: target -> int64 scalar tensor, valid triplets over the batch (a tensor, so
             reading it is the caller's choice of a host synchronisation).
         triplets: target -> :class:`~xtc_ext.regularizers.sampling.Triplets` ``[N, K]`` pixel
-            indices on that target's feature grid (after semi-hard mining when enabled).
+            indices ``y * w + x`` on that target's feature grid, batch indices ``n * h * w + y * w + x``
+            with ``cross_image`` (after mining when enabled).
     """
 
     loss: Tensor
