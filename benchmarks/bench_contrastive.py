@@ -1,7 +1,7 @@
 """CPU cost of the cross-task contrastive regularizer (forward + backward) against a host's step.
 
 Default setting (issue 11): XTasC-Net ResNet-34, 96x128 input, batch 6, targets "semseg" (13 classes)
-and "depth" (each the other's only source), K = 512 anchors, D = 128, random or semi-hard mining.
+and "depth" (each the other's only source), K = 512 anchors, D = 128, any mining rule (``--mining``).
 ``--model mtcp`` times MT-CP ResNet-18 FPN instead (targets semseg, depth, normals, features at
 H/4 x W/4); ``--encoder-depth`` sets XTasC-Net's ResNet; ``--amp bf16`` runs every timed forward
 under CPU bfloat16 autocast with the model and images in channels_last, as ``python -m xtc_ext.train``
@@ -45,7 +45,7 @@ from python_models import MTCP, XTasCNet
 from xtc_ext.data import get_dataset
 from xtc_ext.engine import Trainer
 from xtc_ext.recipes import get_recipe
-from xtc_ext.regularizers import CrossTaskContrastive
+from xtc_ext.regularizers import MINING, CrossTaskContrastive
 from xtc_ext.tasks import get_task
 
 
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--size", type=int, nargs=2, default=(96, 128))
     ap.add_argument("--anchors", type=int, default=512)
-    ap.add_argument("--mining", choices=("random", "semihard"), default="random")
+    ap.add_argument("--mining", choices=MINING, default="random")
     ap.add_argument("--amp", choices=("none", "bf16"), default="none",
                     help="bf16: CPU bfloat16 autocast and channels_last (the training program's CPU default)")
     ap.add_argument("--cpu-time", action="store_true", help="time.process_time instead of wall-clock time")

@@ -16,8 +16,12 @@ real NYUv2 frames shipped in the package, ``--dataset frames``, resized to ``--s
 host memory on CUDA) is read once: data loading is not timed. Every configuration starts from the same seed,
 weights and batch, so their losses can be compared step by step.
 
-Configurations (one run measures them all; ratios are against ``authors``):
+Configurations (one run measures them all, in this order; ratios are against ``authors``):
 
+* ``default``: what ``python -m xtc_ext.train`` runs when no speed option is given: the fused ops,
+  ``--amp auto --channels-last auto`` (resolved on the device as the program resolves them: bf16 autocast and
+  channels_last where the device computes bf16 natively, full precision and contiguous elsewhere; the table
+  says what they resolved to), no compilation. Reported first: it is the speed a user gets.
 * ``authors``: the authors' composition: ``--loss-impl eager`` (every loss is the plain-PyTorch composition of
   ``xtc_ext.reference``: ``F.cross_entropy``-style log-softmax / gather / masked means, written as the authors'
   code computes them), and MT-CP's two model-side ops (the CFM ``sigmoid_gate`` and the coherence
@@ -103,6 +107,8 @@ class Config:
 
 
 CONFIGS: Dict[str, Config] = {
+    "default": Config("fused", "auto", "auto", False, "the program's defaults: fused, --amp auto, --channels-last "
+                      "auto, no compile"),
     "authors": Config("eager", "none", "off", False, "eager reference ops (plain PyTorch), fp32, contiguous"),
     "fused": Config("fused", "none", "off", False, "authors + fused xtc_ext ops"),
     "bf16": Config("eager", "bf16", "off", False, "authors + bf16 autocast"),
@@ -447,11 +453,20 @@ def _columns(cuda: bool) -> List[str]:
              "xtc_ext ops, % of kernel time" if cuda else "xtc_ext ops, % of step", "compile s"])
 
 
+def _description(name: str, r: Dict[str, Any]) -> str:
+    """The configuration's description; with an ``auto`` setting, what it resolved to on the device."""
+    config = CONFIGS[name]
+    if "auto" not in (config.amp, config.channels_last):
+        return config.description
+    amp = "full precision" if r["amp"] == "None" else r["amp"].replace("torch.", "")
+    return f"{config.description} (here: {amp}, channels_last {'on' if r['channels_last'] else 'off'})"
+
+
 def _row(name: str, r: Dict[str, Any], cuda: bool) -> List[str]:
     peak = r["memory"]["peak_bytes"]
     diffs = r.get("loss_rel_diff") or []
     cpu_time = [] if cuda else [f"{r['median_cpu_s'] * 1e3:.1f}", _fmt(r["speedup_cpu_time"], ".2f", "x")]
-    return [name, CONFIGS[name].description, f"{r['median_s'] * 1e3:.1f}",
+    return [name, _description(name, r), f"{r['median_s'] * 1e3:.1f}",
             f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}", f"{r['images_per_s']:.2f}",
             _fmt(r["speedup"], ".2f", "x"), *cpu_time, _fmt(None if peak is None else peak / 2**20, ".0f"),
             _fmt(r["memory_ratio"], ".2f", "x"), f"{r['losses'][0]:.5f}",

@@ -17,6 +17,9 @@ Usage (from the repository root; outputs go to ``--out``, never into the reposit
     python benchmarks/contrastive_runs.py run --out /tmp/contrastive_runs
     python benchmarks/contrastive_runs.py table --out /tmp/contrastive_runs
 
+``--settings on ordering cross-image closest`` compares the regularizer's options instead (section
+"The options on the ten frames" of docs/contrastive.md).
+
 ``run`` skips a run whose ``metrics.json`` exists, so an interrupted sweep can be restarted.
 """
 
@@ -37,7 +40,15 @@ MODELS: Dict[str, List[str]] = {
 }
 COMMON = ["--size", "96", "128", "--batch-size", "5", "--no-progress", "--num-figures", "1"]
 METRICS = {"xtasc": ["mIoU", "pixel_acc", "abs_err", "rmse"], "mtcp": ["mIoU", "rmse", "normals_mean"]}
-SETTINGS = {"off": [], "on": ["--contrastive"]}
+SETTINGS = {
+    "off": [],
+    "on": ["--contrastive"],
+    "ordering": ["--contrastive", "--contrastive-depth-criterion", "ordering"],
+    "cross-image": ["--contrastive", "--contrastive-cross-image"],
+    "semihard": ["--contrastive", "--contrastive-mining", "semihard"],
+    "closest": ["--contrastive", "--contrastive-mining", "closest"],
+}
+"""``--settings`` choices: without the regularizer, with its defaults, and with one option changed each."""
 
 
 def run_dir(out: Path, model: str, setting: str, seed: int) -> Path:
@@ -55,7 +66,7 @@ def run_all(args: argparse.Namespace) -> None:
     """Train every (model, seed, setting) run in turn; existing results are kept."""
     for model in args.models:
         for seed in args.seeds:
-            for setting in SETTINGS:
+            for setting in args.settings:
                 if (run_dir(args.out, model, setting, seed) / "metrics.json").exists():
                     continue
                 cmd = command(model, setting, seed, args.epochs[model], args.out)
@@ -85,17 +96,19 @@ def fmt(values: List[float]) -> str:
 
 
 def table(args: argparse.Namespace) -> None:
-    """Print one markdown table per model, then the per-seed epoch-time ratios."""
+    """Print one markdown table per model, then the per-seed epoch-time ratios to the first setting."""
     for model in args.models:
-        rows = {s: [summarise(args.out, model, s, seed) for seed in args.seeds] for s in SETTINGS}
-        cols = list(rows["off"][0])
+        rows = {s: [summarise(args.out, model, s, seed) for seed in args.seeds] for s in args.settings}
+        first = args.settings[0]
+        cols = list(rows[first][0])
         print(f"\n{model} (seeds {', '.join(map(str, args.seeds))}, mean ± std)\n")
-        print("| contrastive | " + " | ".join(cols) + " |")
+        print("| setting | " + " | ".join(cols) + " |")
         print("| --- |" + " ---: |" * len(cols))
         for s, runs in rows.items():
             print(f"| {s} | " + " | ".join(fmt([r[c] for r in runs]) for c in cols) + " |")
-        ratios = [on["epoch s"] / off["epoch s"] for on, off in zip(rows["on"], rows["off"])]
-        print("\nepoch time with / without, per seed: " + ", ".join(f"{r:.3f}" for r in ratios))
+        for s in args.settings[1:]:
+            ratios = [x["epoch s"] / y["epoch s"] for x, y in zip(rows[s], rows[first])]
+            print(f"\nepoch time {s} / {first}, per seed: " + ", ".join(f"{r:.3f}" for r in ratios))
 
 
 def main() -> None:
@@ -104,6 +117,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/contrastive_runs"))
     ap.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=["off", "on"],
+                    help="the runs of each model and seed, in this order; the table's ratios are to the first")
     ap.add_argument("--epochs-xtasc", type=int, default=40)
     ap.add_argument("--epochs-mtcp", type=int, default=40)
     args = ap.parse_args()

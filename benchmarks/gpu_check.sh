@@ -285,7 +285,7 @@ else
     --reps 30 --warmup 5 --copy-reps 20 --no-compile --max-minutes 1.5
   step bench_train 400 1 "10 steps after 3, paper sizes, at most 3 min of configurations" -- \
     "$PY" benchmarks/bench_train.py --device cuda --steps 10 --warmup 3 --max-minutes 3 \
-    --configs authors fused bf16 channels_last all compile \
+    --configs default authors fused bf16 channels_last all compile \
     --json "$OUT/bench_train.json" --markdown "$OUT/bench_train.md"
 fi
 

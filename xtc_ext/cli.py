@@ -339,7 +339,8 @@ def _resume_args(path: str, parser: argparse.ArgumentParser) -> Tuple[Dict[str, 
 def _finalize_data(args: argparse.Namespace, spec: DatasetSpec) -> None:
     if args.data_root is None:
         if spec.default_root is None:
-            raise UsageError(f"--data-root is required for --dataset {args.dataset}")
+            raise UsageError(f"--data-root is required for --dataset {args.dataset} (its data are not shipped): "
+                             f"docs/data.md, section '{args.dataset}', says where to download them and how to check them")
         args.data_root = spec.default_root
     args.data_root = str(args.data_root)
     if args.classes is None:

@@ -24,7 +24,8 @@ def _recipe(*argv):
 
 @pytest.mark.parametrize("argv, missing", [(["--model", "stnet", "--task", "depth"], "two or more tasks"),
                                           (["--model", "mtcp", "--mtcp-tasks", "depth"], "two or more tasks"),
-                                          (["--contrastive-margin", "0"], "--contrastive-margin must be > 0")])
+                                          (["--contrastive-margin", "0"], "--contrastive-margin must be > 0"),
+                                          (["--contrastive-depth-gap", "0"], "--contrastive-depth-gap must be")])
 def test_runs_that_cannot_use_it_are_refused(argv, missing):
     with pytest.raises(SystemExit, match=missing):
         cli.finalize_args(cli.parse_args(["--contrastive", *argv]))
@@ -46,6 +47,16 @@ def test_the_term_joins_the_loss_and_trains_decoders_and_projectors():
     projectors = [p for p in aux.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
     assert projectors and model.seg_decoder.block5.conv3[0].weight.grad.abs().sum() > 0
     assert recipe.epoch_log() in ({"draws_depth<-semseg": 1, "draws_semseg<-depth": 1},) and recipe.epoch_log() == {}
+
+
+def test_the_options_reach_the_regularizer():
+    recipe = _recipe("--encoder-depth", "18", "--contrastive", "--contrastive-depth-criterion", "ordering",
+                     "--contrastive-depth-gap", "0.3", "--contrastive-cross-image", "--contrastive-mining", "closest")
+    reg = recipe.build_auxiliary(recipe.build_model())["contrastive"]
+    assert reg.criteria["depth"].gap == 0.3 and reg.criteria["semseg"].gap is None
+    assert reg.cross_image and reg.mining == "closest"
+    default = _recipe("--encoder-depth", "18", "--contrastive").build_auxiliary(recipe.build_model())["contrastive"]
+    assert default.criteria["depth"].gap is None and not default.cross_image and default.mining == "random"
 
 
 @pytest.fixture

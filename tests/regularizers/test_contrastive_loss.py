@@ -372,13 +372,13 @@ def test_semihard_selection_rule_on_constructed_embeddings():
     grid = SourceGrid("depth", key, torch.ones(1, 7, dtype=torch.bool))
     trip = Triplets(torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([[2]]), torch.tensor([[True]]))
     pool = torch.tensor([[3, 4, 5]])  # pixel 5 has key 0: not a negative of the anchor
-    chosen, new = CrossTaskContrastive._semihard(grid, make_criterion("depth"), trip, za, zp, zn, zpool, pool,
-                                                 torch.ones(1, 3, dtype=torch.bool))
+    chosen, new = CrossTaskContrastive._mine(grid, make_criterion("depth"), trip, za, zp, zn, zpool, pool,
+                                             torch.ones(1, 3, dtype=torch.bool), "semihard")
     assert int(new.negative) == 3 and torch.allclose(chosen, unit_at(0.7).view(1, 1, 3))
     # no candidate farther than the positive: the farthest one (the least hard)
     zpool2 = torch.stack([unit_at(0.1), unit_at(0.2), unit_at(0.9)]).unsqueeze(0)
-    chosen, new = CrossTaskContrastive._semihard(grid, make_criterion("depth"), trip, za, unit_at(1.5).view(1, 1, 3),
-                                                 zn, zpool2, pool, torch.ones(1, 3, dtype=torch.bool))
+    chosen, new = CrossTaskContrastive._mine(grid, make_criterion("depth"), trip, za, unit_at(1.5).view(1, 1, 3),
+                                             zn, zpool2, pool, torch.ones(1, 3, dtype=torch.bool), "semihard")
     assert int(new.negative) == 2  # 0.3 (the random negative) beats 0.1 and 0.2; 0.9 is not a negative
 
 

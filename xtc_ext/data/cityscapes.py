@@ -403,6 +403,7 @@ CITYSCAPES = DATASETS.register(DatasetSpec(
     default_depth_scaling="none",
     factory=_build_files,
     class_name_tables=_CLASS_NAMES,
+    release_sizes={"train": 2975, "val": 500},
 ))
 """The ``--dataset cityscapes`` spec: the official ``val`` split (500 images) is the split the
 XTasC-Net paper reports on; model selection uses a held-out part of ``train`` (2975 images)."""
@@ -418,5 +419,6 @@ CITYSCAPES_MTAN = DATASETS.register(DatasetSpec(
     default_depth_scaling="none",
     factory=_build_mtan,
     class_name_tables=_CLASS_NAMES,
+    release_sizes={"train": 2975, "val": 500},
 ))
 """The ``--dataset cityscapes-mtan`` spec (same splits and targets as ``cityscapes``)."""

@@ -171,6 +171,7 @@ NYUD_MT = DATASETS.register(DatasetSpec(
     depth_unit="m",
     default_depth_scaling="divide",
     factory=_build,
+    release_sizes={"train": 795, "val": 654},
 ))
 """The ``--dataset nyudmt`` spec: ``val`` (654 images) is the NYUD-v2 test split MT-CP reports on;
 model selection uses a held-out part of ``train`` (795 images)."""

@@ -91,6 +91,7 @@ NYUV2 = DATASETS.register(DatasetSpec(
     default_depth_scaling="divide",
     factory=_build,
     class_name_tables={13: NYU13_CLASS_NAMES},
+    release_sizes={"train": 795, "val": 654},
 ))
 """The ``--dataset nyuv2`` spec: MTAN's ``val`` split (654 images) is the official NYUv2 test
 split; model selection uses a held-out part of ``train`` (795 images)."""

@@ -381,6 +381,7 @@ PASCAL = DATASETS.register(DatasetSpec(
     default_size=(512, 512),
     factory=_build,
     class_name_tables={21: PASCAL_SEMSEG_CLASS_NAMES},
+    release_sizes={"train": 4998, "val": 5105},
 ))
 """The ``--dataset pascal`` spec: ``val`` (5105 images) is the split MT-CP reports on; model
 selection uses a held-out part of ``train`` (4998 images)."""

@@ -96,6 +96,9 @@ class DatasetSpec:
             (default): the caller must give the dataset's folder (``--data-root``).
         class_name_tables: ``{classes: names}`` legends for figures; a class count without an
             entry has no names (:meth:`class_names` returns None).
+        release_sizes: ``{split: samples}`` of the public release the layout reads (e.g. ``{"train":
+            795, "val": 654}``), which ``python -m xtc_ext.data.prepare`` checks a download against
+            (docs/data.md); empty (default) for data without one public release.
 
     Raises:
         ValueError: (at construction) a field that breaks the rules above, naming the field.
@@ -115,6 +118,7 @@ class DatasetSpec:
     default_root: Optional[Path] = None
     class_name_tables: Mapping[int, Tuple[str, ...]] = field(default_factory=dict, repr=False,
                                                              compare=False)
+    release_sizes: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         def fail(what: str) -> None:
@@ -159,6 +163,10 @@ class DatasetSpec:
                 fail(f"class_name_tables[{c}] must name {c} classes of an offered class count "
                      f"{self.classes}, got {len(names)} names")
         object.__setattr__(self, "class_name_tables", tables)
+        sizes = dict(self.release_sizes)
+        if not all(isinstance(k, str) and k and _positive_int(v) for k, v in sizes.items()):
+            fail(f"release_sizes must map split names to positive ints, got {sizes!r}")
+        object.__setattr__(self, "release_sizes", sizes)
 
     # ------------------------------------------------------------------ checks
     def check_classes(self, classes: int) -> int:

@@ -18,6 +18,7 @@ inference time of ``python -m xtc_ext.evaluate`` are those of the host.
 from __future__ import annotations
 
 import argparse
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -25,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from xtc_ext.regularizers import MINING, CrossTaskContrastive, save_distance_figure
+from xtc_ext.regularizers import DEPTH_CRITERIA, MINING, CrossTaskContrastive, save_distance_figure
 from xtc_ext.recipes.errors import option_error
 from xtc_ext.tasks import get_task
 
@@ -46,10 +47,19 @@ def add_contrastive_arguments(parser: argparse.ArgumentParser) -> None:
                    help="depth source: |log d_a - log d_j| <= POS is a positive, >= NEG a negative")
     g.add_argument("--contrastive-normals-thresholds", type=float, nargs=2, metavar=("POS", "NEG"),
                    default=(11.25, 30.0), help="normals source: angle (degrees) <= POS positive, >= NEG negative")
+    g.add_argument("--contrastive-depth-criterion", choices=DEPTH_CRITERIA, default="thresholds",
+                   help="depth source: 'thresholds' (--contrastive-depth-thresholds) or 'ordering' (a negative is "
+                   "farther in log-depth from the anchor than the positive by at least --contrastive-depth-gap)")
+    g.add_argument("--contrastive-depth-gap", type=float, default=0.15, metavar="GAMMA",
+                   help="ordering criterion: |log d_a - log d_n| - |log d_a - log d_p| >= GAMMA")
+    g.add_argument("--contrastive-cross-image", action=argparse.BooleanOptionalAction, default=False,
+                   help="draw positives and negatives from every image of the batch, not only the anchor's")
     g.add_argument("--contrastive-mining", choices=MINING, default="random",
-                   help="negatives: 'random', or 'semihard' (the nearest in embedding space that is farther than "
-                   "the positive, among --contrastive-pool candidates)")
-    g.add_argument("--contrastive-pool", type=int, default=1024, help="semi-hard mining candidates per image")
+                   help="negatives, among the random one and --contrastive-pool candidates: 'random' (no mining), "
+                   "'semihard' (FaceNet: the nearest in embedding space farther than the positive, else the "
+                   "farthest), 'closest' (the nearest valid negative)")
+    g.add_argument("--contrastive-pool", type=int, default=1024,
+                   help="mining candidates per image ('semihard', 'closest')")
 
 
 def check_contrastive_args(args: argparse.Namespace, tasks: Sequence[str]) -> None:
@@ -64,6 +74,8 @@ def check_contrastive_args(args: argparse.Namespace, tasks: Sequence[str]) -> No
         (args.contrastive_anchors >= 1, f"--contrastive-anchors must be >= 1, got {args.contrastive_anchors}"),
         (args.contrastive_embed_dim >= 1, f"--contrastive-embed-dim must be >= 1, got {args.contrastive_embed_dim}"),
         (args.contrastive_pool >= 1, f"--contrastive-pool must be >= 1, got {args.contrastive_pool}"),
+        (0 < args.contrastive_depth_gap < math.inf,
+         f"--contrastive-depth-gap must be a finite number > 0, got {args.contrastive_depth_gap}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -106,7 +118,8 @@ class ContrastivePlugin:
             embed_dim=a.contrastive_embed_dim, margin=a.contrastive_margin, anchors=a.contrastive_anchors,
             depth_thresholds=tuple(a.contrastive_depth_thresholds),
             normals_thresholds_deg=tuple(a.contrastive_normals_thresholds), mining=a.contrastive_mining,
-            semihard_pool=a.contrastive_pool)
+            semihard_pool=a.contrastive_pool, depth_criterion=a.contrastive_depth_criterion,
+            depth_gap=a.contrastive_depth_gap, cross_image=a.contrastive_cross_image)
         return self.module
 
     @staticmethod

@@ -20,7 +20,7 @@ from .contrastive import (
     triplet_margin_loss,
 )
 from .figures import DistanceFigure, save_distance_figure
-from .sampling import SOURCE_KINDS, Criterion, SourceGrid, Triplets
+from .sampling import DEPTH_CRITERIA, SOURCE_KINDS, Criterion, SourceGrid, Triplets
 
 __all__ = [
     "CrossTaskContrastive",
@@ -28,6 +28,7 @@ __all__ = [
     "Projector",
     "MINING",
     "SOURCE_KINDS",
+    "DEPTH_CRITERIA",
     "Criterion",
     "SourceGrid",
     "Triplets",

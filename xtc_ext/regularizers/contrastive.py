@@ -36,10 +36,12 @@ from .sampling import (
     Criterion,
     SourceGrid,
     Triplets,
+    batch_grid,
     check_label,
     cross_distance,
     draw_uniforms,
     make_criterion,
+    negative_bound,
     num_uniforms,
     sample_pool,
     sample_triplets,
@@ -56,8 +58,11 @@ __all__ = [
     "embedding_distance",
 ]
 
-MINING = ("random", "semihard")
-"""Negative mining strategies of :class:`CrossTaskContrastive`."""
+MINING = ("random", "semihard", "closest")
+"""Negative mining strategies of :class:`CrossTaskContrastive` (``docs/contrastive.md``, "Sampling"):
+``"random"`` the drawn negative; ``"semihard"`` FaceNet's rule (Schroff, Kalenichenko, Philbin, CVPR 2015,
+§3.2): the candidate nearest to the anchor among those farther than the positive, else the farthest;
+``"closest"`` the rule of this project's specification: the closest valid negative among the candidates."""
 
 # Squared-distance floor: keeps the gradient of the square root finite for coinciding embeddings
 # (a distance below 1e-6 reads as 1e-6, with zero gradient).
@@ -76,7 +81,8 @@ class ContrastiveOutput(NamedTuple):
         num_triplets: target -> int64 scalar tensor, valid triplets over the batch (a tensor, so
             reading it is the caller's choice of a host synchronisation).
         triplets: target -> :class:`~xtc_ext.regularizers.sampling.Triplets` ``[N, K]`` pixel
-            indices on that target's feature grid (after semi-hard mining when enabled).
+            indices ``y * w + x`` on that target's feature grid, batch indices ``n * h * w + y * w + x``
+            with ``cross_image`` (after mining when enabled).
     """
 
     loss: Tensor
@@ -294,10 +300,19 @@ class CrossTaskContrastive(nn.Module):
         anchors: anchors ``K >= 1`` per image and target (512); one positive and one negative each.
         depth_thresholds: ``(tau_pos, tau_neg)`` on ``|log d_a - log d_j|`` ((0.05, 0.20)).
         normals_thresholds_deg: ``(tau_pos, tau_neg)`` on the normals' angle, degrees ((11.25, 30)).
-        mining: ``"random"`` (default) or ``"semihard"``: among the drawn negative and ``M`` pool
-            pixels that satisfy the negative criterion, the one nearest to the anchor in embedding
-            space that is still farther than the positive; if none is farther, the farthest of them.
-        semihard_pool: ``M >= 1`` candidate pixels per image for semi-hard mining (1024).
+        mining: one of :data:`MINING`.  ``"random"`` (default): the drawn negative.  The other two
+            choose among the candidates, the drawn negative and the ``M`` pool pixels that satisfy the
+            negative criterion for the anchor, by their embedding distance to the anchor:
+            ``"semihard"`` (FaceNet style) the nearest one that is still farther than the positive, and
+            if none is farther, the farthest of them; ``"closest"`` (the specification's "semi-hard",
+            ``docs/contrastive.md``) the nearest one, farther than the positive or not.
+        semihard_pool: ``M >= 1`` candidate pixels per image for ``"semihard"`` and ``"closest"`` (1024).
+        depth_criterion: ``"thresholds"`` (default, S1) or ``"ordering"`` (S1':
+            ``delta(a, n) - delta(a, p) >= depth_gap``) for a depth source
+            (:func:`~xtc_ext.regularizers.sampling.make_criterion`).
+        depth_gap: ``gamma > 0`` of the ordering criterion, log-depth (0.15).
+        cross_image: draw the positives and negatives from the whole batch instead of the anchor's
+            image (False; ``docs/contrastive.md``, "Sampling").
         ignore_index: void value of categorical, binary and edge labels: one int for every source, or a
             mapping source -> void (a task's :attr:`~xtc_ext.tasks.TaskSpec.void`; a source missing from
             it gets -1) (-1).
@@ -313,7 +328,8 @@ class CrossTaskContrastive(nn.Module):
     Raises:
         ValueError: empty ``feature_channels`` or bad channels; unknown kind in ``source_kinds``; a
             target with no source; ``embed_dim``, ``anchors`` or ``semihard_pool`` < 1;
-            ``margin <= 0``; bad thresholds; unknown ``mining``.  Each message names the argument.
+            ``margin <= 0``; bad thresholds; unknown ``mining`` or ``depth_criterion``;
+            ``depth_gap <= 0``.  Each message names the argument.
     """
 
     def __init__(
@@ -330,6 +346,9 @@ class CrossTaskContrastive(nn.Module):
         semihard_pool: int = 1024,
         ignore_index: Union[int, Mapping[str, float]] = -1,
         binary_threshold: float = 0.5,
+        depth_criterion: str = "thresholds",
+        depth_gap: float = 0.15,
+        cross_image: bool = False,
     ) -> None:
         super().__init__()
         channels = self._check_tasks(feature_channels, source_kinds)
@@ -342,16 +361,19 @@ class CrossTaskContrastive(nn.Module):
             raise ValueError(f"mining must be one of {MINING}, got {mining!r}")
         if not isinstance(binary_threshold, (int, float)) or not math.isfinite(binary_threshold):
             raise ValueError(f"binary_threshold must be a finite number, got {binary_threshold!r}")
+        if not isinstance(cross_image, bool):
+            raise ValueError(f"cross_image must be a bool, got {cross_image!r}")
         self.margin = float(margin)
         self.mining = mining
+        self.cross_image = cross_image
         self.binary_threshold = float(binary_threshold)
         self.source_kinds: Dict[str, str] = dict(source_kinds)
         self.voids: Dict[str, float] = self._check_voids(ignore_index, self.source_kinds)
-        for kind in ("depth", "normals"):  # check both pairs, also when no source uses them
-            make_criterion(kind, depth_thresholds, normals_thresholds_deg)
-        self.criteria: Dict[str, Criterion] = {
-            s: make_criterion(k, depth_thresholds, normals_thresholds_deg) for s, k in self.source_kinds.items()
-        }
+        rules = dict(depth_thresholds=depth_thresholds, normals_thresholds_deg=normals_thresholds_deg,
+                     depth_criterion=depth_criterion, depth_gap=depth_gap)
+        for kind in ("depth", "normals"):  # check every option, also when no source uses it
+            make_criterion(kind, **rules)
+        self.criteria: Dict[str, Criterion] = {s: make_criterion(k, **rules) for s, k in self.source_kinds.items()}
         self.feature_channels = channels
         self.targets: List[str] = list(channels)
         self.sources: Dict[str, List[str]] = {t: [s for s in self.source_kinds if s != t] for t in self.targets}
@@ -404,7 +426,9 @@ class CrossTaskContrastive(nn.Module):
         return (
             f"targets={self.targets}, source_kinds={self.source_kinds}, embed_dim={self.embed_dim}, "
             f"margin={self.margin}, anchors={self.anchors}, mining={self.mining!r}"
-            + (f", semihard_pool={self.semihard_pool}" if self.mining == "semihard" else "")
+            + (f", semihard_pool={self.semihard_pool}" if self.mining != "random" else "")
+            + "".join(f", {s}: ordering gap={c.gap}" for s, c in self.criteria.items() if c.gap is not None)
+            + (", cross_image=True" if self.cross_image else "")
         )
 
     # ----------------------------------------------------------------------------------------
@@ -456,7 +480,7 @@ class CrossTaskContrastive(nn.Module):
         n, device = self._check_inputs(features, labels, valid)
         valid = dict(valid or {})
         draws = self.draw_sources(generator)
-        count = num_uniforms(self.anchors, self.semihard_pool if self.mining == "semihard" else 0)
+        count = num_uniforms(self.anchors, self.semihard_pool if self.mining != "random" else 0)
         per_target: Dict[str, Tensor] = {}
         counts: Dict[str, Tensor] = {}
         trips: Dict[str, Triplets] = {}
@@ -486,9 +510,11 @@ class CrossTaskContrastive(nn.Module):
         N, C, h, w = feat.shape
         K = self.anchors
         grid = self.source_grid(s, label.detach(), (h, w), mask)
-        trip = sample_triplets(grid, self.criteria[s], K, u)
+        trip = sample_triplets(grid, self.criteria[s], K, u, self.cross_image)
+        if self.cross_image:  # indices into the batch's pixels from here on
+            grid = batch_grid(grid)
         index = [trip.anchor, trip.positive, trip.negative]
-        if self.mining == "semihard":
+        if self.mining != "random":
             pool, pool_ok = sample_pool(grid, u[:, 3 * K + 1:])
             index.append(pool)
         # Only the sampled pixels are gathered and projected.
@@ -496,7 +522,10 @@ class CrossTaskContrastive(nn.Module):
         R = index.shape[1]
         in_stats = torch.zeros_like(index, dtype=torch.bool)  # BatchNorm statistics: valid triplets' rows
         in_stats[:, :3 * K] = trip.valid.repeat(1, 3)
-        if _reads_pixel_vectors(feat):  # whole C-vectors per pixel: any order reads the map well
+        if self.cross_image:  # batch indices: rows of the [N*h*w, C] pixel vectors (a copy for NCHW maps)
+            rows = feat.permute(0, 2, 3, 1).reshape(N * h * w, C).index_select(0, index.view(-1))
+            z = self.project(t, s, rows, in_stats.view(-1)).view(N, R, -1)
+        elif _reads_pixel_vectors(feat):  # whole C-vectors per pixel: any order reads the map well
             z = self.project(t, s, _GatherPixels.apply(feat, index).reshape(N * R, C), in_stats.view(-1))
             z = z.view(N, R, -1)
         else:  # channel rows: gather in increasing pixel order per image, then put back in sampling order
@@ -507,27 +536,34 @@ class CrossTaskContrastive(nn.Module):
             z = z.gather(1, inverse.unsqueeze(-1).expand(N, R, z.shape[-1]))
         # split, not slices: one gradient buffer for z instead of one per slice
         za, zp, zn, *zpool = z.split([K, K, K] + ([R - 3 * K] if R > 3 * K else []), dim=1)
-        if self.mining == "semihard":
-            zn, trip = self._semihard(grid, self.criteria[s], trip, za, zp, zn, zpool[0], pool, pool_ok)
+        if self.mining != "random":
+            zn, trip = self._mine(grid, self.criteria[s], trip, za, zp, zn, zpool[0], pool, pool_ok, self.mining)
         loss, count = triplet_margin_loss(za, zp, zn, trip.valid, self.margin)
         return loss, count, trip
 
     @staticmethod
-    def _semihard(
+    def _mine(
         grid: SourceGrid, crit: Criterion, trip: Triplets, za: Tensor, zp: Tensor, zn: Tensor,
-        zpool: Tensor, pool: Tensor, pool_ok: Tensor,
+        zpool: Tensor, pool: Tensor, pool_ok: Tensor, mining: str,
     ) -> Tuple[Tensor, Triplets]:
-        """Semi-hard negatives: candidates = the random negative + the pool pixels that are negatives
-        of the anchor; pick the nearest one farther than the positive, else the farthest one."""
+        """Mined negatives ([N, K, D] embeddings and the triplets with their new negative pixels): the
+        candidates are the random negative + the pool pixels that are negatives of the anchor (``pool``
+        [N, M] indices into ``grid``); ``"semihard"`` picks the nearest one farther than the positive,
+        else the farthest one; ``"closest"`` the nearest one."""
         with torch.no_grad():
             cand_d = torch.cat([embedding_distance(za, zn).unsqueeze(-1), torch.cdist(za, zpool)], dim=-1)
-            pool_neg = pool_ok.unsqueeze(1) & (cross_distance(grid, trip.anchor, pool) >= crit.negative)
+            bound = negative_bound(grid, crit, trip.anchor, trip.positive)
+            bound = bound.unsqueeze(-1) if isinstance(bound, Tensor) else bound
+            pool_neg = pool_ok.unsqueeze(1) & (cross_distance(grid, trip.anchor, pool) >= bound)
             cand_ok = torch.cat([torch.ones_like(pool_neg[..., :1]), pool_neg], dim=-1) & trip.valid.unsqueeze(-1)
-            far = cand_ok & (cand_d > embedding_distance(za, zp).unsqueeze(-1))
             inf = torch.full((), math.inf, device=cand_d.device, dtype=cand_d.dtype)
-            nearest_far = torch.where(far, cand_d, inf).argmin(dim=-1)
-            farthest = torch.where(cand_ok, cand_d, -inf).argmax(dim=-1)
-            choice = torch.where(far.any(dim=-1), nearest_far, farthest)  # 0 = the random negative
+            if mining == "closest":
+                choice = torch.where(cand_ok, cand_d, inf).argmin(dim=-1)  # 0 = the random negative
+            else:
+                far = cand_ok & (cand_d > embedding_distance(za, zp).unsqueeze(-1))
+                nearest_far = torch.where(far, cand_d, inf).argmin(dim=-1)
+                farthest = torch.where(cand_ok, cand_d, -inf).argmax(dim=-1)
+                choice = torch.where(far.any(dim=-1), nearest_far, farthest)  # 0 = the random negative
             from_pool = choice > 0
             j = (choice - 1).clamp_min(0)
         z_pool = zpool.gather(1, j.unsqueeze(-1).expand(-1, -1, zpool.shape[-1]))

@@ -7,7 +7,12 @@ valid when (``docs/contrastive.md``, section "Criteria", equation S1)::
 
     delta(a, p) <= tau_pos,  p != a,   and   delta(a, n) >= tau_neg,
 
-with all three pixels valid.  Kinds (:data:`SOURCE_KINDS`):
+with all three pixels valid.  Depth sources may use the *ordering* criterion instead (``docs/contrastive.md``,
+section "Criteria", equation S1'): no absolute thresholds, only
+
+    delta(a, n) - delta(a, p) >= gamma,  p != a.
+
+Kinds (:data:`SOURCE_KINDS`):
 
 =============  =====================================  ==========================  ===================
 kind           label (``[N, ., H, W]``)               ``delta(i, j)``             tau_pos / tau_neg
@@ -24,7 +29,9 @@ the anchors are drawn from the valid pixels (class-balanced for categorical and 
 each positive uniformly from the anchor's positive set and each negative uniformly from its negative
 set.  For the 1-D kinds (categorical, binary, depth) the valid pixels are sorted by their key, so
 both sets are index ranges found with ``searchsorted`` (``O(L log L)`` per image for ``L`` pixels);
-for normals they are masks over the ``K x L`` anchor-pixel pairs, processed in chunks.  All
+for normals they are masks over the ``K x L`` anchor-pixel pairs, processed in chunks.  With
+``cross_image`` the anchors stay in their image and the positives and negatives are drawn from the
+whole batch (:func:`batch_grid`).  All
 randomness comes from a tensor of uniforms in [0, 1) that the caller draws from its generator
 (:func:`draw_uniforms`), so a sample is a pure function of the labels and that tensor.
 """
@@ -32,7 +39,7 @@ randomness comes from a tensor of uniforms in [0, 1) that the caller draws from 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +51,13 @@ __all__ = [
     "Criterion",
     "SourceGrid",
     "Triplets",
+    "DEPTH_CRITERIA",
     "make_criterion",
     "check_label",
     "to_source_grid",
+    "batch_grid",
     "pair_distance",
+    "negative_bound",
     "cross_distance",
     "draw_uniforms",
     "sample_triplets",
@@ -60,6 +70,9 @@ SOURCE_KINDS = ("categorical", "binary", "edge", "depth", "normals")
 
 BALANCED_KINDS = ("categorical", "binary", "edge")
 """Kinds whose anchors are drawn class-balanced."""
+
+DEPTH_CRITERIA = ("thresholds", "ordering")
+"""Criteria of a depth source: S1's absolute thresholds, or S1''s relative order (module docstring)."""
 
 # |delta| threshold of a different class for integer keys: any value in (0, 1] works; 0.5 keeps
 # the comparison far from rounding.
@@ -75,11 +88,15 @@ class Criterion(NamedTuple):
         kind: one of :data:`SOURCE_KINDS`.
         positive: ``tau_pos``, in ``delta`` units (log-depth for depth, ``1 - cos`` for normals).
         negative: ``tau_neg > tau_pos``, same units.
+        gap: ``None`` for the thresholds (S1); else ``gamma > 0`` of the ordering criterion (S1', depth
+            only, ``delta`` units), which then decides alone: ``positive`` and ``negative`` only split the
+            pixels of the anchor-distance figure (:mod:`xtc_ext.regularizers.figures`).
     """
 
     kind: str
     positive: float
     negative: float
+    gap: Optional[float] = None
 
 
 class SourceGrid(NamedTuple):
@@ -116,6 +133,8 @@ def make_criterion(
     kind: str,
     depth_thresholds: Sequence[float] = (0.05, 0.20),
     normals_thresholds_deg: Sequence[float] = (11.25, 30.0),
+    depth_criterion: str = "thresholds",
+    depth_gap: float = 0.15,
 ) -> Criterion:
     """The :class:`Criterion` of a source kind.
 
@@ -125,18 +144,28 @@ def make_criterion(
             dimensionless), ``0 <= tau_pos < tau_neg``.
         normals_thresholds_deg: ``(tau_pos, tau_neg)`` on the angle between normals, degrees,
             ``0 <= tau_pos < tau_neg <= 180``.
+        depth_criterion: one of :data:`DEPTH_CRITERIA`: ``"thresholds"`` (S1) or ``"ordering"`` (S1':
+            ``delta(a, n) - delta(a, p) >= depth_gap``; for categorical and binary sources the two
+            criteria coincide, so only depth offers the choice).
+        depth_gap: ``gamma > 0`` of the ordering criterion, in log-depth (default 0.15, the width of the
+            default thresholds' dead zone); unused with ``"thresholds"``.
 
     Raises:
-        ValueError: unknown ``kind``; thresholds not two finite numbers in increasing order in their
-            range (the message names the argument).
+        ValueError: unknown ``kind`` or ``depth_criterion``; thresholds not two finite numbers in
+            increasing order in their range; ``depth_gap`` not a finite number > 0 (the message names the
+            argument).
     """
     if kind not in SOURCE_KINDS:
         raise ValueError(f"unknown source kind {kind!r}, expected one of {SOURCE_KINDS}")
+    if depth_criterion not in DEPTH_CRITERIA:
+        raise ValueError(f"depth_criterion must be one of {DEPTH_CRITERIA}, got {depth_criterion!r}")
+    if isinstance(depth_gap, bool) or not isinstance(depth_gap, (int, float)) or not 0 < depth_gap < math.inf:
+        raise ValueError(f"depth_gap must be a finite number > 0, got {depth_gap!r}")
     if kind in BALANCED_KINDS:
         return Criterion(kind, 0.0, _CLASS_GAP)
     if kind == "depth":
         lo, hi = _check_pair("depth_thresholds", depth_thresholds, 0.0, math.inf)
-        return Criterion(kind, lo, hi)
+        return Criterion(kind, lo, hi, float(depth_gap) if depth_criterion == "ordering" else None)
     lo, hi = _check_pair("normals_thresholds_deg", normals_thresholds_deg, 0.0, 180.0)
     return Criterion(kind, 1.0 - math.cos(math.radians(lo)), 1.0 - math.cos(math.radians(hi)))
 
@@ -266,6 +295,18 @@ def to_source_grid(
     return SourceGrid(kind, key.contiguous(), ok)
 
 
+def batch_grid(grid: SourceGrid) -> SourceGrid:
+    """The batch's pixels as one pool for every image: ``key`` ``[N, N L(, 3)]`` and ``valid`` ``[N, N L]``
+    (expanded views, no copy), pixel ``n L + y w + x`` being pixel ``y w + x`` of image ``n``.
+
+    The grid of cross-image sampling (``docs/contrastive.md``, section "Sampling"): the positives and
+    negatives of image ``n``'s anchors are drawn from the ``N L`` pixels of row ``n``.
+    """
+    N, L = grid.valid.shape
+    key = grid.key.reshape(1, N * L, *grid.key.shape[2:]).expand(N, *([-1] * (grid.key.dim() - 1)))
+    return SourceGrid(grid.kind, key, grid.valid.reshape(1, N * L).expand(N, -1))
+
+
 # --------------------------------------------------------------------------------------------
 # Label-space distances
 
@@ -297,6 +338,20 @@ def cross_distance(grid: SourceGrid, i: Tensor, j: Tensor) -> Tensor:
         with torch.autocast(a.device.type, enabled=False):  # float32 label geometry under autocast
             return 1.0 - torch.bmm(a, b.transpose(1, 2))
     return (a.unsqueeze(2) - b.unsqueeze(1)).abs()
+
+
+def negative_bound(grid: SourceGrid, crit: Criterion, anchor: Tensor, positive: Tensor) -> Union[float, Tensor]:
+    """The least ``delta(a, n)`` of a negative of the triplets ``(anchor, positive, .)`` ``[N, K]``:
+    ``tau_neg`` (a float) for the thresholds, ``delta(a, p) + gamma`` (float32 ``[N, K]``) for the ordering."""
+    if crit.gap is None:
+        return crit.negative
+    return pair_distance(grid, anchor, positive) + crit.gap
+
+
+def _satisfies(grid: SourceGrid, crit: Criterion, a: Tensor, p: Tensor, n: Tensor) -> Tensor:
+    """bool ``[N, K]``: the triplets' label distances meet ``crit`` (validity and ``p != a`` not checked)."""
+    neg_ok = pair_distance(grid, a, n) >= negative_bound(grid, crit, a, p)
+    return neg_ok if crit.gap is not None else (pair_distance(grid, a, p) <= crit.positive) & neg_ok
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,27 +412,60 @@ def _balanced_anchor_ranks(sorted_key: Tensor, n_valid: Tensor, u_anchor: Tensor
     return first + _pick(u_anchor, run_len.gather(1, first)), m > 0
 
 
-def _sample_sorted(grid: SourceGrid, crit: Criterion, u: Tensor, K: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """1-D kinds: ``(anchor, positive, negative)`` pixel indices and the "sets non-empty" mask."""
+def _anchor_ranks(grid: SourceGrid, sk: Tensor, n_valid: Tensor, u: Tensor, K: int) -> Tuple[Tensor, Tensor]:
+    """1-D kinds: ``K`` anchor ranks ``[N, K]`` in the sorted order ``sk`` and "has an anchor" (``[N, 1]``)."""
+    if grid.kind in BALANCED_KINDS:
+        ra, found = _balanced_anchor_ranks(sk, n_valid, u[:, :K], u[:, 3 * K])
+        return ra, found.unsqueeze(1)
+    nv = n_valid.unsqueeze(1)
+    return _pick(u[:, :K], nv), nv > 0
+
+
+def _draw_anchors(grid: SourceGrid, u: Tensor, K: int) -> Tuple[Tensor, Tensor]:
+    """The anchors alone, as the per-image samplers draw them: pixel indices ``[N, K]`` and "has an anchor"."""
+    order, n_valid, sk = _ranked(grid)
+    if sk is None:
+        return order.gather(1, _pick(u[:, :K], n_valid.unsqueeze(1))), (n_valid > 0).unsqueeze(1)
+    ra, found = _anchor_ranks(grid, sk, n_valid, u, K)
+    return order.gather(1, ra.clamp_max(sk.shape[1] - 1)), found
+
+
+def _sample_sorted(
+    grid: SourceGrid, crit: Criterion, u: Tensor, K: int, anchor: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """1-D kinds: ``(anchor, positive, negative)`` pixel indices and the "sets non-empty" mask.
+
+    ``anchor``: given pixel indices ``[N, K]`` (cross-image sampling), else drawn here.  With the ordering
+    criterion the positive is uniform over the pixels that have a negative (``delta(a, p) <= reach - gamma``,
+    ``reach`` the anchor's largest ``delta`` to a valid pixel), then the negative uniform over
+    ``delta(a, n) >= delta(a, p) + gamma``.
+    """
     order, n_valid, sk = _ranked(grid)
     assert sk is not None
     L = sk.shape[1]
     nv = n_valid.unsqueeze(1)
-    if grid.kind in BALANCED_KINDS:
-        ra, found = _balanced_anchor_ranks(sk, n_valid, u[:, :K], u[:, 3 * K])
-        found = found.unsqueeze(1)
-    else:
-        ra, found = _pick(u[:, :K], nv), nv > 0
+    if anchor is None:
+        ra, found = _anchor_ranks(grid, sk, n_valid, u, K)
+    else:  # the given pixels' ranks in this order
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(L, device=order.device).expand_as(order))
+        ra, found = rank.gather(1, anchor), grid.valid.gather(1, anchor)
     ra = ra.clamp_max(L - 1)
     ka = sk.gather(1, ra)
+    radius: Union[float, Tensor] = crit.positive
+    if crit.gap is not None:  # the positives that leave a negative
+        reach = torch.maximum(ka - sk[:, :1], sk.gather(1, (nv - 1).clamp_min(0)) - ka)
+        radius = reach - crit.gap
     # positives: ranks [lo, hi) minus the anchor itself
-    lo = torch.searchsorted(sk, ka - crit.positive)
-    hi = torch.searchsorted(sk, ka + crit.positive, right=True)
+    lo = torch.searchsorted(sk, ka - radius)
+    hi = torch.searchsorted(sk, ka + radius, right=True)
     rp = lo + _pick(u[:, K:2 * K], hi - lo - 1)
     rp = rp + (rp >= ra).long()
+    bound: Union[float, Tensor] = crit.negative
+    if crit.gap is not None:
+        bound = (sk.gather(1, rp.clamp(0, L - 1)) - ka).abs() + crit.gap
     # negatives: ranks [0, below) and [above, n_valid)
-    below = torch.searchsorted(sk, ka - crit.negative, right=True)
-    above = torch.searchsorted(sk, ka + crit.negative)
+    below = torch.searchsorted(sk, ka - bound, right=True)
+    above = torch.searchsorted(sk, ka + bound)
     n_neg = below + (nv - above)
     rn = _pick(u[:, 2 * K:3 * K], n_neg)
     rn = torch.where(rn < below, rn, rn - below + above)
@@ -394,11 +482,16 @@ def _nth_true(mask: Tensor, u: Tensor) -> Tuple[Tensor, Tensor]:
     return idx.clamp_max(mask.shape[1] - 1), count > 0
 
 
-def _sample_normals(grid: SourceGrid, crit: Criterion, u: Tensor, K: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Normals: anchors uniform over valid pixels; positive / negative sets as ``K x L`` masks."""
+def _sample_normals(
+    grid: SourceGrid, crit: Criterion, u: Tensor, K: int, anchor: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Normals: anchors uniform over valid pixels (or the given ``anchor`` ``[N, K]``); positive / negative
+    sets as ``K x L`` masks."""
+    if crit.gap is not None:
+        raise ValueError("the ordering criterion is defined for depth sources only, got a normals criterion")
     order, n_valid, _ = _ranked(grid)
     N, L = grid.valid.shape
-    a = order.gather(1, _pick(u[:, :K], n_valid.unsqueeze(1)))
+    a = order.gather(1, _pick(u[:, :K], n_valid.unsqueeze(1))) if anchor is None else anchor
     pos = torch.empty_like(a)
     neg = torch.empty_like(a)
     ok = torch.empty_like(a, dtype=torch.bool)
@@ -416,10 +509,13 @@ def _sample_normals(grid: SourceGrid, crit: Criterion, u: Tensor, K: int) -> Tup
         n, n_ok = _nth_true(nmask.reshape(N * k, L), u[:, 2 * K + k0:2 * K + k0 + k].reshape(-1))
         pos[:, ks], neg[:, ks] = p.view(N, k), n.view(N, k)
         ok[:, ks] = (p_ok & n_ok).view(N, k)
-    return a, pos, neg, ok & (n_valid > 0).unsqueeze(1)
+    has_anchor = (n_valid > 0).unsqueeze(1) if anchor is None else grid.valid.gather(1, anchor)
+    return a, pos, neg, ok & has_anchor
 
 
-def sample_triplets(grid: SourceGrid, crit: Criterion, anchors: int, uniforms: Tensor) -> Triplets:
+def sample_triplets(
+    grid: SourceGrid, crit: Criterion, anchors: int, uniforms: Tensor, cross_image: bool = False
+) -> Triplets:
     """Draw ``K = anchors`` triplets per image satisfying ``crit`` (module docstring; exact sampling).
 
     Anchors: uniform over the valid pixels, with replacement; class-balanced for
@@ -428,7 +524,9 @@ def sample_triplets(grid: SourceGrid, crit: Criterion, anchors: int, uniforms: T
     negative set.  An anchor whose positive or negative set is empty (an image with one class, no
     valid pixel, no pair outside the dead zone) gives an invalid triplet.  The criterion is checked
     again on the drawn pixels, so every valid triplet satisfies it in the arithmetic of
-    :func:`pair_distance`.
+    :func:`pair_distance`.  With the ordering criterion (``crit.gap``, depth only) the positive is
+    uniform over the anchor's pixels that have a negative, the negative uniform over
+    ``delta(a, n) >= delta(a, p) + gamma``.
 
     Args:
         grid: the source labels on the target feature grid (:func:`to_source_grid`).
@@ -437,12 +535,17 @@ def sample_triplets(grid: SourceGrid, crit: Criterion, anchors: int, uniforms: T
         uniforms: float64 ``[N, >= 3 K + 1]`` in [0, 1) on the grid's device (:func:`draw_uniforms`);
             columns ``[0, K)`` anchors, ``[K, 2K)`` positives, ``[2K, 3K)`` negatives, ``3K`` the
             class-quota shift.
+        cross_image: ``docs/contrastive.md`` section "Sampling": the anchors are drawn per image as
+            above, the positive and the negative from the valid pixels of the whole batch
+            (:func:`batch_grid`; an anchor's own image included).  The returned indices are then
+            batch indices ``n L + y w + x`` into :func:`batch_grid`.
 
     Returns:
         :class:`Triplets` ``[N, K]``.
 
     Raises:
-        ValueError: ``anchors < 1``; ``uniforms`` of the wrong shape; kinds differ.
+        ValueError: ``anchors < 1``; ``uniforms`` of the wrong shape; kinds differ; an ordering
+            criterion of a normals source.
     """
     N = grid.valid.shape[0]
     if isinstance(anchors, bool) or not isinstance(anchors, int) or anchors < 1:
@@ -452,10 +555,17 @@ def sample_triplets(grid: SourceGrid, crit: Criterion, anchors: int, uniforms: T
     if crit.kind != grid.kind:
         raise ValueError(f"criterion kind {crit.kind!r} differs from the labels' kind {grid.kind!r}")
     sampler = _sample_normals if grid.kind == "normals" else _sample_sorted
-    a, p, n, ok = sampler(grid, crit, uniforms, anchors)
+    if cross_image:
+        a, found = _draw_anchors(grid, uniforms, anchors)
+        a = a + torch.arange(N, device=a.device).unsqueeze(1) * grid.valid.shape[1]
+        grid = batch_grid(grid)
+        a, p, n, ok = sampler(grid, crit, uniforms, anchors, a)
+        ok = ok & found
+    else:
+        a, p, n, ok = sampler(grid, crit, uniforms, anchors)
     va = grid.valid.gather(1, a)
     ok = ok & va & grid.valid.gather(1, p) & grid.valid.gather(1, n) & (p != a)
-    ok = ok & (pair_distance(grid, a, p) <= crit.positive) & (pair_distance(grid, a, n) >= crit.negative)
+    ok = ok & _satisfies(grid, crit, a, p, n)
     return Triplets(a, torch.where(ok, p, a), torch.where(ok, n, a), ok)
 
 
