@@ -197,17 +197,11 @@ def compile_backend(backend: str) -> Iterator[None]:
 
 
 def step_function(trainer: Trainer, batch: Dict[str, Any]) -> Callable[[], torch.Tensor]:
-    """One training step of the engine on ``batch``; returns the step's logged values (``values[0]``: total).
-
-    The engine has no public single-step method: this calls the pieces of ``Trainer.train_epoch``'s loop
-    body (zero_grad, forward and loss under autocast, the finite check, backward and optimizer step)."""
+    """One training step of the engine on ``batch`` (:meth:`Trainer.train_step`, the body of its epoch loop);
+    returns the step's values (``values[0]``: total). A non-finite step raises NonFiniteLoss (--nonfinite stop)."""
 
     def step() -> torch.Tensor:
-        trainer.optimizer.zero_grad(set_to_none=True)
-        total, values = trainer._step(batch)
-        trainer._check_step(values, 1)  # raises NonFiniteLoss (--nonfinite stop)
-        trainer._update(total)
-        return values
+        return trainer.train_step(batch, 1)[0]
 
     return step
 

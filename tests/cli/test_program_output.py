@@ -43,7 +43,7 @@ def test_a_bad_value_exits_the_process_with_code_2_and_one_argparse_style_line()
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--dataset", "cityscapes"], "--data-root is required for --dataset cityscapes (its data are not shipped): "
                                   "docs/data.md, section 'cityscapes', says where to download them"),
-    (["--lps-beta", "3"], "--lps-beta applies to --model mtcp only"),
+    (["--lps-beta", "3"], "--lps-beta applies to --weighting lps, lps-log, lps-prio only"),
     (["--config", "no_such_config"], "unknown config"),
     (["--device", "cuda:x"], "--device"),
 ])

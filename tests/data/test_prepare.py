@@ -10,6 +10,7 @@ import pytest
 
 from fixtures import CS_FRAMES, DATASET_WRITERS, NYUDMT_SPLITS, PASCALMT_SPLITS
 from xtc_ext.data import DATASETS, get_dataset
+from xtc_ext.data import prepare
 from xtc_ext.data.prepare import check_release, main
 
 #: The samples per split that the fixture writers produce.
@@ -42,7 +43,8 @@ def release(request, tmp_path, monkeypatch):
     """(name, root) of a tiny tree whose registered release sizes are the tree's own."""
     name = request.param
     DATASET_WRITERS[name](tmp_path)
-    monkeypatch.setitem(DATASETS, name, dataclasses.replace(DATASETS[name], release_sizes=FIXTURE_SIZES[name]))
+    spec = dataclasses.replace(DATASETS[name], release_sizes=FIXTURE_SIZES[name])
+    monkeypatch.setattr(prepare, "get_dataset", lambda n: spec if n == name else get_dataset(n))
     return name, tmp_path
 
 

@@ -266,6 +266,24 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
+    def train_step(self, batch: Dict[str, Any], epoch: int) -> Tuple[torch.Tensor, bool]:
+        """One training step on ``batch``: zero the gradients (before the weighting: its forward may write
+        gradients), forward and losses under autocast, the finite check, the weighting's backward and the
+        optimizer step. Returns ``(values, updated)``: the step's values (float32 on the host: the total, the
+        logged values, then the task losses) and whether the parameters were updated (False: a non-finite
+        step skipped under ``--nonfinite skip``).
+
+        Raises:
+            NonFiniteLoss: a non-finite step under ``--nonfinite stop``.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        total, losses, values = self._step(batch)
+        if self._check_step(values, epoch):
+            self._update(total, losses)
+            return values, True
+        self.optimizer.zero_grad(set_to_none=True)
+        return values, False
+
     def train_epoch(self, epoch: int) -> Tuple[Dict[str, Any], List[float], bool]:
         """One epoch of training steps. Returns ``(record, per-step total losses, stop)``; ``stop`` when
         ``--max-steps`` was reached."""
@@ -279,13 +297,10 @@ class Trainer:
         totals: List[float] = []
         skipped, stop = 0, False
         for batch in progress_bar(self.loaders.train, self._progress, desc=f"epoch {epoch}", leave=False):
-            self.optimizer.zero_grad(set_to_none=True)  # before the weighting: its forward may write gradients
-            total, losses, values = self._step(batch)
-            if self._check_step(values, epoch):
-                self._update(total, losses)
+            values, updated = self.train_step(batch, epoch)
+            if updated:
                 kept.append(values)
             else:
-                self.optimizer.zero_grad(set_to_none=True)
                 skipped += 1
             totals.append(float(values[0]))
             st.step += 1
