@@ -381,7 +381,7 @@ class MTCP(nn.Module):
             raise TypeError(f"MTCP expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"MTCP expects an input of shape [N, 3, H, W], got {tuple(x.shape)}")
-        h, w = int(x.shape[-2]), int(x.shape[-1])
+        h, w = x.shape[-2], x.shape[-1]  # not int(): torch.export keeps H and W dynamic
         if h <= 0 or w <= 0 or h % 32 or w % 32:
             raise ValueError(f"MTCP: input height and width must be positive multiples of 32, got {h}x{w}")
         if not x.is_floating_point():

@@ -67,7 +67,7 @@ def _check_image(x: Tensor, multiple: int, who: str, channels: Optional[int] = 3
         raise ValueError(
             f"{who} expects {channels} input channels, got shape {tuple(x.shape)}"
         )
-    h, w = int(x.shape[-2]), int(x.shape[-1])
+    h, w = x.shape[-2], x.shape[-1]  # not int(): torch.export keeps H and W dynamic
     if h % multiple or w % multiple or h == 0 or w == 0:
         raise ValueError(
             f"{who}: input height and width must be positive multiples of {multiple}, got {h}x{w}"

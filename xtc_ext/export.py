@@ -30,7 +30,7 @@ from xtc_ext.cli import HelpFormatter
 from xtc_ext.engine import CheckpointError, UsageError, exit_with_error
 from xtc_ext.engine.checkpoint import write_text
 from xtc_ext.inference import load_trained_model
-from xtc_ext.inference.exporting import (FORMATS, check_export, export_program, onnx_check_available,
+from xtc_ext.inference.exporting import (FORMATS, check_export, export_program, input_spec, onnx_check_available,
                                          write_export)
 
 __all__ = ["build_parser", "export_checkpoint", "main"]
@@ -76,7 +76,7 @@ def export_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
     write_export(args.format, program, output, trained.tasks)
     result: Dict[str, Any] = {"checkpoint": str(args.checkpoint), "format": args.format, "output": str(output),
                               "model": trained.recipe.name, "tasks": list(trained.tasks),
-                              "input": ["N", 3, int(size[0]), int(size[1])], "check": None}
+                              "input": input_spec(program), "check": None}
     blocked = onnx_check_available() if args.format == "onnx" else None
     if args.check and blocked:
         logging.getLogger("xtc_ext.inference").warning("%s not checked: %s", output, blocked)

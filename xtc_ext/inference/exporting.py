@@ -2,9 +2,11 @@
 against eager.
 
 * ``export``: ``torch.export`` (non-strict) in float32 on the CPU, saved with ``torch.export.save``. The fused ops
-  (``torch.ops.xtc_ext.*``) are traced through their fake (Meta) kernels (``csrc/meta.cpp``) and stay as calls in
-  the graph, so loading needs ``import xtc_ext``. The batch dimension is dynamic; height and width are fixed at
-  the export size (the models' input check ``int(H) % 32`` specialises them; docs/inference.md).
+  (``torch.ops.xtc_ext.*``) are traced through their fake (Meta) kernels (``meta::`` in ``csrc/<op>.cpp``) and
+  stay as calls in the graph, so loading needs ``import xtc_ext``. The batch, height and width are dynamic
+  (height and width multiples of 32, as the models require); a height or width of 32 at export (one 32-pixel
+  cell) may stay fixed where a layer of the model specialises that size of 1 (:func:`input_spec` says which;
+  export at 64 or more; docs/inference.md).
   Results the deployed model does not use (MT-CP computes its CFM coherence losses in ``forward``) are removed
   from the graph.
 * ``aoti``: that program compiled by AOTInductor (``torch._inductor.aoti_compile_and_package``) into a ``.pt2``
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -40,7 +42,7 @@ from xtc_ext.inference.images import prepare, read_image
 from xtc_ext.inference.loading import InferenceModel, TrainedModel
 from xtc_ext.inference.runner import FORMATS, load_exported
 
-__all__ = ["FORMATS", "ONNX_EXPORT_PACKAGES", "missing_packages", "export_program", "decompose_fused_ops",
+__all__ = ["FORMATS", "ONNX_EXPORT_PACKAGES", "missing_packages", "export_program", "input_spec", "decompose_fused_ops",
            "write_export", "frame_batch", "max_abs_differences", "check_export", "onnx_check_available"]
 
 log = logging.getLogger("xtc_ext.inference")
@@ -64,22 +66,30 @@ def export_program(trained: TrainedModel, size: Tuple[int, int], example_batch: 
 
     Args:
         trained: the model (moved to the CPU, float32).
-        size: the fixed input ``(H, W)``, multiples of 32.
+        size: the ``(H, W)`` of the tracing example, multiples of 32.
         example_batch: batch of the tracing example (>= 2: a batch of 1 would specialise the batch dimension).
 
     Returns:
-        The program: input ``image [N, 3, H, W]`` float32 (N dynamic), outputs a tuple of ``[N, C_t, H, W]`` in
-        ``trained.tasks`` order, without the nodes whose results no output uses.
+        The program: input ``image [N, 3, H, W]`` float32 (N, H, W dynamic: :func:`input_spec`), outputs a tuple
+        of ``[N, C_t, H, W]`` in ``trained.tasks`` order, without the nodes whose results no output uses.
     """
     trained.model.to("cpu", torch.float32, memory_format=torch.contiguous_format)
     net = InferenceModel(trained).eval()
     example = torch.rand(example_batch, 3, *size)
     with torch.no_grad():
-        program = torch.export.export(net, (example,), dynamic_shapes=({0: Dim.AUTO},))
+        program = torch.export.export(net, (example,), dynamic_shapes=({0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},))
     graph = program.graph_module.graph
     graph.eliminate_dead_code(is_impure_node=lambda node: node.op in ("placeholder", "output"))
     program.graph_module.recompile()
     return program
+
+
+def input_spec(program: ExportedProgram) -> List[Union[str, int]]:
+    """The input shape of an exported program: ``["N", 3, "H", "W"]``, a dynamic dimension by its name and a
+    fixed one by its size (e.g. ``["N", 3, 32, "W"]`` for a model exported at a height of 32)."""
+    name = program.graph_signature.user_inputs[0]
+    shape = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name).meta["val"].shape
+    return [label if isinstance(dim, torch.SymInt) else int(dim) for label, dim in zip(("N", "C", "H", "W"), shape)]
 
 
 def decompose_fused_ops(program: ExportedProgram) -> ExportedProgram:
