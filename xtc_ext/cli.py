@@ -16,14 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
 from xtc_ext.data import DATASETS, DEPTH_SCALINGS, DatasetSpec, get_dataset
 from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, RUN_ARGS_FILE, CheckpointError, load_checkpoint
-from xtc_ext.engine.errors import UsageError
+from xtc_ext.engine.errors import UsageError, exit_with_error
 from xtc_ext.engine.runtime import AMP_CHOICES, SWITCH_CHOICES, resolve_device
 from xtc_ext.losses import LOSS_IMPLS
 from xtc_ext.recipes import RECIPES, recipe_classes
@@ -31,9 +32,26 @@ from xtc_ext.recipes.regularization import add_contrastive_arguments
 from xtc_ext.weighting import WEIGHTINGS, weighting_classes
 
 __all__ = ["PROG", "CONFIG_DIR", "build_parser", "list_configs", "config_path", "load_config", "parse_args",
-           "finalize_args", "default_output_dir", "recipe_options", "HelpFormatter"]
+           "finalize_args", "default_output_dir", "recipe_options", "HelpFormatter", "run_program"]
 
 log = logging.getLogger("xtc_ext.train")
+T = TypeVar("T")
+
+
+def run_program(prog: str, body: Callable[[], T],
+                runtime_errors: Tuple[Type[BaseException], ...] = (OSError,)) -> T:
+    """Run the body of the program ``prog`` (``python -m xtc_ext.evaluate``, ``.predict``, ``.export``): INFO logs
+    to stderr unless logging is configured already; a bad argument or checkpoint (:class:`UsageError`,
+    :class:`CheckpointError`) ends it with one line ``PROG: error: ...`` and exit code 2, one of
+    ``runtime_errors`` with one line and exit code 1 (docs/training.md, "exit codes")."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return body()
+    except (UsageError, CheckpointError) as e:
+        exit_with_error(prog, e, 2)
+    except runtime_errors as e:
+        exit_with_error(prog, e, 1)
 
 PROG = "python -m xtc_ext.train"
 """The program name in ``--help`` and in the ``PROG: error: ...`` lines."""

@@ -23,17 +23,15 @@ that cannot be read.
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from xtc_ext.cli import HelpFormatter, build_parser as build_train_parser
+from xtc_ext.cli import HelpFormatter, build_parser as build_train_parser, run_program
 from xtc_ext.data import DATASETS, get_dataset
-from xtc_ext.engine import CheckpointError, UsageError, evaluate, exit_with_error, load_checkpoint, resolve_device
+from xtc_ext.engine import UsageError, evaluate, load_checkpoint, resolve_device
 from xtc_ext.engine.runtime import AMP_CHOICES, resolve_amp, resolve_channels_last
 from xtc_ext.engine.logs import write_json
 from xtc_ext.metrics import format_metrics_table
@@ -153,14 +151,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Entry point of ``python -m xtc_ext.evaluate``: prints a markdown table and returns the results."""
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        result = evaluate_checkpoint(args)
-    except (UsageError, CheckpointError) as e:
-        exit_with_error(PROG, e, 2)
-    except OSError as e:
-        exit_with_error(PROG, e, 1)
+    result = run_program(PROG, lambda: evaluate_checkpoint(args))
     extra = {
         "#parameters": f"{result['num_parameters']:,}",
         "inference time / image": f"{result['inference_ms_per_image']:.2f} ms (batch {result['batch_size']}, {result['device']})",

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from xtc_ext.cli import HelpFormatter
-from xtc_ext.engine import CheckpointError, UsageError, exit_with_error
+from xtc_ext.cli import HelpFormatter, run_program
+from xtc_ext.engine import UsageError
 from xtc_ext.engine.checkpoint import write_text
 from xtc_ext.inference import load_trained_model
 from xtc_ext.inference.exporting import (FORMATS, check_export, export_program, input_spec, onnx_check_available,
@@ -93,14 +92,7 @@ def export_checkpoint(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Entry point of ``python -m xtc_ext.export``: prints what was written and the differences to eager."""
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        result = export_checkpoint(args)
-    except (UsageError, CheckpointError) as e:
-        exit_with_error(PROG, e, 2)
-    except (OSError, RuntimeError) as e:
-        exit_with_error(PROG, e, 1)
+    result = run_program(PROG, lambda: export_checkpoint(args), runtime_errors=(OSError, RuntimeError))
     print(f"{result['output']}: {result['format']} of {result['model']}, input image {result['input']}, "
           f"outputs {', '.join(result['tasks'])}")
     check = result["check"]

@@ -20,15 +20,11 @@ cannot be used (one line naming it; nothing is written); 1 an output that cannot
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch
-
-from xtc_ext.cli import HelpFormatter
-from xtc_ext.engine import CheckpointError, UsageError, exit_with_error, resolve_device
+from xtc_ext.cli import HelpFormatter, run_program
+from xtc_ext.engine import UsageError, resolve_device
 from xtc_ext.engine.runtime import AMP_CHOICES, resolve_amp, resolve_channels_last
 from xtc_ext.inference import PredictOptions, check_images, find_images, load_trained_model, predict_files
 
@@ -61,30 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _predict(args: argparse.Namespace) -> Dict[Path, List[Path]]:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.size is not None and any(s <= 0 or s % 32 for s in args.size):
+        raise UsageError(f"--size must be positive multiples of 32, got {args.size}")
+    paths = find_images(args.inputs)
+    check_images(paths)
+    trained = load_trained_model(args.checkpoint)
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp or trained.run.amp, device)
+    options = PredictOptions(device=device, amp=amp,
+                             channels_last=resolve_channels_last(trained.run.channels_last, device, amp),
+                             batch_size=args.batch_size, size=None if args.size is None else tuple(args.size),
+                             sheet=args.sheet, progress=args.progress)
+    return predict_files(trained, paths, Path(args.output_dir), options)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[Path, List[Path]]:
     """Entry point of ``python -m xtc_ext.predict``: returns input path -> the files written for it."""
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        if args.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-        if args.size is not None and any(s <= 0 or s % 32 for s in args.size):
-            raise UsageError(f"--size must be positive multiples of 32, got {args.size}")
-        paths = find_images(args.inputs)
-        check_images(paths)
-        trained = load_trained_model(args.checkpoint)
-        device = resolve_device(args.device)
-        amp = resolve_amp(args.amp or trained.run.amp, device)
-        options = PredictOptions(device=device, amp=amp,
-                                 channels_last=resolve_channels_last(trained.run.channels_last, device, amp),
-                                 batch_size=args.batch_size, size=None if args.size is None else tuple(args.size),
-                                 sheet=args.sheet, progress=args.progress)
-        written = predict_files(trained, paths, Path(args.output_dir), options)
-    except (UsageError, CheckpointError) as e:
-        exit_with_error(PROG, e, 2)
-    except OSError as e:
-        exit_with_error(PROG, e, 1)
+    written = run_program(PROG, lambda: _predict(args))
     print(f"{sum(len(v) for v in written.values())} files for {len(written)} image(s) in {args.output_dir}")
     return written
 
