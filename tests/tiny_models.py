@@ -48,6 +48,10 @@ class TinyXTasCNet(nn.Module):
         self.depth_to_seg = nn.Conv2d(1, num_classes, 1) if with_transfer else None
         self.feature_channels = {"semseg": WIDTH, "depth": WIDTH}
 
+    def shared_parameters(self):
+        """GradNorm's shared layer, as XTasCNet's hook: the encoder's last conv."""
+        return [self.encoder.layer4[-1].conv2.weight]
+
     def forward(self, x, direct_only: bool = False):
         f = self.encoder(x)
         seg, dep = self.seg_head(f), self.depth_head(f)
