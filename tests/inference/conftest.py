@@ -45,10 +45,11 @@ def _gated_build_model(self):
     return GatedTinyMTCP(self.task_channels)
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """``{"root": frames fixture, "xtasc": last.pt, "mtcp": last.pt}`` of 1-epoch tiny runs; the tiny models stay
-    patched into the recipes for the package's tests."""
+    patched into the recipes for the module's tests, and only for them (a wider scope, e.g. "package", is the
+    whole session under ``--import-mode=importlib`` without ``__init__.py``: the patch leaked into later tests)."""
     base = tmp_path_factory.mktemp("inference_runs")
     root = base / "frames"
     write_frames(root)
