@@ -42,6 +42,7 @@ import torch.utils.benchmark as benchmark
 
 import bench_train
 from python_models import MTCP, XTasCNet
+from xtc_ext.cli import engine_config
 from xtc_ext.data import get_dataset
 from xtc_ext.engine import Trainer
 from xtc_ext.recipes import get_recipe
@@ -78,7 +79,7 @@ def engine_overhead(args: argparse.Namespace, timer: Callable[[], float]) -> Non
                                        tuple(args.size), host, extra)
         splits, batch = bench_train.load_batch(targs, pin=False)
         recipe = get_recipe(targs.model)(targs, get_dataset(targs.dataset))
-        trainer = Trainer(targs, recipe, splits, show_before=False)
+        trainer = Trainer(engine_config(targs), recipe, splits, show_before=False)
         steps[name] = bench_train.step_function(trainer, batch)
         for _ in range(3):  # warm-up
             steps[name]()

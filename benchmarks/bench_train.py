@@ -347,7 +347,7 @@ def run_config(model: str, name: str, opts: argparse.Namespace, splits: Any, bat
     torch._dynamo.reset()
     with op_implementation(config.loss_impl), compile_backend(opts.compile_backend):
         t0 = time.perf_counter()
-        trainer = Trainer(args, recipe, splits, show_before=False)
+        trainer = Trainer(cli.engine_config(args), recipe, splits, show_before=False)
         build_s = time.perf_counter() - t0
         step = step_function(trainer, batch)
         warm = timed_steps(step, opts.warmup, sync)

@@ -1,29 +1,27 @@
 """A minimal method for engine tests: a 1x1-conv depth regressor on random images.
 
 It implements the engine's Recipe protocol with a model of 4 parameters, so that the training loop,
-checkpoints, resume and failure handling are tested without any real network (checkpoints of ~1 KB).
+checkpoints, resume and failure handling are tested without any real network (checkpoints of ~1 KB); the
+runs are configured by the engine's TrainConfig alone (no command line: the engine is a library).
 ``nan_at_step`` makes the loss NaN at that (1-based) step; ``poison_at_step`` writes inf into a weight.
 """
 
 from __future__ import annotations
 
-import argparse
 from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from xtc_ext import cli
 from xtc_ext.data import DataSplits
-from xtc_ext.engine import StepOutput
-from xtc_ext.metrics import MultiTaskEvaluator
+from xtc_ext.engine import StepOutput, TrainConfig
+from xtc_ext.metrics import MultiTaskEvaluator, format_metrics_table
 from xtc_ext.weighting import build_weighting
 
 
 class ToyRecipe:
     name = "toy depth regressor"
     tasks = ("depth",)
-    depth_unit = "m"
 
     def __init__(self, nan_at_step=None, poison_at_step=None):
         self.nan_at_step, self.poison_at_step = nan_at_step, poison_at_step
@@ -43,6 +41,15 @@ class ToyRecipe:
 
     def describe(self):
         return "toy"
+
+    def run_info(self):
+        return {"depth_unit": "m"}
+
+    def describe_data(self):
+        return "toy data"
+
+    def metrics_table(self, metrics, before):
+        return format_metrics_table(metrics, depth_unit="m", before=before)
 
     def training_step(self, model, batch, device, generator):
         self.steps += 1
@@ -99,9 +106,9 @@ def toy_splits(n_train=8, n_val=4, seed=0):
                       {"train": f"{n_train} toy", "val": f"{n_val} toy", "test": f"{n_val} toy"})
 
 
-def toy_args(out_dir, *argv) -> argparse.Namespace:
-    """The training program's arguments (its defaults) for a toy run in ``out_dir``."""
-    args = cli.parse_args(["--output-dir", str(out_dir), "--epochs", "3", "--batch-size", "2", "--no-progress",
-                           "--no-tensorboard", "--num-figures", "0", "--lr", "0.01", *argv])
-    args.classes, args.data_root = 1, "toy"
-    return args
+def toy_config(out_dir, **fields) -> TrainConfig:
+    """The engine's configuration of a toy run in ``out_dir`` (3 epochs, batch 2, lr 0.01, quiet; ``fields``
+    override any field of the four groups by name)."""
+    options = {"output_dir": str(out_dir), "epochs": 3, "batch_size": 2, "progress": False, "tensorboard": False,
+               "num_figures": 0, "lr": 0.01, **fields}
+    return TrainConfig.from_options(options)

@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, T
 import yaml
 
 from xtc_ext.data import DATASETS, DEPTH_SCALINGS, DatasetSpec, get_dataset
-from xtc_ext.engine import LR_SCHEDULES, NONFINITE_POLICIES, OPTIMIZERS, RUN_ARGS_FILE, CheckpointError, load_checkpoint
+from xtc_ext.engine import LR_SCHEDULES, OPTIMIZERS, RUN_ARGS_FILE, CheckpointError, TrainConfig, load_checkpoint
+from xtc_ext.engine.config import NONFINITE_POLICIES, SELECTION_CRITERIA
 from xtc_ext.engine.errors import UsageError, exit_with_error
 from xtc_ext.engine.runtime import AMP_CHOICES, SWITCH_CHOICES, resolve_device
 from xtc_ext.losses import LOSS_IMPLS
@@ -31,8 +32,9 @@ from xtc_ext.recipes import RECIPES, recipe_classes
 from xtc_ext.recipes.regularization import add_contrastive_arguments
 from xtc_ext.weighting import WEIGHTINGS, weighting_classes
 
-__all__ = ["PROG", "CONFIG_DIR", "build_parser", "list_configs", "config_path", "load_config", "parse_args",
-           "finalize_args", "default_output_dir", "recipe_options", "HelpFormatter", "run_program"]
+__all__ = ["PROG", "CONFIG_DIR", "build_parser", "list_configs", "config_path", "load_config", "options_to_argv",
+           "parse_args", "finalize_args", "engine_config", "default_output_dir", "recipe_options", "HelpFormatter",
+           "RaisingParser", "run_program"]
 
 log = logging.getLogger("xtc_ext.train")
 T = TypeVar("T")
@@ -163,7 +165,7 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("validation, test and outputs")
     g.add_argument("--eval-every", type=int, default=1, help="validate every this many epochs (and after the last one)")
-    g.add_argument("--select-by", choices=("score", "loss"), default="score",
+    g.add_argument("--select-by", choices=SELECTION_CRITERIA, default="score",
                    help="best.pt criterion: 'score' = the method's validation score, higher is better (XTasC-Net "
                    "family: mean(mIoU, pixel_acc) - mean(abs_err/abs_err0, rel_err/rel_err0) with the errors of the first "
                    "validation; mtcp: the mean over tasks of the improvement of one metric per task against the first "
@@ -256,9 +258,12 @@ def config_path(name_or_path: str) -> Path:
     return named
 
 
-class _RaisingParser(argparse.ArgumentParser):
+class RaisingParser(argparse.ArgumentParser):
+    """An argparse parser whose errors raise :class:`UsageError` (the message) instead of exiting: configs and
+    options given from Python (:func:`xtc_ext.train.prepare`)."""
+
     def error(self, message: str):  # argparse calls this for every parse error
-        raise ValueError(message)
+        raise UsageError(message)
 
 
 def _config_tokens(raw: Dict[str, Any], actions: Dict[str, argparse.Action], where: str) -> List[str]:
@@ -266,18 +271,18 @@ def _config_tokens(raw: Dict[str, Any], actions: Dict[str, argparse.Action], whe
     for key, value in raw.items():
         dest = str(key).replace("-", "_")
         if dest in _NOT_CONFIGURABLE or dest not in actions:
-            raise UsageError(f"config {where}: unknown key {key!r} (keys are the options of "
+            raise UsageError(f"{where}: unknown key {key!r} (keys are the options of "
                              f"`python -m xtc_ext.train --help` without the dashes)")
         action = actions[dest]
         opt = action.option_strings[0]
         if isinstance(action, argparse.BooleanOptionalAction):
             if not isinstance(value, bool):
-                raise UsageError(f"config {where}: key {key!r}: expected true or false, got {value!r}")
+                raise UsageError(f"{where}: key {key!r}: expected true or false, got {value!r}")
             tokens.append(opt if value else "--no-" + opt[2:])
         elif isinstance(value, (list, tuple)):
             tokens += [opt] + [str(v) for v in value]
         elif value is None or isinstance(value, (bool, dict)):
-            raise UsageError(f"config {where}: key {key!r}: expected a number or a string, got {value!r}")
+            raise UsageError(f"{where}: key {key!r}: expected a number or a string, got {value!r}")
         else:
             tokens += [opt, str(value)]
     return tokens
@@ -301,22 +306,37 @@ def load_config(name_or_path: str, parser: Optional[argparse.ArgumentParser] = N
     if not isinstance(raw, dict):
         raise UsageError(f"config {path}: the top level must be a mapping of option names to values")
     actions = {a.dest: a for a in parser._actions if a.option_strings}
-    tokens = _config_tokens(raw, actions, str(path))
+    tokens = _config_tokens(raw, actions, f"config {path}")
     try:
-        parsed = build_parser(_RaisingParser).parse_args(tokens)
-    except ValueError as e:
+        parsed = build_parser(RaisingParser).parse_args(tokens)
+    except UsageError as e:
         raise UsageError(f"config {path}: {e}") from e
     return {str(k).replace("-", "_"): getattr(parsed, str(k).replace("-", "_")) for k in raw}
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def options_to_argv(options: Dict[str, Any], where: str) -> List[str]:
+    """Command-line tokens of ``options`` (option names with dashes or underscores, without ``--`` -> values, as
+    in a YAML config); ``where`` names their origin in the errors.
+
+    Raises:
+        UsageError: an unknown option or a value of the wrong kind (named).
+    """
+    actions = {a.dest: a for a in build_parser()._actions if a.option_strings}
+    return _config_tokens(options, actions, where)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, parser_class: type = argparse.ArgumentParser) -> argparse.Namespace:
     """Parse the command line (precedence: explicit options > ``--config`` > ``--resume`` arguments > defaults).
+
+    Args:
+        argv: the tokens (default: ``sys.argv[1:]``).
+        parser_class: the argparse parser class (one whose ``error`` raises instead of exiting, for use from Python).
 
     Raises:
         SystemExit: parse errors (argparse: usage and one ``error:`` line, exit code 2).
         UsageError: config errors, an unreadable ``--resume`` checkpoint (exit code 2, one line naming the file).
     """
-    parser = build_parser()
+    parser = build_parser(parser_class)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("--resume")
@@ -439,23 +459,25 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.output_dir is None:
         args.output_dir = default_output_dir(args)
     args.betas = [float(b) for b in args.betas]
+    engine_config(args)  # the engine options' checks (xtc_ext.engine.config)
     checks = [
-        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
-        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
-        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
-        (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
-        (args.lr_step >= 1, f"--lr-step must be >= 1, got {args.lr_step}"),
-        (0 < args.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {args.lr_gamma}"),
-        (all(0 <= b < 1 for b in args.betas), f"--betas must be in [0, 1), got {args.betas}"),
         (0.0 <= args.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
         (args.size is None or all(s > 0 and s % 32 == 0 for s in args.size),
          f"--size must be positive multiples of 32, got {args.size}"),
-        (args.eval_every >= 1, f"--eval-every must be >= 1, got {args.eval_every}"),
-        (args.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {args.checkpoint_every}"),
-        (args.workers >= 0 and args.max_steps >= 0 and args.num_figures >= 0,
-         "--workers, --max-steps and --num-figures must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
     return args
+
+
+def engine_config(args: argparse.Namespace) -> TrainConfig:
+    """The engine's typed configuration (:class:`xtc_ext.engine.TrainConfig`) of the finalised command line:
+    each field takes the option of its name; ``arguments`` keeps every option (``args.json``, checkpoints).
+
+    Raises:
+        UsageError: an engine option outside its range (named).
+    """
+    arguments = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                 for k, v in vars(args).items()}  # JSON- and weights_only-safe
+    return TrainConfig.from_options(vars(args), arguments=arguments)

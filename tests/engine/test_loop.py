@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from toy_recipe import ToyRecipe, toy_args, toy_splits
+from toy_recipe import ToyRecipe, toy_config, toy_splits
 from xtc_ext.engine import NonFiniteLoss, checkpoint, fit, load_checkpoint
 from xtc_ext.engine import optim as engine_optim
 
@@ -19,7 +19,7 @@ def _times_removed(history):
 
 def test_a_run_writes_small_checkpoints_logs_and_selects_on_validation(tmp_path):
     out = tmp_path / "run"
-    result = fit(toy_args(out), ToyRecipe(), toy_splits())
+    result = fit(toy_config(out), ToyRecipe(), toy_splits())
     assert result["steps"] == 12 and result["epochs_trained"] == 3 and result["skipped_steps"] == 0
     assert (out / "last.pt").stat().st_size < 50_000 and (out / "best.pt").is_file()
     history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -31,9 +31,9 @@ def test_a_run_writes_small_checkpoints_logs_and_selects_on_validation(tmp_path)
 
 
 def test_resume_is_exact(tmp_path):
-    straight = fit(toy_args(tmp_path / "a"), ToyRecipe(), toy_splits())
-    fit(toy_args(tmp_path / "b", "--epochs", "1"), ToyRecipe(), toy_splits())
-    resumed = fit(toy_args(tmp_path / "b", "--resume", str(tmp_path / "b" / "last.pt")), ToyRecipe(), toy_splits())
+    straight = fit(toy_config(tmp_path / "a"), ToyRecipe(), toy_splits())
+    fit(toy_config(tmp_path / "b", epochs=1), ToyRecipe(), toy_splits())
+    resumed = fit(toy_config(tmp_path / "b", resume=str(tmp_path / "b" / "last.pt")), ToyRecipe(), toy_splits())
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert straight["step_losses"] == resumed["step_losses"]
@@ -43,7 +43,7 @@ def test_resume_is_exact(tmp_path):
 def test_a_nonfinite_loss_stops_at_its_step_and_keeps_the_last_finite_checkpoint(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLoss) as exc:
-        fit(toy_args(out), ToyRecipe(nan_at_step=6), toy_splits())  # 4 steps per epoch: epoch 2, step 6
+        fit(toy_config(out), ToyRecipe(nan_at_step=6), toy_splits())  # 4 steps per epoch: epoch 2, step 6
     message = str(exc.value)
     assert "step 6" in message and "epoch 2" in message and "depth_loss=nan" in message
     state = load_checkpoint(out / "last.pt")
@@ -53,7 +53,7 @@ def test_a_nonfinite_loss_stops_at_its_step_and_keeps_the_last_finite_checkpoint
 
 def test_skip_drops_the_update_counts_it_and_finishes(tmp_path):
     out = tmp_path / "run"
-    result = fit(toy_args(out, "--nonfinite", "skip"), ToyRecipe(nan_at_step=6), toy_splits())
+    result = fit(toy_config(out, nonfinite="skip"), ToyRecipe(nan_at_step=6), toy_splits())
     assert result["skipped_steps"] == 1 and result["steps"] == 12
     history = load_checkpoint(out / "last.pt")["history"]
     assert [r.get("skipped_steps", 0) for r in history] == [0, 1, 0]
@@ -64,7 +64,7 @@ def test_skip_drops_the_update_counts_it_and_finishes(tmp_path):
 def test_nonfinite_weights_are_never_written(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(FloatingPointError, match="no checkpoint written"):
-        fit(toy_args(out, "--nonfinite", "skip"), ToyRecipe(poison_at_step=7), toy_splits())
+        fit(toy_config(out, nonfinite="skip"), ToyRecipe(poison_at_step=7), toy_splits())
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
@@ -80,7 +80,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
     monkeypatch.setattr(checkpoint.torch, "save", fails_second_time)
     with pytest.raises(OSError, match="the previous last.pt is intact"):
-        fit(toy_args(out, "--val-fraction", "0"), ToyRecipe(), toy_splits())
+        fit(toy_config(out), ToyRecipe(), toy_splits())
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
 

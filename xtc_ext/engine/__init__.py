@@ -1,7 +1,9 @@
 """The training engine: the loop, evaluation, checkpoints and RNG state, logs, reports, optimizers.
 
 It knows no model, dataset or task by name: a method plugs in through the :class:`Recipe` protocol
-(:mod:`xtc_ext.engine.protocol`), implemented by the modules of :mod:`xtc_ext.recipes`.
+(:mod:`xtc_ext.engine.protocol`), implemented by the modules of :mod:`xtc_ext.recipes`; the run is configured
+by a :class:`TrainConfig` (:mod:`xtc_ext.engine.config`: data, optimisation, runtime, output), never by the
+command line's namespace, so ``fit(TrainConfig(...), recipe, splits)`` trains from Python.
 
 - :mod:`~xtc_ext.engine.loop`: :func:`fit` and :class:`Trainer` (epochs, validation and selection, the test).
 - :mod:`~xtc_ext.engine.evaluation`: :func:`evaluate` (metrics and inference time over a loader).
@@ -14,15 +16,30 @@ It knows no model, dataset or task by name: a method plugs in through the :class
 """
 
 from xtc_ext.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xtc_ext.engine.config import (
+    NONFINITE_POLICIES,
+    SELECTION_CRITERIA,
+    DataConfig,
+    OptimConfig,
+    OutputConfig,
+    RuntimeConfig,
+    TrainConfig,
+)
 from xtc_ext.engine.errors import UsageError, exit_with_error
 from xtc_ext.engine.evaluation import evaluate
-from xtc_ext.engine.loop import NONFINITE_POLICIES, RUN_ARGS_FILE, NonFiniteLoss, Trainer, fit
+from xtc_ext.engine.loop import RUN_ARGS_FILE, NonFiniteLoss, Trainer, fit
 from xtc_ext.engine.optim import LR_SCHEDULES, OPTIMIZERS
 from xtc_ext.engine.protocol import Recipe, StepOutput
 from xtc_ext.engine.runtime import resolve_device
 
 __all__ = [
     "CheckpointError",
+    "DataConfig",
+    "OptimConfig",
+    "OutputConfig",
+    "RuntimeConfig",
+    "TrainConfig",
+    "SELECTION_CRITERIA",
     "load_checkpoint",
     "save_checkpoint",
     "evaluate",

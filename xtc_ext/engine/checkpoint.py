@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -31,7 +30,6 @@ __all__ = [
     "load_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
-    "args_dict",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -149,8 +147,3 @@ def restore_rng_state(state: Mapping[str, Any], generators: Optional[Mapping[str
     for name, generator in (generators or {}).items():
         if name in state:
             generator.set_state(state[name])
-
-
-def args_dict(args: argparse.Namespace) -> Dict[str, Any]:
-    """Plain (JSON- and ``weights_only``-safe) copy of ``args``: tuples become lists, paths strings."""
-    return {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -21,7 +21,6 @@ weights; a failed write leaves the previous checkpoint intact (:func:`~xtc_ext.e
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -34,13 +33,13 @@ import torch
 import xtc_ext
 from xtc_ext.data import DataSplits
 from xtc_ext.engine.checkpoint import (
-    args_dict,
     capture_rng_state,
     copy_file,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
+from xtc_ext.engine.config import TrainConfig
 from xtc_ext.engine.distributed import Dist, gather_objects, init_distributed, run_on_main, sync_gradients
 from xtc_ext.engine.evaluation import evaluate
 from xtc_ext.engine.logs import TensorBoardLog, write_history, write_json
@@ -57,7 +56,7 @@ from xtc_ext.engine.runtime import (
 )
 from xtc_ext.engine.setup import build_loaders, per_rank_batch_size, training_model
 
-__all__ = ["CHECKPOINT_FORMAT", "NONFINITE_POLICIES", "RUN_ARGS_FILE", "NonFiniteLoss", "TrainState", "Trainer", "fit"]
+__all__ = ["CHECKPOINT_FORMAT", "RUN_ARGS_FILE", "NonFiniteLoss", "TrainState", "Trainer", "fit"]
 
 log = logging.getLogger("xtc_ext.train")
 
@@ -67,9 +66,6 @@ CHECKPOINT_FORMAT = 3
 RUN_ARGS_FILE = "args.json"
 """Written in the output folder when a run starts: its arguments, so that ``--resume OUTPUT_DIR/last.pt`` of a
 run killed before its first checkpoint starts it again from scratch (``xtc_ext.cli.parse_args``)."""
-
-NONFINITE_POLICIES = ("stop", "skip")
-"""``--nonfinite`` choices: stop the run at a non-finite loss, or skip that step's update."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -109,29 +105,30 @@ def _all_finite(module: torch.nn.Module) -> bool:
 
 
 class Trainer:
-    """One training run of ``recipe`` on ``splits`` configured by ``args`` (see :func:`fit`).
+    """One training run of ``recipe`` on ``splits`` configured by ``config`` (see :func:`fit`).
 
     Args:
-        args: the parsed and finalised command line (``python -m xtc_ext.train --help``).
+        config: the engine's configuration (:class:`~xtc_ext.engine.config.TrainConfig`).
         recipe: the method.
         splits: train / validation / test sets.
         show_before: evaluate the untrained model on the test set first (when the test set is the training
             data, as for the ten frames, to show that training learns).
     """
 
-    def __init__(self, args: argparse.Namespace, recipe: Recipe, splits: DataSplits, *, show_before: bool) -> None:
-        self.args, self.recipe, self.splits, self.show_before = args, recipe, splits, show_before
-        self.dist, self.device = init_distributed(resolve_device(args.device))
-        self.batch_per_rank = per_rank_batch_size(args.batch_size, self.dist)
-        self.amp = resolve_amp(args.amp, self.device)
-        self.channels_last = resolve_channels_last(args.channels_last, self.device, self.amp)
-        seed_everything(args.seed)
-        self.out_dir = Path(args.output_dir)
-        self.generators = {"loader": torch.Generator().manual_seed(args.seed),
-                           "regularizer": torch.Generator().manual_seed(args.seed + 1)}
-        self.loaders = build_loaders(args, splits, self.dist, self.device, self.generators["loader"])
+    def __init__(self, config: TrainConfig, recipe: Recipe, splits: DataSplits, *, show_before: bool) -> None:
+        self.config, self.recipe, self.splits, self.show_before = config, recipe, splits, show_before
+        rt, opt = config.runtime, config.optim
+        self.dist, self.device = init_distributed(resolve_device(rt.device))
+        self.batch_per_rank = per_rank_batch_size(config.data.batch_size, self.dist)
+        self.amp = resolve_amp(rt.amp, self.device)
+        self.channels_last = resolve_channels_last(rt.channels_last, self.device, self.amp)
+        seed_everything(rt.seed)
+        self.out_dir = Path(config.output.output_dir)
+        self.generators = {"loader": torch.Generator().manual_seed(rt.seed),
+                           "regularizer": torch.Generator().manual_seed(rt.seed + 1)}
+        self.loaders = build_loaders(config.data, rt.seed, splits, self.dist, self.device, self.generators["loader"])
         model = recipe.build_model()
-        if args.sync_bn and self.dist.enabled:
+        if rt.sync_bn and self.dist.enabled:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last else
                               torch.contiguous_format)
@@ -143,14 +140,14 @@ class Trainer:
         self.auxiliary = recipe.build_auxiliary(self.model).to(self.device)
         params = (list(self.model.parameters()) + list(self.weighting.optimizer_parameters())
                   + list(self.auxiliary.parameters()))
-        self.optimizer = build_optimizer(args.optimizer, params, lr=args.lr, betas=args.betas,
-                                         weight_decay=args.weight_decay)
-        self.scheduler = build_schedule(args.lr_schedule, self.optimizer, step_size=args.lr_step,
-                                        gamma=args.lr_gamma, epochs=args.epochs)
+        self.optimizer = build_optimizer(opt.optimizer, params, lr=opt.lr, betas=opt.betas,
+                                         weight_decay=opt.weight_decay)
+        self.scheduler = build_schedule(opt.lr_schedule, self.optimizer, step_size=opt.lr_step,
+                                        gamma=opt.lr_gamma, epochs=opt.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         if self.dist.world_size > 1:  # one augmentation stream per rank (the initialisations above are identical)
-            seed_everything(args.seed + self.dist.rank)
-        self.train_model = training_model(self.model, args, self.dist, self.device)
+            seed_everything(rt.seed + self.dist.rank)
+        self.train_model = training_model(self.model, rt.compile, self.dist, self.device)
         self.state = TrainState()
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self._start = time.perf_counter()
@@ -192,8 +189,8 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": rng[0],
             "rng_ranks": rng if len(rng) > 1 else [],
-            "args": args_dict(self.args),
-            "num_classes": int(self.args.classes),
+            "args": self.config.recorded_arguments(),
+            **self.recipe.run_info(),
             "tasks": list(self.recipe.tasks),
             **dataclasses.asdict(self.state),
             "train_time_s": self.elapsed(),
@@ -234,7 +231,7 @@ class Trainer:
         names = self._names + tuple(f"task loss {t}" for t in self._tasks)
         listed = ", ".join(f"{n}={v}" for n, v in zip(names, values.tolist()) if not math.isfinite(v))
         message = f"non-finite loss at step {self.state.step + 1} (epoch {epoch}): {listed}"
-        if self.args.nonfinite == "stop":
+        if self.config.runtime.nonfinite == "stop":
             raise NonFiniteLoss(message + "; stopping (--nonfinite skip drops such steps instead); the last "
                                 "checkpoint on disk is the last finite one")
         log.warning("%s; update skipped (--nonfinite skip)", message)
@@ -287,7 +284,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> Tuple[Dict[str, Any], List[float], bool]:
         """One epoch of training steps. Returns ``(record, per-step total losses, stop)``; ``stop`` when
         ``--max-steps`` was reached."""
-        args, st = self.args, self.state
+        st, max_steps = self.state, self.config.optim.max_steps
         for module in (self.model, self.weighting, self.auxiliary):
             module.train()
         if self.loaders.train_sampler is not None:
@@ -304,7 +301,7 @@ class Trainer:
                 skipped += 1
             totals.append(float(values[0]))
             st.step += 1
-            if args.max_steps and st.step >= args.max_steps:
+            if max_steps and st.step >= max_steps:
                 stop = True
                 break
         self.scheduler.step()
@@ -322,7 +319,7 @@ class Trainer:
             st.skipped_steps += skipped
         if self.dist.enabled:
             record.update(world_size=self.dist.world_size, batch_size_per_rank=self.batch_per_rank,
-                          batch_size_global=args.batch_size)
+                          batch_size_global=self.config.data.batch_size)
         return record, totals, stop
 
     @property
@@ -331,18 +328,18 @@ class Trainer:
 
     @property
     def _progress(self) -> bool:
-        return bool(self.args.progress) and self.dist.is_main
+        return bool(self.config.output.progress) and self.dist.is_main
 
     def validate(self, epoch: int, record: Dict[str, Any], last: bool) -> bool:
         """Validate when due (every ``--eval-every`` epochs and after the last), add the ``val_*`` metrics
         and ``val_score`` to ``record``; returns whether the epoch is the best so far."""
-        if self.loaders.val is None or not (epoch % self.args.eval_every == 0 or last):
+        if self.loaders.val is None or not (epoch % self.config.output.eval_every == 0 or last):
             return False
         st = self.state
         val = self._evaluate(self.loaders.val)
         if st.val_reference is None:
             st.val_reference = self.recipe.score_reference(val)
-        score = self.recipe.score(val, st.val_reference) if self.args.select_by == "score" else -val["loss"]
+        score = self.recipe.score(val, st.val_reference) if self.config.output.select_by == "score" else -val["loss"]
         record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float) and k != "num_samples"})
         record["val_score"] = score
         improved = st.best["score"] is None or score > st.best["score"]
@@ -361,14 +358,14 @@ class Trainer:
 
     def header(self) -> str:
         """The run's one-line description (model, data, splits, device, processes, precision, method)."""
-        a, d = self.args, self.splits.describe
-        procs = (f" | {self.dist.world_size} processes, batch {a.batch_size} = {self.dist.world_size} x "
+        d = self.splits.describe
+        procs = (f" | {self.dist.world_size} processes, batch {self.config.data.batch_size} = {self.dist.world_size} x "
                  f"{self.batch_per_rank}" if self.dist.enabled else "")
         precision = f"amp {str(self.amp).replace('torch.', '') if self.amp else 'none'}"
         precision += ", channels_last" if self.channels_last else ""
-        precision += ", compiled" if a.compile else ""
-        return (f"{self.recipe.name}, {a.classes} classes, {self.num_parameters:,} parameters | dataset {a.dataset} at "
-                f"{a.data_root} | train {d['train']} | val {d['val']} | test {d['test']} | device {self.device}"
+        precision += ", compiled" if self.config.runtime.compile else ""
+        return (f"{self.recipe.name}, {self.num_parameters:,} parameters | {self.recipe.describe_data()} | "
+                f"train {d['train']} | val {d['val']} | test {d['test']} | device {self.device}"
                 f"{procs} | {precision} | {self.recipe.describe()} | xtc_ext built with torch "
                 f"{xtc_ext.build_info['torch_version']}")
 
@@ -384,29 +381,29 @@ class Trainer:
 
     def train(self) -> None:
         """The epochs from the current state to ``--epochs`` (or ``--max-steps``)."""
-        args, st = self.args, self.state
+        opt, out, st = self.config.optim, self.config.output, self.state
         if self.show_before and st.before_training is None:
             st.before_training = self._evaluate(self.loaders.test)
         if st.epoch == 0 and self.dist.is_main:
             self.recipe.training_figures(self.model, self.splits.test, self.out_dir / "figures", self.device, "before")
-        tb = TensorBoardLog(args.tensorboard and self.dist.is_main, self.out_dir / "tb",
+        tb = TensorBoardLog(out.tensorboard and self.dist.is_main, self.out_dir / "tb",
                             purge_step=st.step + 1 if st.step else None)
         if st.history and self.dist.is_main:
             write_history(self.out_dir, st.history)
-        stop = bool(args.max_steps and st.step >= args.max_steps)
+        stop = bool(opt.max_steps and st.step >= opt.max_steps)
         start = st.epoch + 1
-        epochs = progress_bar(range(start, args.epochs + 1), self._progress and not stop, desc="epochs",
-                              dynamic_ncols=True, initial=start - 1, total=args.epochs)
+        epochs = progress_bar(range(start, opt.epochs + 1), self._progress and not stop, desc="epochs",
+                              dynamic_ncols=True, initial=start - 1, total=opt.epochs)
         try:
             for epoch in epochs if not stop else ():
                 epoch_start = time.perf_counter()
                 record, totals, stop = self.train_epoch(epoch)
-                last = epoch == args.epochs or stop
+                last = epoch == opt.epochs or stop
                 improved = self.validate(epoch, record, last)
                 record["epoch_time_s"] = time.perf_counter() - epoch_start
                 record["elapsed_s"] = self.elapsed()
                 self._finish_epoch(record, totals, tb, improved)
-                if epoch % args.checkpoint_every == 0 or last or improved:
+                if epoch % out.checkpoint_every == 0 or last or improved:
                     self.save(improved)
                 if stop:
                     break
@@ -419,38 +416,47 @@ class Trainer:
         best_path = self.out_dir / "best.pt"
         if st.best["epoch"] is not None and best_path.is_file():
             self.model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
-            tested, selection = "best.pt", f"best validation {self.args.select_by} (epoch {st.best['epoch']})"
+            tested, selection = "best.pt", f"best validation {self.config.output.select_by} (epoch {st.best['epoch']})"
         else:
             tested, selection = "last.pt", "none: last epoch (no validation set)"
         test = self._evaluate(self.loaders.test, progress=self._progress, desc="test")
-        criterion = self.args.select_by if self.splits.val is not None else "none"
+        criterion = self.config.output.select_by if self.splits.val is not None else "none"
         return {"test": test, "selection": {"criterion": criterion, "best_epoch": st.best["epoch"],
                                             "best_score": st.best["score"], "tested_checkpoint": tested,
                                             "description": selection}}
 
 
-def fit(args: argparse.Namespace, recipe: Recipe, splits: DataSplits, *, show_before: bool = False,
+def fit(config: TrainConfig, recipe: Recipe, splits: DataSplits, *, show_before: bool = False,
         figure_title: Optional[str] = None) -> Dict[str, Any]:
-    """Train, select and test as configured by ``args``; write the outputs to ``args.output_dir``.
+    """Train, select and test ``recipe`` on ``splits`` as ``config`` says; write the outputs to
+    ``config.output.output_dir``.
+
+    Args:
+        config: the engine's configuration (:class:`~xtc_ext.engine.config.TrainConfig`).
+        recipe: the method (:class:`~xtc_ext.engine.protocol.Recipe`).
+        splits: train / validation / test sets (:class:`~xtc_ext.data.DataSplits`).
+        show_before: evaluate the untrained model on the test set first (the ten frames: test = training data).
+        figure_title: title of the prediction figures (default: the recipe's name).
 
     Returns:
         the dict also written to ``metrics.json`` (:func:`xtc_ext.engine.report.write_report`).
 
     Raises:
-        CheckpointError: ``args.resume`` is not a usable checkpoint.
+        CheckpointError: ``config.output.resume`` is not a usable checkpoint.
         NonFiniteLoss: a non-finite loss with ``--nonfinite stop``.
         FloatingPointError: non-finite weights at a checkpoint.
         OSError: a checkpoint or log could not be written (previous files intact).
     """
-    resume_state = load_checkpoint(args.resume) if getattr(args, "resume", None) else None
-    trainer = Trainer(args, recipe, splits, show_before=show_before)
+    out = config.output
+    resume_state = load_checkpoint(out.resume) if out.resume else None
+    trainer = Trainer(config, recipe, splits, show_before=show_before)
     main = trainer.dist.is_main
     if main:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        write_json(Path(args.output_dir) / RUN_ARGS_FILE, args_dict(args))
+        trainer.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(trainer.out_dir / RUN_ARGS_FILE, config.recorded_arguments())
     if resume_state is not None:
         trainer.resume(resume_state)
-        log.info("resumed %s at epoch %d (step %d)", args.resume, trainer.state.epoch, trainer.state.step)
+        log.info("resumed %s at epoch %d (step %d)", out.resume, trainer.state.epoch, trainer.state.step)
         del resume_state
     if main:
         log.info("%s", trainer.header())
@@ -459,7 +465,7 @@ def fit(args: argparse.Namespace, recipe: Recipe, splits: DataSplits, *, show_be
     result: Dict[str, Any] = {} if main else {"rank": trainer.dist.rank, **tested}
 
     def report() -> None:  # rank 0 writes the figures and the report; the other ranks wait for it
-        figures = recipe.figures(trainer.model, splits.test, range(min(args.num_figures, len(splits.test))),
+        figures = recipe.figures(trainer.model, splits.test, range(min(out.num_figures, len(splits.test))),
                                  trainer.out_dir / "figures", figure_title or recipe.name, trainer.device)
         figures += recipe.training_figures(trainer.model, splits.test, trainer.out_dir / "figures", trainer.device,
                                            "after")
@@ -468,7 +474,7 @@ def fit(args: argparse.Namespace, recipe: Recipe, splits: DataSplits, *, show_be
                "batch_size_per_rank": trainer.batch_per_rank,
                "amp": str(trainer.amp).replace("torch.", "") if trainer.amp else "none",
                "channels_last": trainer.channels_last}
-        result.update(write_report(args, recipe, progress=dataclasses.asdict(trainer.state), run=run, tested=tested,
+        result.update(write_report(config, recipe, progress=dataclasses.asdict(trainer.state), run=run, tested=tested,
                                    figures=figures))
 
     run_on_main(trainer.dist, report)

@@ -52,7 +52,14 @@ class StepOutput:
         return total, losses
 
     def names(self) -> Tuple[str, ...]:
-        """The logged names: ``loss`` (the total), then :attr:`logged`'s."""
+        """The logged names: ``loss`` (the engine's name of the weighted total), then :attr:`logged`'s.
+
+        Raises:
+            ValueError: :attr:`logged` has a value named ``loss`` (that name is the total's).
+        """
+        if "loss" in self.logged:
+            raise ValueError("StepOutput.logged: the name 'loss' is the engine's weighted total; name the value "
+                             "otherwise (e.g. 'semseg_loss')")
         return ("loss",) + tuple(self.logged)
 
     def values(self, total: Tensor) -> Tensor:
@@ -68,12 +75,24 @@ class Recipe(Protocol):
     Attributes:
         name: human-readable model name for logs and reports (e.g. ``"XTasC-Net ResNet-34"``).
         tasks: canonical task names the model predicts (``semseg``, ``depth``, ``normals``, ...).
-        depth_unit: unit of the depth targets and errors (``"m"``, ``"disparity/256"``) or ``None``.
+
+    The engine knows no task, class count or unit itself: what the records say about the method and the data
+    comes from :meth:`run_info` and :meth:`describe_data`, the test table from :meth:`metrics_table`.
     """
 
     name: str
     tasks: Tuple[str, ...]
-    depth_unit: Optional[str]
+
+    def run_info(self) -> Dict[str, Any]:
+        """Facts about the run's method and data for ``metrics.json`` and the checkpoints (JSON-ready values,
+        e.g. ``variant``, ``dataset``, ``data_root``, ``num_classes``, ``depth_unit``); may be empty."""
+
+    def describe_data(self) -> str:
+        """The run's data for the header log line (e.g. ``"dataset frames at DIR, 13 classes"``)."""
+
+    def metrics_table(self, metrics: Mapping[str, Any], before: Optional[Mapping[str, Any]]) -> str:
+        """The markdown table of test ``metrics`` (each in its task's unit), with a column of the untrained
+        model's ``before`` metrics when given."""
 
     def build_model(self) -> nn.Module:
         """The network (on the CPU; the engine moves it)."""

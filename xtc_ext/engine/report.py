@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Dict, Mapping, Sequence
 
 import torch
 
-from xtc_ext.engine.checkpoint import args_dict, write_text
+from xtc_ext.engine.checkpoint import write_text
+from xtc_ext.engine.config import TrainConfig
 from xtc_ext.engine.logs import write_json
 from xtc_ext.engine.protocol import Recipe
-from xtc_ext.metrics import format_metrics_table
 
 __all__ = ["write_report"]
 
 
-def _markdown(result: Dict[str, Any], table: str) -> str:
+def _markdown(result: Dict[str, Any], table: str, data: str) -> str:
     sel = result["selection"]
     lines = [
-        f"# {result['model']} on {result['dataset']}",
+        f"# {result['model']}: {data}",
         "",
         f"Test: {result['splits']['test']}. Checkpoint: {sel['tested_checkpoint']} ({sel['description']}). "
-        f"Parameters: {result['num_parameters']:,}. Depth unit: {result['depth_unit']}.",
+        f"Parameters: {result['num_parameters']:,}.",
         "",
         table,
     ]
@@ -32,14 +31,14 @@ def _markdown(result: Dict[str, Any], table: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(args: argparse.Namespace, recipe: Recipe, *, progress: Mapping[str, Any], run: Mapping[str, Any],
+def write_report(config: TrainConfig, recipe: Recipe, *, progress: Mapping[str, Any], run: Mapping[str, Any],
                  tested: Mapping[str, Any], figures: Sequence[Path]) -> Dict[str, Any]:
-    """Assemble the results of a finished run, write ``metrics.json`` and ``metrics.md`` to ``args.output_dir``,
+    """Assemble the results of a finished run, write ``metrics.json`` and ``metrics.md`` to the output folder,
     print the test table, and return the results dict (the content of ``metrics.json``).
 
     Args:
-        args: the run's arguments.
-        recipe: the method (name, tasks, depth unit, Δm).
+        config: the run's configuration.
+        recipe: the method (name, tasks, :meth:`~xtc_ext.engine.protocol.Recipe.run_info`, the metrics table, Δm).
         progress: the :class:`~xtc_ext.engine.loop.TrainState` fields (``history``, ``step``, ``step_losses``,
             ``skipped_steps``, ``before_training``).
         run: ``num_parameters``, ``splits`` (descriptions), ``train_time_s``, ``device``, ``world_size``,
@@ -47,25 +46,21 @@ def write_report(args: argparse.Namespace, recipe: Recipe, *, progress: Mapping[
         tested: ``test`` (metrics) and ``selection`` (what was tested and why).
         figures: paths of the figures written.
     """
-    out_dir = Path(args.output_dir)
+    out_dir = Path(config.output.output_dir)
     history = progress["history"]
     before = progress["before_training"]
     result: Dict[str, Any] = {
         "model": recipe.name,
-        "variant": args.model,
+        **recipe.run_info(),
         "tasks": list(recipe.tasks),
         "num_parameters": run["num_parameters"],
-        "num_classes": int(args.classes),
-        "dataset": args.dataset,
-        "data_root": str(args.data_root),
-        "depth_unit": recipe.depth_unit,
         "splits": dict(run["splits"]),
         **tested,
     }
     if before is not None:
         result["before_training"] = before
-    if args.baseline:
-        result.update(recipe.delta_m(tested["test"], args.baseline))
+    if config.output.baseline:
+        result.update(recipe.delta_m(tested["test"], config.output.baseline))
     result.update({
         "epochs_trained": history[-1]["epoch"] if history else 0,
         "steps": progress["step"],
@@ -79,24 +74,24 @@ def write_report(args: argparse.Namespace, recipe: Recipe, *, progress: Mapping[
         "device": str(run["device"]),
         "world_size": run["world_size"],
         "batch_size_per_rank": run["batch_size_per_rank"],
-        "batch_size_global": args.batch_size,
+        "batch_size_global": config.data.batch_size,
         "amp": run["amp"],
         "channels_last": run["channels_last"],
         "torch_version": torch.__version__,
-        "args": args_dict(args),
+        "args": config.recorded_arguments(),
     })
     write_json(out_dir / "metrics.json", result)
-    table = format_metrics_table(tested["test"], depth_unit=recipe.depth_unit, before=before)
-    write_text(out_dir / "metrics.md", _markdown(result, table))
-    _print_summary(result, table, history)
+    table = recipe.metrics_table(tested["test"], before)
+    write_text(out_dir / "metrics.md", _markdown(result, table, recipe.describe_data()))
+    _print_summary(result, table, history, out_dir)
     return result
 
 
-def _print_summary(result: Dict[str, Any], table: str, history: Sequence[Mapping[str, Any]]) -> None:
+def _print_summary(result: Dict[str, Any], table: str, history: Sequence[Mapping[str, Any]], out_dir: Path) -> None:
     print(f"\nTest ({result['splits']['test']}), {result['selection']['tested_checkpoint']}, direct predictions:")
     print(table)
     if "delta_m" in result:
         print(f"delta_m vs baseline: {result['delta_m']:+.2f} %")
     if history:
         print(f"training loss {history[0]['loss']:.4f} (epoch {history[0]['epoch']}) -> {history[-1]['loss']:.4f} "
-              f"(epoch {history[-1]['epoch']}), {result['train_time_s']:.0f} s; outputs in {result['args']['output_dir']}/")
+              f"(epoch {history[-1]['epoch']}), {result['train_time_s']:.0f} s; outputs in {out_dir}/")

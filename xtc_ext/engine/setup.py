@@ -3,7 +3,6 @@ training model (``--sync-bn``, ``--channels-last``, DistributedDataParallel, ``-
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from typing import Optional
@@ -14,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from xtc_ext.data import DataSplits
+from xtc_ext.engine.config import DataConfig
 from xtc_ext.engine.distributed import Dist, ShardSampler
 from xtc_ext.engine.errors import UsageError
 from xtc_ext.engine.runtime import make_loader
@@ -46,34 +46,35 @@ def per_rank_batch_size(batch_size: int, dist: Dist) -> int:
     return batch_size // dist.world_size
 
 
-def build_loaders(args: argparse.Namespace, splits: DataSplits, dist: Dist, device: torch.device,
+def build_loaders(data: DataConfig, seed: int, splits: DataSplits, dist: Dist, device: torch.device,
                   loader_generator: torch.Generator) -> Loaders:
-    """Training loader (shuffled by ``loader_generator``, or by a seeded DistributedSampler under torchrun),
-    and the validation / test loaders (each rank reads its :class:`ShardSampler` shard under torchrun)."""
-    batch = per_rank_batch_size(args.batch_size, dist)
+    """Training loader (shuffled by ``loader_generator``, or by a DistributedSampler seeded with ``seed`` under
+    torchrun), and the validation / test loaders (each rank reads its :class:`ShardSampler` shard under torchrun),
+    with ``data.batch_size / world_size`` samples per batch and ``data.workers`` worker processes."""
+    batch = per_rank_batch_size(data.batch_size, dist)
 
     def evaluation(dataset: Optional[Dataset]) -> Optional[DataLoader]:
         if dataset is None:
             return None
         sampler = ShardSampler(dataset, dist.rank, dist.world_size) if dist.enabled else None
-        return make_loader(dataset, batch, shuffle=False, workers=args.workers, device=device, sampler=sampler,
-                           generator=torch.Generator().manual_seed(args.seed))
+        return make_loader(dataset, batch, shuffle=False, workers=data.workers, device=device, sampler=sampler,
+                           generator=torch.Generator().manual_seed(seed))
 
     train_sampler = (DistributedSampler(splits.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-                                        seed=args.seed) if dist.enabled else None)
-    train = make_loader(splits.train, batch, shuffle=True, workers=args.workers, generator=loader_generator,
+                                        seed=seed) if dist.enabled else None)
+    train = make_loader(splits.train, batch, shuffle=True, workers=data.workers, generator=loader_generator,
                         device=device, sampler=train_sampler)
     return Loaders(train, evaluation(splits.val), evaluation(splits.test), train_sampler)
 
 
-def training_model(model: nn.Module, args: argparse.Namespace, dist: Dist, device: torch.device) -> nn.Module:
+def training_model(model: nn.Module, compile: bool, dist: Dist, device: torch.device) -> nn.Module:
     """The module the training steps call: ``model`` (already on ``device``, channels_last if asked) wrapped
-    in DistributedDataParallel under torchrun, then compiled with ``--compile``. Its parameters are
+    in DistributedDataParallel under torchrun, then compiled when ``compile`` (``--compile``). Its parameters are
     ``model``'s (checkpoints and evaluation use ``model`` itself)."""
     train_model: nn.Module = model
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
-    if args.compile:
+    if compile:
         train_model = torch.compile(train_model)
     return train_model

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from xtc_ext.data import IGNORE_INDEX, DatasetSpec
 from xtc_ext.engine import StepOutput
-from xtc_ext.metrics import delta_m, delta_m_over, load_baselines
+from xtc_ext.metrics import delta_m, delta_m_over, format_metrics_table, load_baselines
 from xtc_ext.registry import Registry
 from xtc_ext.recipes.errors import option_error
 from xtc_ext.recipes.regularization import ContrastivePlugin, check_contrastive_args
@@ -91,6 +91,22 @@ class BaseRecipe:
         check_contrastive_args(args, tasks)
 
     # ------------------------------------------------------------------ protocol members shared by all
+    def run_info(self) -> Dict[str, Any]:
+        """``variant`` (the ``--model`` value), ``num_classes`` (the segmentation label set, ``--classes``),
+        ``dataset``, ``data_root`` and ``depth_unit`` (None without depth) for the records."""
+        a = self.args
+        return {"variant": a.model, "num_classes": int(a.classes), "dataset": a.dataset, "data_root": str(a.data_root),
+                "depth_unit": self.depth_unit}
+
+    def describe_data(self) -> str:
+        """``"dataset NAME at DIR, C classes"`` for the header log line."""
+        a = self.args
+        return f"dataset {a.dataset} at {a.data_root}, {a.classes} classes"
+
+    def metrics_table(self, metrics: Mapping[str, Any], before: Optional[Mapping[str, Any]]) -> str:
+        """The test table (:func:`xtc_ext.metrics.format_metrics_table`, depth errors in :attr:`depth_unit`)."""
+        return format_metrics_table(metrics, depth_unit=self.depth_unit, before=before)
+
     def build_auxiliary(self, model: nn.Module) -> nn.Module:
         """Training-only modules: the contrastive regularizer's projectors with ``--contrastive``
         (:mod:`xtc_ext.recipes.regularization`), else none (an empty ``ModuleDict``)."""
