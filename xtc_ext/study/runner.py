@@ -68,15 +68,16 @@ def threads_per_process(jobs: int, processes: int, cores: Optional[int] = None) 
     return max(1, int(cores) // (jobs * processes))
 
 
-def run_command(run: Run, processes: int = 1, program: Sequence[str] = TRAIN_PROGRAM) -> List[str]:
+def run_command(run: Run, processes: int = 1, program: Optional[Sequence[str]] = None) -> List[str]:
     """The command line of ``run``: ``python -m xtc_ext.train ARGS`` (``python -m torch.distributed.run
     --standalone --nproc-per-node K -m xtc_ext.train ARGS`` when ``processes`` > 1), plus
-    ``--resume RUN/last.pt`` when the run was interrupted after a checkpoint."""
+    ``--resume RUN/last.pt`` when the run was interrupted after a checkpoint. ``program``: what follows the
+    interpreter (default :data:`TRAIN_PROGRAM`, read at the call)."""
     head = [sys.executable]
     if processes > 1:
         head += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     resume = ["--resume", str(run.folder / _CHECKPOINT)] if run_state(run) == "resume" else []
-    return head + list(program) + list(run.argv) + resume
+    return head + list(program or TRAIN_PROGRAM) + list(run.argv) + resume
 
 
 def _last_line(path: Path) -> str:
@@ -98,7 +99,7 @@ class _Active:
 class _Pool:
     """The running processes of a study and the bookkeeping of their outcomes."""
 
-    def __init__(self, study: Study, jobs: int, program: Sequence[str], say: Callable[[str], None]) -> None:
+    def __init__(self, study: Study, jobs: int, program: Optional[Sequence[str]], say: Callable[[str], None]) -> None:
         self.study, self.jobs, self.program, self.say = study, jobs, program, say
         self.env = dict(os.environ)
         threads = str(threads_per_process(jobs, study.processes))
@@ -159,7 +160,7 @@ def _raise_interrupt(signum, frame):  # SIGTERM ends a study as Ctrl-C does: its
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_study(study: Study, jobs: int = 1, program: Sequence[str] = TRAIN_PROGRAM,
+def run_study(study: Study, jobs: int = 1, program: Optional[Sequence[str]] = None,
               say: Callable[[str], None] = lambda line: print(line, flush=True)) -> RunOutcome:
     """Run the unfinished runs of ``study``, ``jobs`` at a time, and return what happened.
 
@@ -170,7 +171,7 @@ def run_study(study: Study, jobs: int = 1, program: Sequence[str] = TRAIN_PROGRA
     Args:
         study: the loaded study (:func:`xtc_ext.study.spec.load_study`).
         jobs: runs at the same time (>= 1).
-        program: the training program's arguments after the interpreter (tests substitute a stand-in).
+        program: the training program's arguments after the interpreter (default :data:`TRAIN_PROGRAM`).
         say: where the progress lines go.
 
     Raises:

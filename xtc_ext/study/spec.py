@@ -272,6 +272,6 @@ def load_study(name_or_path: str, extra: Sequence[str] = (), output_dir: Optiona
             try:
                 args = check_command_line(argv)
             except UsageError as e:
-                raise _fail(where, f"row {row.label!r}: {e}") from None
+                raise _fail(where, f"row {row.label!r}: {e.message}") from None
             runs.append(Run(row, seed, run_dir, argv, args.dataset))
     return Study(name, path, folder, tuple(rows), seeds, tuple(runs), processes[0], tuple(map(str, baseline)), keep)
