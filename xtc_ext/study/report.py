@@ -148,7 +148,7 @@ def _baseline(rows: Sequence[RowResult], study: Study, dataset: str, folder: Pat
             if key in origin:
                 raise ValueError(f"baseline metric {key!r} comes from both {origin[key]} and row {row.label!r}: "
                                  "name the baseline rows with the study's 'baseline' key")
-            merged[key], origin[key] = cell.mean, row.label
+            merged[key], origin[key] = cell.mean, f"row {row.label!r}"
     path = folder / f"baseline_{dataset}.json"
     path.write_text(json.dumps(merged, indent=2) + "\n")
     return path, "baseline: " + ", ".join([r.label for r in chosen] + files) + " (mean over seeds)"
@@ -192,13 +192,13 @@ def build_tables(study: Study) -> List[Table]:
     return tables
 
 
-def format_cell(cell: Cell) -> str:
-    """``mean ± std (n)`` with 4 significant digits (std 2); ``mean (1)``; ``-`` for no run."""
+def format_cell(cell: Cell, percent: bool = False) -> str:
+    """``mean ± std (n)`` with 4 significant digits (std 2), or 2 decimals and a sign for a ``percent`` (Δm);
+    ``mean (1)`` for one run; ``-`` for none."""
+    mean, std = (f"{cell.mean:+.2f}", f"{cell.std:.2f}") if percent else (f"{cell.mean:.4g}", f"{cell.std:.2g}")
     if cell.n == 0:
         return "-"
-    if cell.n == 1:
-        return f"{cell.mean:.4g} (1)"
-    return f"{cell.mean:.4g} ± {cell.std:.2g} ({cell.n})"
+    return f"{mean} (1)" if cell.n == 1 else f"{mean} ± {std} ({cell.n})"
 
 
 def _best(table: Table, key: str) -> Optional[str]:
@@ -223,7 +223,7 @@ def markdown(table: Table, study: Study) -> str:
              "| --- |" + " ---: |" * len(keys)]
     best = {k: _best(table, k) for k in keys}
     for row in table.rows:
-        cells = [format_cell(row.cells.get(k, Cell())) for k in keys]
+        cells = [format_cell(row.cells.get(k, Cell()), percent=k == DELTA_M) for k in keys]
         cells = [f"**{c}**" if best[k] == row.label else c for k, c in zip(keys, cells)]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     lines += [""] + [f"- {note}" for note in table.notes]
