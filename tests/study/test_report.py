@@ -132,3 +132,22 @@ def test_rows_without_runs_show_dashes_and_no_baseline_no_delta_m(tmp_path):
     assert "no baseline rows finished: no Δm" in md
     rows = _csv_rows(tmp_path / "out" / "table_frames.csv")
     assert rows["mtnet_equal"]["mIoU_n"] == "0" and math.isnan(float(rows["mtnet_equal"]["mIoU_mean"] or "nan"))
+
+
+def test_training_columns_come_from_the_logs(tmp_path):
+    spec = dict(SPEC, runs={}, axes={"model": ["xtasc"]})
+    _, study, _ = _write_runs(tmp_path, spec, skip=())
+    for seed, run in enumerate(study.runs):
+        result = json.loads((run.folder / "metrics.json").read_text())
+        (run.folder / "metrics.json").write_text(json.dumps(result | {"last_epoch_loss": 1.0 + seed}))
+        epochs = [{"epoch": 1, "epoch_time_s": 9.0, "contrastive": 0.5},
+                  {"epoch": 2, "epoch_time_s": 2.0 + seed, "contrastive": 0.2},
+                  {"epoch": 3, "epoch_time_s": 4.0 + seed, "contrastive": 0.1 * (seed + 1)}]
+        (run.folder / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    write_report(study)
+    row = _csv_rows(tmp_path / "out" / "table_frames.csv")["xtasc"]
+    assert float(row["train_loss_mean"]) == pytest.approx(2.0) and float(row["train_loss_std"]) == pytest.approx(1.0)
+    assert float(row["contrastive_mean"]) == pytest.approx(0.2)
+    assert float(row["epoch_time_s_mean"]) == pytest.approx(statistics.mean([3.0, 4.0, 5.0]))
+    header = (tmp_path / "out" / "table_frames.md").read_text().splitlines()[2]
+    assert header.endswith("| rmse | train_loss | contrastive | epoch_time_s |")

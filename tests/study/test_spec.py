@@ -152,3 +152,13 @@ def test_bad_options_exit_2_with_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--epochs: invalid int value" in err[0]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"model": "mtcp", "encoder_depth": 18}, "--encoder-depth applies to --model"),
+    ({"model": "mtcp", "weighting": "gradnorm"}, "does not support --weighting gradnorm"),
+    ({"epochs": 0}, "--epochs must be >= 1"),
+])
+def test_combinations_the_training_program_refuses_fail_at_load(tmp_path, options, message):
+    with pytest.raises(UsageError, match=message):
+        load_study(str(_write(tmp_path, {"base": BASE, "runs": {"a": options}})))

@@ -12,6 +12,9 @@ over the rows (one row per task, as :func:`xtc_ext.metrics.load_baselines` merge
 mIoU, pixel_acc, abs_err, rel_err; MT-CP §4 over one metric per task: :meth:`xtc_ext.recipes.BaseRecipe.delta_m`)
 against that file; the cell is the mean ± std of the runs' Δm.
 
+After Δm come the training columns (:data:`TRAINING`: the last epoch's loss, its contrastive term, the median
+epoch time), where the runs have them.
+
 Files, per dataset, in the study folder: ``table_DATASET.md``, ``table_DATASET.csv`` (``METRIC_mean``,
 ``METRIC_std``, ``METRIC_n`` columns) and ``figure_DATASET.png`` (bars with ± std error bars of each task's
 main metric and of Δm, one panel each, one bar per row).
@@ -37,10 +40,16 @@ from xtc_ext.recipes import get_recipe
 from xtc_ext.study.spec import Study
 from xtc_ext.tasks import TASKS
 
-__all__ = ["DELTA_M", "Cell", "RowResult", "Table", "collect", "build_tables", "write_report", "format_cell"]
+__all__ = ["DELTA_M", "TRAINING", "Cell", "RowResult", "Table", "collect", "build_tables", "write_report", "format_cell"]
 
 DELTA_M = "delta_m"
 """The Δm column's key in the CSV (percent); the markdown header says ``Δm (%)``."""
+
+TRAINING = ("train_loss", "contrastive", "epoch_time_s")
+"""The training columns after Δm, where the runs have them: the last epoch's mean training loss
+(``metrics.json`` ``last_epoch_loss``), its weighted contrastive term (``log.jsonl``, with ``--contrastive``;
+the host's own loss is ``train_loss - contrastive``) and the median epoch time in seconds (epochs 2..N of
+``log.jsonl``, the first one included only when it is the only one). Not marked best."""
 
 
 @dataclass
@@ -96,6 +105,18 @@ def _metric_directions() -> Dict[str, bool]:
     return {m.name: m.higher_is_better for task in TASKS.values() for m in task.metrics}
 
 
+def _training(folder: Path, result: Dict[str, Any]) -> Dict[str, float]:
+    """The :data:`TRAINING` values of a finished run (those it has)."""
+    out = {"train_loss": result.get("last_epoch_loss")}
+    log = folder / "log.jsonl"
+    epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    if epochs:
+        out["contrastive"] = epochs[-1].get("contrastive")
+        times = [e["epoch_time_s"] for e in epochs[1:] or epochs if _numeric(e.get("epoch_time_s"))]
+        out["epoch_time_s"] = statistics.median(times) if times else None
+    return {k: float(v) for k, v in out.items() if _numeric(v)}
+
+
 def collect(study: Study) -> Dict[str, List[RowResult]]:
     """Dataset -> its rows (study order) with the test metrics of their finished runs (``metrics.json``).
 
@@ -114,7 +135,7 @@ def collect(study: Study) -> Dict[str, List[RowResult]]:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(result, dict) or not isinstance(result.get("test"), dict):
             raise ValueError(f"{path}: no 'test' metrics (not a metrics.json of python -m xtc_ext.train)")
-        row.metrics.append(result["test"])
+        row.metrics.append({**result["test"], **_training(run.folder, result)})
         row.run_args.append(dict(result.get("args") or {}))
         row.tasks.append(tuple(result.get("tasks") or ()))
     out: Dict[str, List[RowResult]] = {}
@@ -143,7 +164,7 @@ def _baseline(rows: Sequence[RowResult], study: Study, dataset: str, folder: Pat
         origin = {k: "the baseline files" for k in merged}
     for row in chosen:
         for key, cell in row.cells.items():
-            if not cell.n:
+            if not cell.n or key in TRAINING:
                 continue
             if key in origin:
                 raise ValueError(f"baseline metric {key!r} comes from both {origin[key]} and row {row.label!r}: "
@@ -174,7 +195,7 @@ def build_tables(study: Study) -> List[Table]:
     tables = []
     for dataset, rows in collect(study).items():
         present = {k for r in rows for m in r.metrics for k, v in m.items() if _numeric(v)}
-        columns = [k for k in directions if k in present]
+        columns = [k for k in list(directions) + list(TRAINING) if k in present]
         for row in rows:
             row.cells = {k: Cell([float(m[k]) for m in row.metrics if _numeric(m.get(k))]) for k in columns}
         table = Table(dataset, rows, columns)
@@ -202,6 +223,8 @@ def format_cell(cell: Cell, percent: bool = False) -> str:
 
 
 def _best(table: Table, key: str) -> Optional[str]:
+    if key in TRAINING:
+        return None
     higher = _metric_directions().get(key, True)
     scored = [(r.cells[key].mean, r.label) for r in table.rows if key in r.cells and r.cells[key].n]
     if len(scored) < 2:
@@ -210,7 +233,9 @@ def _best(table: Table, key: str) -> Optional[str]:
 
 
 def _keys(table: Table) -> List[str]:
-    return table.columns + ([DELTA_M] if any(DELTA_M in r.cells for r in table.rows) else [])
+    tested = [k for k in table.columns if k not in TRAINING]
+    return tested + ([DELTA_M] if any(DELTA_M in r.cells for r in table.rows) else []) + \
+        [k for k in table.columns if k in TRAINING]
 
 
 def markdown(table: Table, study: Study) -> str:

@@ -25,6 +25,8 @@ message naming the file, the row and the key.
 
 from __future__ import annotations
 
+import argparse
+import copy
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from xtc_ext.cli import build_parser, check_command_line, config_path, config_tokens
+from xtc_ext.cli import build_parser, check_command_line, config_path, config_tokens, finalize_args
 from xtc_ext.engine import UsageError
 
 __all__ = ["STUDY_DIR", "Row", "Run", "Study", "list_studies", "study_path", "load_study", "label_of"]
@@ -215,6 +217,17 @@ def _row_argv(row: Row, where: str, parser) -> List[str]:
     return argv + config_tokens(options, f"{where}, row {row.label!r}", parser)
 
 
+def _checked(argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments of a run as the training program checks them (:func:`xtc_ext.cli.finalize_args`: choices,
+    ranges, options of another model or weighting), without the data: a missing ``--data-root`` is left to the
+    run, which needs it (a dry run or a report of a paper study works without one)."""
+    args = check_command_line(argv)
+    if args.data_root is None:
+        args.data_root = "DATA"
+    finalize_args(copy.copy(args))
+    return args
+
+
 def load_study(name_or_path: str, extra: Sequence[str] = (), output_dir: Optional[str] = None) -> Study:
     """Read and check a study file; expand it into runs.
 
@@ -270,7 +283,7 @@ def load_study(name_or_path: str, extra: Sequence[str] = (), output_dir: Optiona
             run_dir = folder / f"{row.label}_s{seed}"
             argv = tuple(base_argv + ["--seed", str(seed), "--output-dir", str(run_dir)])
             try:
-                args = check_command_line(argv)
+                args = _checked(argv)
             except UsageError as e:
                 raise _fail(where, f"row {row.label!r}: {e.message}") from None
             runs.append(Run(row, seed, run_dir, argv, args.dataset))
