@@ -280,8 +280,8 @@ def _figure(table: Table, study: Study, path: Path) -> None:
         ax = fig.add_subplot(1, max(1, len(keys)), i + 1)
         means = [r.cells[key].mean if key in r.cells else math.nan for r in table.rows]
         stds = [0.0 if key not in r.cells or math.isnan(r.cells[key].std) else r.cells[key].std for r in table.rows]
-        ax.bar(range(len(labels)), [0.0 if math.isnan(m) else m for m in means], yerr=stds, color=colours,
-               capsize=3)
+        stds = [math.nan if math.isnan(m) else s for m, s in zip(means, stds)]  # no bar, no error bar: no run
+        ax.bar(range(len(labels)), means, yerr=stds, color=colours, capsize=3)
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
         higher = _metric_directions().get(key, True)
         ax.set_title(("Δm (%)" if key == DELTA_M else key) + (" ↑" if higher else " ↓"), fontsize=9)
