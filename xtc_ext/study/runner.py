@@ -60,12 +60,15 @@ def run_state(run: Run) -> str:
     return "restart" if (folder / _ARGS).is_file() else "new"
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_per_process(jobs: int, processes: int, cores: Optional[int] = None) -> int:
-    """``max(1, cores // (jobs * processes))``: the CPU threads of each training process (``cores``: default the
-    CPUs this process may use)."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, int(cores) // (jobs * processes))
+    """``max(1, cores // (jobs * processes))``: the CPU threads of each training process (``cores``: default
+    :func:`usable_cores`)."""
+    return max(1, int(cores or usable_cores()) // (jobs * processes))
 
 
 def run_command(run: Run, processes: int = 1, program: Optional[Sequence[str]] = None) -> List[str]:
@@ -180,6 +183,9 @@ def run_study(study: Study, jobs: int = 1, program: Optional[Sequence[str]] = No
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     study.output_dir.mkdir(parents=True, exist_ok=True)
+    if jobs * study.processes > usable_cores():
+        say(f"note: {jobs} jobs x {study.processes} process(es) > {usable_cores()} cores: the runs share cores "
+            "(one thread each)")
     pool = _Pool(study, jobs, program, say)
     pending = []
     for run in study.runs:
