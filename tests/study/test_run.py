@@ -31,7 +31,7 @@ def tiny_study(tmp_path):
     spec = {"base": {"dataset": "frames", "data_root": str(frames), "size": [32, 64], "epochs": 3, "batch_size": 2,
                      "num_figures": 0, "tensorboard": False, "progress": False},
             "axes": {"model": ["xtasc", "mtcp"]},
-            "seeds": [0, 1]}
+            "seeds": [0, 1], "keep_checkpoints": False}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path, tmp_path / "out"
@@ -52,7 +52,7 @@ def test_killed_study_resumes_without_redoing_finished_runs(tiny_study, monkeypa
     failed = sorted(line.split("\t")[0] for line in (out / "failures.log").read_text().splitlines())
     assert failed == ["xtasc_s0", "xtasc_s1"]
     for seed in (0, 1):
-        assert (out / f"mtcp_s{seed}" / "metrics.json").is_file()
+        assert (out / f"mtcp_s{seed}" / "metrics.json").is_file() and not list((out / f"mtcp_s{seed}").glob("*.pt"))
         assert (out / f"xtasc_s{seed}" / "last.pt").is_file() and not (out / f"xtasc_s{seed}" / "metrics.json").exists()
     assert "FAILED xtasc_s0" in stdout and "exit code -9" in (out / "failures.log").read_text()
     finished = {s: (out / f"mtcp_s{s}" / "metrics.json").stat().st_mtime_ns for s in (0, 1)}
@@ -69,6 +69,7 @@ def test_killed_study_resumes_without_redoing_finished_runs(tiny_study, monkeypa
         result = json.loads((out / f"xtasc_s{seed}" / "metrics.json").read_text())
         assert result["epochs_trained"] == 3 and len(result["loss_history"]) == 3
         assert "--resume" in (out / f"xtasc_s{seed}" / "train.log").read_text()
+        assert not list((out / f"xtasc_s{seed}").glob("*.pt"))  # keep_checkpoints: false
     assert not (out / "failures.log").exists()
     with open(out / "table_frames.csv") as f:
         rows = {r["row"]: r for r in csv.DictReader(f)}

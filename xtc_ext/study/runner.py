@@ -135,14 +135,18 @@ class _Pool:
             run = item.run
             if code == 0 and run_state(run) == "done":
                 self.outcome.finished.append(run.name)
-                if not self.study.keep_checkpoints:
-                    for pt in run.folder.glob("*.pt"):
-                        pt.unlink()
+                self.tidy(run)
                 self.say(f"{self.count()} finished {run.name} in {seconds:.0f} s")
             else:
                 reason = f"exit code {code}: {_last_line(run.folder / LOG_FILE)}"
                 self.outcome.failed[run.name] = reason
                 self.say(f"{self.count()} FAILED {run.name} after {seconds:.0f} s ({reason}); log: {run.folder / LOG_FILE}")
+
+    def tidy(self, run: Run) -> None:
+        """Delete the checkpoints of a finished run when the study does not keep them."""
+        if not self.study.keep_checkpoints:
+            for pt in run.folder.glob("*.pt"):
+                pt.unlink()
 
     def stop(self) -> None:
         """Terminate the running processes (SIGTERM, then SIGKILL after 30 s)."""
@@ -191,6 +195,7 @@ def run_study(study: Study, jobs: int = 1, program: Optional[Sequence[str]] = No
     for run in study.runs:
         if run_state(run) == "done":
             pool.outcome.skipped.append(run.name)
+            pool.tidy(run)  # finished while the previous invocation was being stopped
             say(f"{pool.count()} skipped {run.name} (finished: {run.folder / _METRICS})")
         else:
             pending.append(run)
