@@ -32,7 +32,8 @@ from xtc_ext.recipes.regularization import add_contrastive_arguments
 from xtc_ext.weighting import WEIGHTINGS, weighting_classes
 
 __all__ = ["PROG", "CONFIG_DIR", "build_parser", "list_configs", "config_path", "config_tokens", "load_config",
-           "parse_args", "check_command_line", "finalize_args", "default_output_dir", "recipe_options", "HelpFormatter", "run_program"]
+           "parse_args", "check_command_line", "finalize_args", "default_output_dir", "recipe_options",
+           "HelpFormatter", "run_program"]
 
 log = logging.getLogger("xtc_ext.train")
 T = TypeVar("T")
