@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
@@ -32,9 +32,9 @@ from xtc_ext.recipes import RECIPES, recipe_classes
 from xtc_ext.recipes.regularization import add_contrastive_arguments
 from xtc_ext.weighting import WEIGHTINGS, weighting_classes
 
-__all__ = ["PROG", "CONFIG_DIR", "build_parser", "list_configs", "config_path", "load_config", "options_to_argv",
-           "parse_args", "finalize_args", "engine_config", "default_output_dir", "recipe_options", "HelpFormatter",
-           "RaisingParser", "run_program"]
+__all__ = ["PROG", "CONFIG_DIR", "build_parser", "list_configs", "config_path", "config_tokens", "load_config",
+           "parse_args", "check_command_line", "finalize_args", "engine_config", "default_output_dir",
+           "recipe_options", "HelpFormatter", "RaisingParser", "run_program"]
 
 log = logging.getLogger("xtc_ext.train")
 T = TypeVar("T")
@@ -266,7 +266,17 @@ class RaisingParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _config_tokens(raw: Dict[str, Any], actions: Dict[str, argparse.Action], where: str) -> List[str]:
+def config_tokens(raw: Mapping[str, Any], where: str, parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
+    """The command-line tokens of a mapping of option names (dashes or underscores, no leading ``--``) to values,
+    as in a YAML config: ``{"size": [96, 128], "augment": False}`` -> ``["--size", "96", "128", "--no-augment"]``.
+    ``parser``: an already built :func:`build_parser`, to look the keys up in.
+
+    Raises:
+        UsageError: an unknown key (``config``, ``resume`` and ``help`` included) or a value of the wrong kind
+            (a switch needs true or false; None and mappings are refused); the message names ``where`` and the key.
+    """
+    parser = parser or build_parser()
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
     tokens: List[str] = []
     for key, value in raw.items():
         dest = str(key).replace("-", "_")
@@ -305,24 +315,12 @@ def load_config(name_or_path: str, parser: Optional[argparse.ArgumentParser] = N
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise UsageError(f"config {path}: the top level must be a mapping of option names to values")
-    actions = {a.dest: a for a in parser._actions if a.option_strings}
-    tokens = _config_tokens(raw, actions, f"config {path}")
+    tokens = config_tokens(raw, f"config {path}", parser)
     try:
         parsed = build_parser(RaisingParser).parse_args(tokens)
     except UsageError as e:
         raise UsageError(f"config {path}: {e}") from e
     return {str(k).replace("-", "_"): getattr(parsed, str(k).replace("-", "_")) for k in raw}
-
-
-def options_to_argv(options: Dict[str, Any], where: str) -> List[str]:
-    """Command-line tokens of ``options`` (option names with dashes or underscores, without ``--`` -> values, as
-    in a YAML config); ``where`` names their origin in the errors.
-
-    Raises:
-        UsageError: an unknown option or a value of the wrong kind (named).
-    """
-    actions = {a.dest: a for a in build_parser()._actions if a.option_strings}
-    return _config_tokens(options, actions, where)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None, parser_class: type = argparse.ArgumentParser) -> argparse.Namespace:
@@ -354,6 +352,17 @@ def parse_args(argv: Optional[Sequence[str]] = None, parser_class: type = argpar
     if fresh:
         args.resume = None
     return args
+
+
+def check_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """:func:`parse_args` for a program that composes training command lines (``python -m xtc_ext.study``): the
+    arguments before :func:`finalize_args` (``--config`` applied), without printing a usage or exiting.
+
+    Raises:
+        UsageError: a parse error (argparse's message: the option and what is wrong), an unreadable
+            ``--config`` or ``--resume``.
+    """
+    return parse_args(argv, parser_class=RaisingParser)
 
 
 def _resume_args(path: str, parser: argparse.ArgumentParser) -> Tuple[Dict[str, Any], bool]:

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from xtc_ext.cli import PROG, RaisingParser, engine_config, finalize_args, options_to_argv, parse_args
+from xtc_ext.cli import PROG, check_command_line, config_tokens, engine_config, finalize_args, parse_args
 from xtc_ext.data import DataSplits, build_splits, get_dataset
 from xtc_ext.engine import CheckpointError, NonFiniteLoss, TrainConfig, UsageError, exit_with_error, fit
 from xtc_ext.engine.distributed import shutdown
@@ -88,8 +88,8 @@ def prepare(**options: Any) -> Run:
         UsageError: an unknown option or a bad value (named); the errors of :func:`build_run`.
     """
     config = options.pop("config", None)
-    argv = options_to_argv(options, "xtc_ext.train.prepare()") + (["--config", str(config)] if config else [])
-    return build_run(finalize_args(parse_args(argv, parser_class=RaisingParser)))
+    argv = config_tokens(options, "xtc_ext.train.prepare()") + (["--config", str(config)] if config else [])
+    return build_run(finalize_args(check_command_line(argv)))
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
