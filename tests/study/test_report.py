@@ -12,8 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from xtc_ext.cli import check_command_line, finalize_args
-from xtc_ext.engine.checkpoint import args_dict
+from xtc_ext.cli import check_command_line, engine_config, finalize_args
 from xtc_ext.study import __main__ as study_cli
 from xtc_ext.study import load_study, write_report
 
@@ -46,7 +45,7 @@ def _write_runs(tmp_path, spec=SPEC, skip=("mtnet_equal_s2",)):
         tasks = [args.task] if args.model == "stnet" else ["semseg", "depth"]
         run.folder.mkdir(parents=True)
         (run.folder / "metrics.json").write_text(json.dumps(
-            {"test": test, "tasks": tasks, "dataset": "frames", "args": args_dict(args)}))
+            {"test": test, "tasks": tasks, "dataset": "frames", "args": engine_config(args).recorded_arguments()}))
         tests[run.name] = test
     return path, study, tests
 
