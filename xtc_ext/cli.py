@@ -32,8 +32,8 @@ from xtc_ext.recipes import RECIPES, recipe_classes
 from xtc_ext.recipes.regularization import add_contrastive_arguments
 from xtc_ext.weighting import WEIGHTINGS, weighting_classes
 
-__all__ = ["PROG", "CONFIG_DIR", "build_parser", "list_configs", "config_path", "config_tokens", "load_config",
-           "parse_args", "check_command_line", "finalize_args", "engine_config", "default_output_dir",
+__all__ = ["PROG", "CONFIG_DIR", "build_parser", "shipped_names", "shipped_file", "list_configs", "config_path",
+           "config_tokens", "load_config", "parse_args", "check_command_line", "finalize_args", "engine_config", "default_output_dir",
            "recipe_options", "HelpFormatter", "RaisingParser", "run_program"]
 
 log = logging.getLogger("xtc_ext.train")
@@ -236,9 +236,32 @@ def build_parser_without_recipes() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- configs
+def shipped_names(folder: Path) -> List[str]:
+    """Names of the YAML files shipped in ``folder`` (``xtc_ext/configs/``, ``xtc_ext/configs/studies/``)."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def shipped_file(name_or_path: str, folder: Path, kind: str, plural: str) -> Path:
+    """An existing file path, or the NAME of ``folder/NAME.yaml`` (a shipped ``kind``: config, study).
+
+    Raises:
+        UsageError: neither exists (the message lists the shipped ``plural``).
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    named = folder / f"{name_or_path}.yaml"
+    shipped = f"shipped {plural}: {', '.join(shipped_names(folder))}"
+    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
+        raise UsageError(f"{kind} file not found: {p} ({shipped})")
+    if not named.is_file():
+        raise UsageError(f"unknown {kind} {name_or_path!r} (no file {named}); {shipped}")
+    return named
+
+
 def list_configs() -> List[str]:
     """Names of the YAML configs shipped in ``xtc_ext/configs/`` (usable as ``--config NAME``)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    return shipped_names(CONFIG_DIR)
 
 
 def config_path(name_or_path: str) -> Path:
@@ -247,15 +270,7 @@ def config_path(name_or_path: str) -> Path:
     Raises:
         UsageError: neither exists (the message lists the shipped configs).
     """
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
-        raise UsageError(f"config file not found: {p}")
-    named = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not named.is_file():
-        raise UsageError(f"unknown config {name_or_path!r} (no file {named}); shipped configs: {', '.join(list_configs())}")
-    return named
+    return shipped_file(name_or_path, CONFIG_DIR, "config", "configs")
 
 
 class RaisingParser(argparse.ArgumentParser):

@@ -35,10 +35,18 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from xtc_ext.cli import build_parser, check_command_line, config_path, config_tokens, finalize_args
+from xtc_ext.cli import (
+    build_parser,
+    check_command_line,
+    config_path,
+    config_tokens,
+    finalize_args,
+    shipped_file,
+    shipped_names,
+)
 from xtc_ext.engine import UsageError
 
-__all__ = ["STUDY_DIR", "Row", "Run", "Study", "list_studies", "study_path", "load_study", "label_of"]
+__all__ = ["STUDY_DIR", "Row", "Run", "Study", "list_studies", "load_study", "label_of"]
 
 STUDY_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"
 """The shipped studies, usable by name: ``python -m xtc_ext.study demo``."""
@@ -111,22 +119,7 @@ class Study:
 
 def list_studies() -> List[str]:
     """Names of the studies shipped in ``xtc_ext/configs/studies/``."""
-    return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
-
-
-def study_path(name_or_path: str) -> Path:
-    """An existing study file, or the NAME of ``xtc_ext/configs/studies/NAME.yaml``.
-
-    Raises:
-        UsageError: neither exists (the message lists the shipped studies).
-    """
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    named = STUDY_DIR / f"{name_or_path}.yaml"
-    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1 or not named.is_file():
-        raise UsageError(f"study file not found: {name_or_path} (shipped studies: {', '.join(list_studies())})")
-    return named
+    return shipped_names(STUDY_DIR)
 
 
 def label_of(value: Any) -> str:
@@ -232,7 +225,7 @@ def load_study(name_or_path: str, extra: Sequence[str] = (), output_dir: Optiona
     """Read and check a study file; expand it into runs.
 
     Args:
-        name_or_path: a study file or the name of a shipped one (:func:`study_path`).
+        name_or_path: a study file or the name of a shipped one (``xtc_ext/configs/studies/NAME.yaml``).
         extra: training options given to every run after the row's own (``["--data-root", "DATA"]``; they
             override the study's values).
         output_dir: the study folder (default: the file's ``output_dir``, else ``runs/study_NAME``).
@@ -243,7 +236,7 @@ def load_study(name_or_path: str, extra: Sequence[str] = (), output_dir: Optiona
             label that is no row, or a run whose options the training program refuses (the message names the
             file, the row and the key or option).
     """
-    path = study_path(name_or_path)
+    path = shipped_file(name_or_path, STUDY_DIR, "study", "studies")
     where = str(path)
     try:
         raw = yaml.safe_load(path.read_text())
