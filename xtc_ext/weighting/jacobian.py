@@ -39,7 +39,7 @@ batch's Jacobian ``J_g = [J_0, ..., J_{W-1}] / W`` (the ranks' column blocks, ea
   gets the same weights ``w`` and back-propagates ``w^T J_r``; DDP's average is then the global update;
 - GradDrop acts on each column of ``J`` alone: each rank applies it to its own block (its random masks are
   drawn per rank, so the run equals a one-process run in distribution, not draw for draw);
-- the others (Nash-MTL, ConFIG, ExcessMTL, MoDo, SDMGrad): ``J_g`` is all-gathered, every rank aggregates it
+- the others (Nash-MTL, ConFIG, ExcessMTL): ``J_g`` is all-gathered, every rank aggregates it
   (the same input, so the same state) and back-propagates ``W`` times its block;
 - ``--jacobian shared-parameters``: ``J_P`` is all-reduced (averaged) before aggregating.
 
@@ -50,7 +50,7 @@ gradients and skips the step. ``--compile`` is refused (the forward hook and the
 a compiled model are not supported; docs/weighting.md).
 
 **State.** The aggregator's state (Nash-MTL's previous weights and step, GradVac's and PCD's running targets,
-ExcessMTL's, MoDo's and SDMGrad's estimates) is the module's extra state in ``state_dict``, so ``--resume``
+ExcessMTL's estimates) is the module's extra state in ``state_dict``, so ``--resume``
 continues bitwise (GradDrop's masks come from the global torch generator, which checkpoints restore).
 """
 
@@ -69,7 +69,7 @@ from torch import Tensor, nn
 
 from xtc_ext.weighting.classic import WEIGHTINGS, Weighting
 
-__all__ = ["AGGREGATORS", "JACOBIAN_MODES", "JacobianWeighting", "Aggregator"]
+__all__ = ["AGGREGATORS", "JACOBIAN_MODES", "NOT_OFFERED", "JacobianWeighting", "Aggregator", "missing_requirements"]
 
 JACOBIAN_MODES = ("representation", "shared-parameters")
 """``--jacobian`` choices: the Jacobian of the task losses with respect to the shared representation (the
@@ -122,11 +122,18 @@ AGGREGATORS: Dict[str, Aggregator] = {
     "pcd": Aggregator("PCD", "TorchJD 0.18 (PCD)"),
     "config": Aggregator("ConFIG", "Liu et al., ICLR 2025", ddp="gather"),
     "excess-mtl": Aggregator("ExcessMTL", "He et al., ICML 2024", ddp="gather"),
-    "modo": Aggregator("MoDoWeighting", "Chen et al., NeurIPS 2023", ddp="gather"),
-    "sdmgrad": Aggregator("SDMGradWeighting", "Xiao et al., NeurIPS 2023", ddp="gather"),
 }
-"""``--weighting`` name -> :class:`Aggregator`, every TorchJD 0.18 aggregator meant for multi-task learning
-(the robust-averaging ones, Krum and TrimmedMean, and the Mean/Sum/Random/Constant baselines are left out)."""
+"""``--weighting`` name -> :class:`Aggregator`, every TorchJD 0.18 aggregator meant for multi-task learning that
+works on one mini-batch's Jacobian (:data:`NOT_OFFERED` lists the others and why)."""
+
+NOT_OFFERED = {
+    "MoDoWeighting, SDMGradWeighting": "their input is J_1 J_2^T of two independent mini-batches per step, which "
+                                       "this training step (one batch) does not provide",
+    "CRMOGMWeighting": "a wrapper that smooths another weighting's output; not a method of its own",
+    "Krum, TrimmedMean": "robust averaging against corrupted rows (federated learning), not task balancing",
+    "Mean, Sum, Constant, Random": "baselines equal to --weighting equal (up to a factor) or random weights",
+}
+"""TorchJD 0.18 aggregators without a ``--weighting`` name -> why (docs/weighting.md)."""
 
 _OPTION_HELP = {
     "cagrad_c": (float, 0.5, "CAGrad radius c >= 0 (paper: 0.4 NYUv2)"),
@@ -164,8 +171,6 @@ def _build_aggregator(name: str, options: Dict[str, Any], num_tasks: int) -> nn.
     cls = getattr(agg, spec.torchjd_class)
     if name == "nash-mtl":
         options = {"n_tasks": num_tasks, **options}
-    if spec.torchjd_class.endswith("Weighting"):  # matrix weightings without an aggregator class of their own
-        return agg.WeightedAggregator(cls(**options))
     return cls(**options)
 
 
