@@ -60,7 +60,7 @@ import argparse
 import dataclasses
 import math
 from importlib.util import find_spec
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -257,7 +257,7 @@ class JacobianWeighting(Weighting):
         self.aggregator_name, self.jacobian = aggregator, jacobian
         self.__dict__["aggregator"] = _build_aggregator(aggregator, options, num_tasks)  # not a submodule
         self._weights = torch.full((num_tasks,), math.nan)
-        self._shared: Optional[nn.Module] = None
+        self._shared: Tuple[nn.Module, ...] = ()  # a tuple: the model's module is not registered here
         self._seam: Optional[Tuple[List[Tensor], List[Tensor]]] = None
 
     def extra_repr(self) -> str:
@@ -326,8 +326,8 @@ class JacobianWeighting(Weighting):
         if not callable(hook):
             raise ValueError(f"--weighting {self.aggregator_name} needs a model with a shared_module() hook (the "
                              f"module whose output the task heads share); {type(model).__name__} has none")
-        self._shared = hook()
-        self._shared.register_forward_hook(self._capture_representation)
+        self._shared = (hook(),)
+        self._shared[0].register_forward_hook(self._capture_representation)
 
     def _capture_representation(self, module: nn.Module, inputs: Any, output: Any) -> Any:
         if not (module.training and torch.is_grad_enabled()):
@@ -403,10 +403,11 @@ class JacobianWeighting(Weighting):
 
     def _aggregate(self, matrix: Tensor) -> Tensor:
         """``A(matrix)``, recording the row weights of a weighted aggregator."""
-        weighting: Optional[Callable[[Tensor], Tensor]] = getattr(self.aggregator, "weighting", None)
-        if weighting is None:
+        from torchjd.aggregation import WeightedAggregator
+
+        if not isinstance(self.aggregator, WeightedAggregator):
             return self.aggregator(matrix)
-        weights = weighting(matrix)
+        weights = self.aggregator.weighting(matrix)
         self._weights = weights.detach().float().cpu()
         return weights.to(matrix.dtype) @ matrix
 
@@ -415,7 +416,7 @@ class JacobianWeighting(Weighting):
         """``--jacobian shared-parameters``: aggregate the shared module's per-task parameter gradients
         (averaged over the ranks), add them in the one backward of the representation (hooks on the
         parameters, so that DDP's reducer sees the final gradient)."""
-        params = [p for p in self._shared.parameters() if p.requires_grad]
+        params = [p for p in self._shared[0].parameters() if p.requires_grad]
         rows = []
         for grads in scaled:
             g = torch.autograd.grad(originals, params, grad_outputs=[
