@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import REAL_FRAMES
 from fixtures import write_frames
 from tiny_models import use_tiny_models
 from xtc_ext import cli
@@ -163,13 +162,17 @@ def _argv(root, out, model, *extra):
     return argv + (["--backbone", "resnet18_fpn"] if model == "mtcp" else [])
 
 
+@pytest.fixture(scope="module")
+def frame_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("frames")
+    write_frames(root)  # three small frames: two steps of batch 2 per epoch
+    return root
+
+
 @pytest.fixture
-def frames(tmp_path, monkeypatch):
+def frames(frame_files, monkeypatch):
     use_tiny_models(monkeypatch)
-    if (REAL_FRAMES / "rgb").is_dir():
-        return REAL_FRAMES
-    write_frames(tmp_path / "frames")
-    return tmp_path / "frames"
+    return frame_files
 
 
 def _finalize(frames, out, model, *extra):
@@ -180,15 +183,15 @@ def test_the_program_lists_and_refuses_by_name(frames, tmp_path, monkeypatch):
     text = cli.build_parser().format_help()
     assert all(name in text for name in AGGREGATORS) and "--jacobian" in text and "--cagrad-c" in text
     with pytest.raises(SystemExit, match="--compile with --weighting upgrad is not supported"):
-        _finalize(frames, tmp_path / "a", "xtasc", "--weighting", "upgrad", "--compile"))
+        _finalize(frames, tmp_path / "a", "xtasc", "--weighting", "upgrad", "--compile")
     with pytest.raises(SystemExit, match="--cagrad-c applies to --weighting cagrad only"):
-        _finalize(frames, tmp_path / "b", "mtcp", "--weighting", "upgrad", "--cagrad-c", "0.3"))
+        _finalize(frames, tmp_path / "b", "mtcp", "--weighting", "upgrad", "--cagrad-c", "0.3")
     with pytest.raises(SystemExit, match="--gradvac-beta: invalid value 2.0"):
-        _finalize(frames, tmp_path / "c", "mtcp", "--weighting", "gradvac", "--gradvac-beta", "2"))
+        _finalize(frames, tmp_path / "c", "mtcp", "--weighting", "gradvac", "--gradvac-beta", "2")
     real = importlib.util.find_spec
     monkeypatch.setattr(jd_module, "find_spec", lambda name: None if name == "cvxpy" else real(name))
     with pytest.raises(SystemExit, match='pip install "torchjd\\[nash-mtl\\]"'):
-        _finalize(frames, tmp_path / "d", "xtasc", "--weighting", "nash-mtl"))
+        _finalize(frames, tmp_path / "d", "xtasc", "--weighting", "nash-mtl")
 
 
 FAMILIES = {
@@ -206,7 +209,7 @@ def test_every_aggregator_trains_both_models_end_to_end(frames, tmp_path, family
             extra = ("--contrastive", "--contrastive-anchors", "16") if i % 3 == 0 else ()
             out = tmp_path / f"{model}_{name}"
             result = train_mod.main(_argv(frames, out, model, "--weighting", name, "--jacobian", mode,
-                                          "--epochs", "1", "--max-steps", "2", *extra))
+                                          "--epochs", "1", *extra))
             losses = result["step_losses"]
             assert len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses))), (name, model)
             state = torch.load(out / "last.pt", weights_only=True)
@@ -217,7 +220,7 @@ def test_every_aggregator_trains_both_models_end_to_end(frames, tmp_path, family
 
 @pytest.mark.parametrize("name", ["nash-mtl", "gradvac", "graddrop"])
 def test_resume_continues_exactly(frames, tmp_path, name):
-    common = ("--weighting", name, "--batch-size", "5")  # 2 steps per epoch
+    common = ("--weighting", name)
     straight = train_mod.main(_argv(frames, tmp_path / "straight", "mtcp", *common, "--epochs", "2"))
     train_mod.main(_argv(frames, tmp_path / "split", "mtcp", *common, "--epochs", "1"))
     resumed = train_mod.main(["--resume", str(tmp_path / "split" / "last.pt"), "--epochs", "2"])
