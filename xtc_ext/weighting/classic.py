@@ -1,4 +1,6 @@
-"""Task weighting: how per-task losses ``L_t`` become the total training loss (XTasC-Net paper Eq. 16).
+"""Loss weightings: how per-task losses ``L_t`` become the total training loss (XTasC-Net paper Eq. 16), the
+:class:`Weighting` base class of every weighting and the ``WEIGHTINGS`` registry (the TorchJD aggregators are in
+:mod:`xtc_ext.weighting.jacobian`).
 
 Every method is an ``nn.Module`` with one interface, so its state (learned parameters, buffers)
 travels in checkpoints with the model (``state_dict()``; every buffer has a fixed shape, so
