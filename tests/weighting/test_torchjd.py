@@ -233,3 +233,43 @@ def test_resume_continues_exactly(frames, tmp_path, name):
 def test_check_args_ignores_other_weightings():
     args = argparse.Namespace(weighting="equal", compile=True)
     JacobianWeighting.check_args(args)  # nothing of this family is checked for another --weighting
+
+
+@pytest.mark.parametrize("model_name", ["xtasc", "mtcp"])
+def test_the_real_models_shared_representation_is_cut_once(model_name):
+    """XTasC-Net's encoder returns five nested skip maps (each computed from the previous one), MT-CP's backbone
+    one map: with the representation Jacobian, the shared module's gradient is that of ``sum_t w_t L_t`` with the
+    aggregator's weights (each skip map counted once), and the heads' that of ``sum_t L_t``."""
+    from python_models import MTCP, XTasCNet
+
+    def build():
+        torch.manual_seed(0)
+        if model_name == "xtasc":
+            return XTasCNet(5, encoder_depth=18, with_transfer=False)
+        return MTCP({"semseg": 5, "depth": 1}, backbone="resnet18_fpn", use_srm=False, embed_dim=16)
+
+    def losses_of(model, x):
+        out = model(x)
+        seg, depth = (out.seg_logits, out.depth) if model_name == "xtasc" else (
+            out.predictions["semseg"], out.predictions["depth"])
+        return torch.stack([F.cross_entropy(seg, torch.zeros_like(seg[:, 0], dtype=torch.long)), depth.abs().mean()])
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    ours = build().train()
+    weighting = JacobianWeighting(2, "mgda")
+    weighting.attach(ours)
+    losses = losses_of(ours, x)
+    weighting.scaled_backward(weighting(losses), losses, (), torch.amp.GradScaler("cpu", enabled=False))
+    w = weighting.weights()
+    assert torch.isfinite(w).all() and not torch.equal(w, torch.ones(2))
+    ref = build().train()
+    shared = {id(p) for p in ref.shared_module().parameters()}
+    losses = losses_of(ref, x)
+    shared_grads = torch.autograd.grad((w * losses).sum(), list(ref.shared_module().parameters()), retain_graph=True)
+    losses.sum().backward()
+    for p, g in zip(ref.shared_module().parameters(), shared_grads):
+        p.grad = g
+    for (k, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        if b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    assert shared  # the shared module has parameters
