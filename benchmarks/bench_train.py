@@ -99,11 +99,13 @@ class Config:
     channels_last: str
     compile: bool
     description: str
+    weighting: Optional[str] = None
 
     def argv(self) -> List[str]:
         """The ``python -m xtc_ext.train`` options of this configuration."""
         return ["--loss-impl", self.loss_impl, "--amp", self.amp, "--channels-last", self.channels_last,
-                "--compile" if self.compile else "--no-compile"]
+                "--compile" if self.compile else "--no-compile",
+                *(("--weighting", *self.weighting.split()) if self.weighting else ())]
 
 
 CONFIGS: Dict[str, Config] = {
@@ -117,6 +119,19 @@ CONFIGS: Dict[str, Config] = {
     "all": Config("fused", "bf16", "on", True, "fused + bf16 + channels_last + compile"),
 }
 """Configurations by name, in the default order of a run."""
+
+WEIGHTING_PREFIX = "weighting:"
+"""``--weightings NAME ...`` adds the configurations ``weighting:NAME``: ``default`` with ``--weighting NAME``
+(a name may carry the weighting's options, quoted: ``"upgrad --jacobian shared-parameters"``), measured against
+``weighting:equal`` (the step overhead of a weighting, docs/weighting.md)."""
+
+
+def config_of(name: str) -> Config:
+    """The configuration ``name``: a :data:`CONFIGS` name or ``weighting:NAME``."""
+    if name.startswith(WEIGHTING_PREFIX):
+        weighting = name[len(WEIGHTING_PREFIX):]
+        return Config("fused", "auto", "auto", False, f"default + --weighting {weighting}", weighting)
+    return CONFIGS[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +353,7 @@ def fused_op_share(step: Callable[[], torch.Tensor], n: int, sync: Sync) -> Dict
 def run_config(model: str, name: str, opts: argparse.Namespace, splits: Any, batch: Dict[str, Any],
                device: str) -> Dict[str, Any]:
     """Build, warm up, time, measure and profile one configuration of ``model``."""
-    config = CONFIGS[name]
+    config = config_of(name)
     cuda = device.startswith("cuda")
     sync = Sync(cuda)
     args = train_args(model, config, device, opts.batch_size_of[model], opts.size_of[model], opts.extra_argv[model],
@@ -387,14 +402,19 @@ def add_ratios(results: Dict[str, Dict[str, Any]]) -> None:
         pb, pr = base["memory"]["peak_bytes"], r["memory"]["peak_bytes"]
         r["memory_ratio"] = pr / pb if pb and pr is not None else None
         r["loss_rel_diff"] = [abs(a - b) / abs(b) if b else None for a, b in zip(r["losses"], base["losses"])]
+    equal = results.get(WEIGHTING_PREFIX + "equal")
+    for name, r in results.items():
+        if equal is not None and name.startswith(WEIGHTING_PREFIX) and "median_s" in r:
+            r["overhead_vs_equal"] = r["median_s"] / equal["median_s"] - 1
+            r["overhead_vs_equal_cpu_time"] = r["median_cpu_s"] / equal["median_cpu_s"] - 1
 
 
 def run_plan(models: Sequence[str], configs: Sequence[str]) -> List[Tuple[str, str]]:
     """The (model, configuration) pairs in the order they run: every model's configurations without
     ``torch.compile`` first, then the compiled ones, configuration by configuration, so that a ``--max-minutes``
     cap drops compilations (minutes each) before anything else."""
-    eager = [(m, c) for m in models for c in configs if not CONFIGS[c].compile]
-    return eager + [(m, c) for c in configs if CONFIGS[c].compile for m in models]
+    eager = [(m, c) for m in models for c in configs if not config_of(c).compile]
+    return eager + [(m, c) for c in configs if config_of(c).compile for m in models]
 
 
 def model_record(model: str, opts: argparse.Namespace) -> Dict[str, Any]:
@@ -449,7 +469,7 @@ def _columns(cuda: bool) -> List[str]:
 
 def _description(name: str, r: Dict[str, Any]) -> str:
     """The configuration's description; with an ``auto`` setting, what it resolved to on the device."""
-    config = CONFIGS[name]
+    config = config_of(name)
     if "auto" not in (config.amp, config.channels_last):
         return config.description
     amp = "full precision" if r["amp"] == "None" else r["amp"].replace("torch.", "")
@@ -483,14 +503,26 @@ def markdown(result: Dict[str, Any]) -> str:
                   f"{m['size'][0]}x{m['size'][1]}", "", "| " + " | ".join(columns) + " |",
                   "| --- | --- |" + " ---: |" * (len(columns) - 2)]
         for name, r in m["configs"].items():
-            cells = ([name, CONFIGS[name].description, f"error: {r['error']}"] if "error" in r
+            cells = ([name, config_of(name).description, f"error: {r['error']}"] if "error" in r
                      else _row(name, r, cuda))
             lines.append("| " + " | ".join(cells + [""] * (len(columns) - len(cells))) + " |")
         for name, why in m["skipped"].items():
-            cells = [name, CONFIGS[name].description, f"skipped: {why}"]
+            cells = [name, config_of(name).description, f"skipped: {why}"]
             lines.append("| " + " | ".join(cells + [""] * (len(columns) - len(cells))) + " |")
-        lines.append("")
+        lines += ["", *_overhead_table(m["configs"])]
     return "\n".join(lines)
+
+
+def _overhead_table(configs: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The weightings' step time against ``weighting:equal`` (``--weightings``), or nothing."""
+    rows = [(n[len(WEIGHTING_PREFIX):], r) for n, r in configs.items() if "overhead_vs_equal" in r]
+    if not rows:
+        return []
+    lines = ["| --weighting | step ms (median) | overhead vs equal | CPU-time ms | overhead vs equal (CPU time) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {w} | {r['median_s'] * 1e3:.1f} | {100 * r['overhead_vs_equal']:+.1f} % | "
+              f"{r['median_cpu_s'] * 1e3:.1f} | {100 * r['overhead_vs_equal_cpu_time']:+.1f} % |" for w, r in rows]
+    return lines + [""]
 
 
 def run_meta(opts: argparse.Namespace, device: str, argv: Sequence[str]) -> Dict[str, Any]:
@@ -535,6 +567,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--train-args", default="", metavar="ARGS",
                    help="more python -m xtc_ext.train options for every configuration, after its own (so they "
                    "override them), e.g. \"--contrastive\" or \"--amp bf16 --channels-last on\"")
+    p.add_argument("--weightings", nargs="+", default=(), metavar="NAME",
+                   help="also measure the default configuration with each --weighting NAME (quoted with its options: "
+                   "\"upgrad --jacobian shared-parameters\") and with --weighting equal, and report the overhead")
     p.add_argument("--json", default=None, metavar="PATH", help="write every number as JSON here")
     p.add_argument("--markdown", default=None, metavar="PATH", help="write the markdown table here")
     p.add_argument("--dry-run", action="store_true",
@@ -547,6 +582,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {a.device}: CUDA is not available")
     key = "dry" if a.dry_run else ("cuda" if a.device.startswith("cuda") else "cpu")
+    if a.weightings:
+        a.configs = [*a.configs, *(WEIGHTING_PREFIX + w for w in ("equal", *a.weightings))]
+        a.configs = list(dict.fromkeys(a.configs))
     a.models = list(MODELS) if a.model == "all" else [a.model]
     a.size_of = {m: tuple(a.size) if a.size else MODELS[m].sizes[key][1] for m in a.models}
     a.batch_size_of = {m: a.batch_size or MODELS[m].sizes[key][0] for m in a.models}

@@ -387,6 +387,12 @@ class MTCP(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"MTCP expects a floating-point input, got dtype {x.dtype}")
 
+    def shared_module(self) -> nn.Module:
+        """The module whose output is the shared representation every task decoder consumes: the backbone
+        (one map ``[N, embed_dim, H/4, W/4]``). The Jacobian-descent weightings
+        (``xtc_ext.weighting.jacobian``) take the task gradients there."""
+        return self.backbone
+
     def forward(self, x: Tensor) -> MTCPOutput:
         """Run MT-CP; see the class docstring and :class:`MTCPOutput`."""
         self._check_input(x)

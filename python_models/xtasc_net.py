@@ -497,6 +497,12 @@ class XTasCNet(nn.Module):
         block = self.encoder.layer4[-1]
         return [(block.conv3 if hasattr(block, "conv3") else block.conv2).weight]
 
+    def shared_module(self) -> nn.Module:
+        """The module whose output is the shared representation every task head consumes: the encoder (its
+        outputs, the five skip feature maps ``[N, C_i, H / 2^i, W / 2^i]``, feed both decoders). The
+        Jacobian-descent weightings (``xtc_ext.weighting.jacobian``) take the task gradients there."""
+        return self.encoder
+
     def forward(self, x: Tensor, direct_only: bool = False) -> XTasCOutput:
         """Run the model; see the class docstring for shapes, units and errors."""
         _check_image(x, 32, "XTasCNet", channels=3)

@@ -52,6 +52,10 @@ class TinyXTasCNet(nn.Module):
         """GradNorm's shared layer, as XTasCNet's hook: the encoder's last conv."""
         return [self.encoder.layer4[-1].conv2.weight]
 
+    def shared_module(self):
+        """The shared representation's module, as XTasCNet's hook: the encoder."""
+        return self.encoder
+
     def forward(self, x, direct_only: bool = False):
         f = self.encoder(x)
         seg, dep = self.seg_head(f), self.depth_head(f)
@@ -87,6 +91,10 @@ class TinyMTCP(nn.Module):
         self.heads = nn.ModuleDict({t: nn.Conv2d(WIDTH, c, 1) for t, c in task_channels.items()})
         self.inter = nn.ModuleDict({t: nn.Conv2d(WIDTH, c, 1) for t, c in task_channels.items()})
         self.feature_channels = {t: WIDTH for t in task_channels}
+
+    def shared_module(self):
+        """The shared representation's module, as MTCP's hook (there the backbone): the encoder."""
+        return self.encoder
 
     def forward(self, x):
         f = self.encoder(x)

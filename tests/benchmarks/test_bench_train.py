@@ -168,3 +168,21 @@ def test_train_args_reach_every_configuration_and_override_it(bench_train):
     assert args.contrastive is True and args.amp == "bf16" and args.loss_impl == "eager"
     plain = bench_train.train_args("xtasc", bench_train.CONFIGS["authors"], "cpu", 2, (64, 64))
     assert plain.contrastive is False and plain.amp == "none"
+
+
+def test_weightings_are_measured_against_equal(bench_train):
+    """``--weightings`` adds ``weighting:equal`` and one configuration per weighting (the program's defaults with
+    that ``--weighting``, options included), and the overhead table is their step time against equal's."""
+    opts = bench_train.parse_args(["--dry-run", "--configs", "default", "--weightings", "upgrad",
+                                   "mgda --jacobian shared-parameters"])
+    assert opts.configs == ["default", "weighting:equal", "weighting:upgrad",
+                            "weighting:mgda --jacobian shared-parameters"]
+    config = bench_train.config_of("weighting:mgda --jacobian shared-parameters")
+    assert config.argv()[-4:] == ["--weighting", "mgda", "--jacobian", "shared-parameters"]
+    args = bench_train.train_args("mtcp", config, "cpu", 2, (64, 64))
+    assert args.weighting == "mgda" and args.jacobian == "shared-parameters" and args.amp == "auto"
+    fake = {name: {"median_s": s, "median_cpu_s": 2 * s, "losses": [1.0], "memory": {"peak_bytes": None}}
+            for name, s in (("weighting:equal", 1.0), ("weighting:upgrad", 1.5))}
+    bench_train.add_ratios(fake)
+    assert fake["weighting:upgrad"]["overhead_vs_equal"] == pytest.approx(0.5)
+    assert "| upgrad | 1500.0 | +50.0 % | 3000.0 | +50.0 % |" in bench_train._overhead_table(fake)

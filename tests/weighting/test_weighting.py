@@ -14,6 +14,7 @@ from torch import nn
 
 from xtc_ext import ops, reference
 from xtc_ext.weighting import (
+    AGGREGATORS,
     DWA,
     WEIGHTINGS,
     EqualWeighting,
@@ -72,7 +73,9 @@ def test_epoch_end_is_a_no_op_by_default(name):
 
 
 def test_registry_and_builder():
-    assert set(WEIGHTINGS) == {"equal", "uncertainty", "dwa", "gradnorm", "lps", "lps-log", "lps-prio"}
+    jacobian = set(AGGREGATORS)  # TorchJD's aggregators (tests/weighting/test_torchjd.py)
+    assert set(WEIGHTINGS) - jacobian == {"equal", "uncertainty", "dwa", "gradnorm", "lps", "lps-log", "lps-prio"}
+    assert {"upgrad", "mgda", "pcgrad", "cagrad", "nash-mtl", "imtl-g", "aligned-mtl", "dualproj", "graddrop"} <= jacobian
     p = nn.Parameter(torch.ones(3))
     assert isinstance(build_weighting("equal", 2, shared_parameter=p), EqualWeighting)  # ignored there
     dwa = build_weighting("dwa", 3, temperature=1.0)

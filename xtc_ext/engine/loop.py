@@ -100,7 +100,8 @@ class TrainState:
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
-    flags = [torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()]
+    flags = [torch.isfinite(t).all() for t in module.state_dict().values()
+             if isinstance(t, torch.Tensor) and t.is_floating_point()]  # not extra states (dicts)
     return not flags or bool(torch.stack(flags).all())  # one host synchronisation for the whole state
 
 
@@ -258,7 +259,7 @@ class Trainer:
         return total, losses, values.cpu()
 
     def _update(self, total: torch.Tensor, losses: torch.Tensor) -> None:
-        self.weighting.backward(self.scaler.scale(total), losses, self.shared_parameters)
+        self.weighting.scaled_backward(total, losses, self.shared_parameters, self.scaler)
         sync_gradients([self.weighting, self.auxiliary])
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -136,11 +136,14 @@ class BaseRecipe:
     def build_weighting(self, model: nn.Module) -> Weighting:
         """The weighting :meth:`weighting_name` over :meth:`weighted_tasks`, built by its class from the run's
         options (:meth:`xtc_ext.weighting.Weighting.from_args`) with the model's ``shared_parameters()``
-        (none when the model has no such hook)."""
+        (none when the model has no such hook), then attached to the model
+        (:meth:`~xtc_ext.weighting.Weighting.attach`)."""
         hook = getattr(model, "shared_parameters", None)
         shared = tuple(hook()) if callable(hook) else ()
         name = self.weighting_name()
-        return WEIGHTINGS.lookup(name).from_args(name, self.args, len(self.weighted_tasks()), shared)
+        weighting = WEIGHTINGS.lookup(name).from_args(name, self.args, len(self.weighted_tasks()), shared)
+        weighting.attach(model)
+        return weighting
 
     def epoch_log(self) -> Dict[str, Any]:
         """Extra per-epoch log entries: the regularizer's source draws, if any."""

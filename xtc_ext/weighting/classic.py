@@ -1,4 +1,6 @@
-"""Task weighting: how per-task losses ``L_t`` become the total training loss (XTasC-Net paper Eq. 16).
+"""Loss weightings: how per-task losses ``L_t`` become the total training loss (XTasC-Net paper Eq. 16), the
+:class:`Weighting` base class of every weighting and the ``WEIGHTINGS`` registry (the TorchJD aggregators are in
+:mod:`xtc_ext.weighting.jacobian`).
 
 Every method is an ``nn.Module`` with one interface, so its state (learned parameters, buffers)
 travels in checkpoints with the model (``state_dict()``; every buffer has a fixed shape, so
@@ -21,7 +23,8 @@ Methods (``WEIGHTINGS`` / :func:`build_weighting` names):
 
 The contract with the training loop (:mod:`xtc_ext.engine.loop` keeps it), per step: ``optimizer.zero_grad()``;
 the task losses; ``total = weighting(losses)`` (plus the method's unweighted terms); then
-``weighting.backward(total, losses, shared_parameters)`` instead of ``total.backward()``; ``optimizer.step()``
+``weighting.scaled_backward(total, losses, shared_parameters, scaler)`` instead of ``total.backward()`` (by
+default the :meth:`Weighting.backward` of the scaled total); ``optimizer.step()``
 over :meth:`Weighting.optimizer_parameters` with the model's. A training ``forward`` may write gradients of the
 weighting's own parameters (:class:`GradNorm` does: its gradient-norm loss), which is why the gradients are
 zeroed before it; :meth:`Weighting.backward` is where a gradient-manipulation method (PCGrad, CAGrad, MGDA, a
@@ -94,6 +97,25 @@ class Weighting(nn.Module):
         gradients of ``shared_parameters`` itself.
         """
         total.backward()
+
+    def scaled_backward(self, total: Tensor, losses: Tensor, shared_parameters: Sequence[Tensor],
+                        scaler: torch.amp.GradScaler) -> None:
+        """The training loop's entry point: :meth:`backward` of ``scaler.scale(total)``.
+
+        Args:
+            total: the scalar ``forward(losses)`` plus the method's unweighted terms, not yet scaled.
+            losses, shared_parameters: as :meth:`backward`.
+            scaler: the run's gradient scaler (disabled, i.e. scale 1, outside fp16 autocast).
+
+        A method that needs the scale itself (a Jacobian aggregator unscales the per-task gradients before
+        aggregating them: :mod:`xtc_ext.weighting.jacobian`) overrides this instead of :meth:`backward`.
+        """
+        self.backward(scaler.scale(total), losses, shared_parameters)
+
+    def attach(self, model: nn.Module) -> None:
+        """Called once by the recipe with the freshly built model (before it is moved or wrapped), for a method
+        that hooks the model's forward (the Jacobian aggregators capture the shared representation,
+        :mod:`xtc_ext.weighting.jacobian`). Default: nothing."""
 
     # ------------------------------------------------------------------ options and construction
     @classmethod
