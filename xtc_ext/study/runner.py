@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
+from xtc_ext.engine import RUN_ARGS_FILE
 from xtc_ext.study.spec import Run, Study
 
 __all__ = ["TRAIN_PROGRAM", "RunOutcome", "run_state", "run_command", "threads_per_process", "run_study",
@@ -37,7 +38,6 @@ FAILURES_FILE = "failures.log"
 
 _CHECKPOINT = "last.pt"
 _METRICS = "metrics.json"
-_ARGS = "args.json"
 
 
 @dataclass
@@ -57,7 +57,7 @@ def run_state(run: Run) -> str:
         return "done"
     if (folder / _CHECKPOINT).is_file():
         return "resume"
-    return "restart" if (folder / _ARGS).is_file() else "new"
+    return "restart" if (folder / RUN_ARGS_FILE).is_file() else "new"
 
 
 def usable_cores() -> int:
